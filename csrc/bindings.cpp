@@ -1,0 +1,156 @@
+// The one pybind11 module of spct. Host buffers come in as numpy arrays (zero-copy views of torch tensors),
+// device buffers as integer pointers plus the CUDA stream. Nothing here links libtorch.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "spct/extract_cpu.h"
+#if defined(SPCT_WITH_CUDA)
+#include "spct/extract_cuda.h"
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+void check(bool ok, const std::string& msg) {
+  if (!ok) throw py::value_error(msg);
+}
+
+template <typename T>
+py::array_t<T> empty(std::initializer_list<py::ssize_t> shape) {
+  return py::array_t<T>(std::vector<py::ssize_t>(shape));
+}
+
+void check_num_responses(const CArray<int64_t>& num_responses, int64_t rows) {
+  check(num_responses.ndim() == 1 && num_responses.shape(0) == rows,
+        "num_responses must have one entry per row (" + std::to_string(rows) + ")");
+  const int64_t* nr = num_responses.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    check(nr[r] >= 1, "num_responses must be >= 1, got " + std::to_string(nr[r]) + " at row " + std::to_string(r));
+  }
+}
+
+// Parse rows of `text` and pack the results as numpy arrays:
+// (text, row_offsets, scores, valid, principle_span, critique_span, item_counts, item_spans, item_weights).
+py::tuple parse(py::array_t<uint8_t> text, CArray<int64_t> row_offsets, const CArray<int64_t>& num_responses,
+                double lo, double hi) {
+  const int64_t rows = row_offsets.shape(0) - 1;
+  const int64_t* nr = num_responses.data();
+  int64_t n_max = 0;
+  for (int64_t r = 0; r < rows; ++r) n_max = std::max(n_max, nr[r]);
+  auto scores = empty<float>({rows, n_max});
+  auto valid = empty<bool>({rows});
+  auto pspan = empty<int64_t>({rows, 2});
+  auto cspan = empty<int64_t>({rows, 2});
+  spct::cpu::ParseOutput out{scores.mutable_data(), reinterpret_cast<uint8_t*>(valid.mutable_data()),
+                             pspan.mutable_data(), cspan.mutable_data(), n_max, {}};
+  {
+    py::gil_scoped_release nogil;
+    spct::cpu::parse_rows(text.data(), row_offsets.data(), rows, nr, lo, hi, &out);
+  }
+  int64_t total = 0;
+  for (const auto& items : out.items) total += static_cast<int64_t>(items.size());
+  auto counts = empty<int64_t>({rows});
+  auto spans = empty<int64_t>({total, 2});
+  auto weights = empty<double>({total});
+  int64_t* c = counts.mutable_data();
+  int64_t* sp = spans.mutable_data();
+  double* w = weights.mutable_data();
+  for (int64_t r = 0; r < rows; ++r) {
+    c[r] = static_cast<int64_t>(out.items[r].size());
+    for (const auto& it : out.items[r]) {
+      *sp++ = it.name_begin;
+      *sp++ = it.name_end;
+      *w++ = it.weight;
+    }
+  }
+  return py::make_tuple(text, row_offsets, scores, valid, pspan, cspan, counts, spans, weights);
+}
+
+py::tuple extract_text(const CArray<uint8_t>& text, const CArray<int64_t>& row_offsets,
+                       const CArray<int64_t>& num_responses, double lo, double hi) {
+  check(text.ndim() == 1 && row_offsets.ndim() == 1 && row_offsets.shape(0) >= 1,
+        "text must be 1-D bytes and row_offsets 1-D with N + 1 entries");
+  const int64_t rows = row_offsets.shape(0) - 1;
+  const int64_t* off = row_offsets.data();
+  check(off[0] == 0 && off[rows] == text.shape(0), "row_offsets must start at 0 and end at len(text)");
+  for (int64_t r = 0; r < rows; ++r) check(off[r] <= off[r + 1], "row_offsets must not decrease");
+  check_num_responses(num_responses, rows);
+  return parse(text, row_offsets, num_responses, lo, hi);
+}
+
+spct::cpu::TokenTable make_table(const CArray<uint8_t>& bytes, const CArray<int64_t>& offsets, bool strip) {
+  check(bytes.ndim() == 1 && offsets.ndim() == 1 && offsets.shape(0) >= 1, "malformed token byte table");
+  const int64_t vocab = offsets.shape(0) - 1;
+  const int64_t* o = offsets.data();
+  check(o[0] == 0 && o[vocab] == bytes.shape(0), "token byte table offsets must span the byte buffer");
+  for (int64_t t = 0; t < vocab; ++t) check(o[t] <= o[t + 1], "token byte table offsets must not decrease");
+  return spct::cpu::TokenTable{bytes.data(), o, vocab, strip};
+}
+
+py::tuple extract_tokens(const py::array& ids, const CArray<int64_t>& lengths, const CArray<uint8_t>& table_bytes,
+                         const CArray<int64_t>& table_offsets, bool strip_leading_space,
+                         const CArray<int64_t>& num_responses, double lo, double hi) {
+  const bool is64 = ids.dtype().is(py::dtype::of<int64_t>());
+  check(is64 || ids.dtype().is(py::dtype::of<int32_t>()), "token_ids must be int32 or int64");
+  check(ids.ndim() == 2, "token_ids must be 2-D (N, T)");
+  check(ids.strides(1) == static_cast<py::ssize_t>(ids.itemsize()) && ids.strides(0) % ids.itemsize() == 0 &&
+            ids.strides(0) >= 0,
+        "token_ids rows must be contiguous");
+  const int64_t rows = ids.shape(0), cols = ids.shape(1);
+  check(lengths.ndim() == 1 && lengths.shape(0) == rows, "lengths must have shape (N,)");
+  const int64_t* len = lengths.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    check(len[r] >= 0 && len[r] <= cols, "lengths[" + std::to_string(r) + "] = " + std::to_string(len[r]) +
+                                             " is outside [0, T = " + std::to_string(cols) + "]");
+  }
+  check_num_responses(num_responses, rows);
+  spct::cpu::TokenTable table = make_table(table_bytes, table_offsets, strip_leading_space);
+  spct::cpu::TokenIds tok{ids.data(), is64, rows, cols, ids.strides(0) / static_cast<int64_t>(ids.itemsize()), len};
+
+  auto row_offsets = empty<int64_t>({rows + 1});
+  int64_t* off = row_offsets.mutable_data();
+  spct::cpu::BadToken bad;
+  {
+    py::gil_scoped_release nogil;
+    bad = spct::cpu::detokenized_sizes(tok, table, off + 1);
+  }
+  if (bad.row >= 0) {
+    throw py::value_error("token id " + std::to_string(bad.id) + " at row " + std::to_string(bad.row) +
+                          ", position " + std::to_string(bad.col) + " is outside the vocabulary [0, " +
+                          std::to_string(table.vocab) + ")");
+  }
+  off[0] = 0;
+  for (int64_t r = 0; r < rows; ++r) off[r + 1] += off[r];
+  auto text = empty<uint8_t>({off[rows]});
+  {
+    py::gil_scoped_release nogil;
+    spct::cpu::detokenize(tok, table, off, text.mutable_data());
+  }
+  return parse(text, row_offsets, num_responses, lo, hi);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "spct native kernels (C++/OpenMP and CUDA), free of libtorch";
+  m.def("extract_text", &extract_text, py::arg("text"), py::arg("row_offsets"), py::arg("num_responses"),
+        py::arg("lo"), py::arg("hi"),
+        "Parse N generations given as one byte buffer and row offsets (N + 1,).");
+  m.def("extract_tokens", &extract_tokens, py::arg("token_ids"), py::arg("lengths"), py::arg("table_bytes"),
+        py::arg("table_offsets"), py::arg("strip_leading_space"), py::arg("num_responses"), py::arg("lo"),
+        py::arg("hi"), "Detokenize (N, T) token ids with a byte table and parse each row.");
+#if defined(SPCT_WITH_CUDA)
+  m.attr("has_cuda") = true;
+  spct::cuda::bind(m);
+#else
+  m.attr("has_cuda") = false;
+#endif
+}

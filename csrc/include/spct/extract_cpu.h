@@ -1,0 +1,53 @@
+// CPU launcher of extract_scores: detokenize token ids with a byte table, then parse every row (OpenMP over
+// rows). Raw pointers and sizes only; the bindings own the buffers.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "spct/extract.h"
+
+namespace spct {
+namespace cpu {
+
+// Vocabulary as bytes: token t is bytes[offsets[t], offsets[t + 1]).
+struct TokenTable {
+  const uint8_t* bytes;
+  const int64_t* offsets;  // (vocab + 1,)
+  int64_t vocab;
+  bool strip_leading_space;  // drop one leading ' ' of each row (SentencePiece-style decoders)
+};
+
+// Token ids (N, T) with row stride `row_stride` elements, of type int32 or int64.
+struct TokenIds {
+  const void* data;
+  bool is_int64;
+  int64_t rows, cols, row_stride;
+  const int64_t* lengths;  // (N,)
+};
+
+struct BadToken {
+  int64_t row = -1, col = -1, id = 0;
+};
+
+// Bytes of each row's text into row_bytes (N,); returns the first out-of-vocabulary token (row -1 if none).
+BadToken detokenized_sizes(const TokenIds& ids, const TokenTable& table, int64_t* row_bytes);
+
+// Writes each row's text at text + row_offsets[r]; row_offsets (N + 1,) from the sizes above.
+void detokenize(const TokenIds& ids, const TokenTable& table, const int64_t* row_offsets, uint8_t* text);
+
+struct ParseOutput {
+  float* scores;       // (N, n_max), NaN where invalid or padded
+  uint8_t* valid;      // (N,)
+  int64_t* principle;  // (N, 2)
+  int64_t* critique;   // (N, 2)
+  int64_t n_max;
+  std::vector<std::vector<extract::Item>> items;  // per row
+};
+
+// Parses rows text[row_offsets[r], row_offsets[r + 1]) for r < N.
+void parse_rows(const uint8_t* text, const int64_t* row_offsets, int64_t rows, const int64_t* num_responses,
+                double lo, double hi, ParseOutput* out);
+
+}  // namespace cpu
+}  // namespace spct

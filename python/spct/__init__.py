@@ -1,0 +1,20 @@
+"""spct: generative reward models with inference-time scaling (SPCT), on native kernels."""
+
+__version__ = "0.1.0"
+
+import importlib
+from typing import Any
+
+from spct.ops.extract_scores import Extraction, extract_scores
+from spct.ops.token_bytes import TokenBytes
+
+# Heavy subpackages load on first use, so `import spct` stays cheap.
+_LAZY = {"engine": "spct.engine", "models": "spct.engine.models"}
+
+__all__ = ["Extraction", "TokenBytes", "__version__", "extract_scores", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(_LAZY[name])
+    raise AttributeError(f"module 'spct' has no attribute {name!r}")

@@ -1,0 +1,219 @@
+r"""extract_scores: principles, critique and scores of many GRM generations in one native pass.
+
+Grammar (bytes; ASCII whitespace WS = [ \t\n\r\v\f]; "any case" means ASCII case-insensitive)
+------------------------------------------------------------------------------------------------
+Score group
+  The scores are the content of the LAST complete group, by start offset, of either kind:
+    "\boxed{" CONTENT "}"   (CONTENT ends at the first "}" after the opener)
+    "[[" CONTENT "]]"       (CONTENT ends at the first "]]" after the opener)
+  An opener without its closer is no group. No group -> invalid.
+  CONTENT := WS* NUMBER WS* ("," WS* NUMBER WS*)*
+  NUMBER  := [+-]? DIGIT+ ("." DIGIT+)?        (integers and plain decimals; no exponent, no "7." or ".5")
+  Valid iff CONTENT matches, holds exactly `num_responses` numbers, and each value v (the nearest double,
+  as Python's float()) satisfies lo <= v <= hi. Scores are stored as float32; invalid rows and padding are NaN.
+
+Sections
+  Header line: at a line start, DECOR = [ \t#*>-]*, then a KEYWORD in any case ("specific criteria",
+  "analysis", "final scores" or "scores"), then [ \t*]*, then ":" or the end of the line.
+  principle_span: content of the first "specific criteria" header; critique_span: of the first "analysis"
+  header. Content starts after the keyword and any [ \t*:]; it ends at the next header line (any keyword), at
+  the score group's opener if that lies inside, or at the end of the text; then WS is trimmed from both ends.
+  Spans are byte offsets [begin, end) into the row's UTF-8 text; (-1, -1) when the header is absent.
+
+Principles (inside principle_span)
+  A list line: indentation [ \t]*, then a marker ("-", "*", "+" or DIGIT+ followed by "." or ")"), then a space
+  or tab. The principles are the list lines indented no deeper than the first list line; when the span has no
+  list line, every non-blank line is one.
+  name: after the marker, skip [ \t*_]*; up to the first "(" or ":" or the line end; trailing [ \t\r*_] dropped.
+  weight: the first "weight" (any case) followed by [ \t:=*]* and an unsigned NUMBER, a percentage when
+  [ \t]* "%" follows; else the first "(" [ \t]* NUMBER [ \t]* "%". Percentages are divided by 100; a plain
+  number is kept as written; no weight -> None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from spct import _native
+from spct.ops.ref import extract_scores as ref
+from spct.ops.token_bytes import TokenBytes
+
+Text = Union[str, bytes, bytearray, memoryview]
+
+
+@dataclass(eq=False)
+class Extraction:
+    """Results for N generations.
+
+    scores: (N, n_max) float32, NaN where invalid or padded; valid: (N,) bool;
+    principle_span, critique_span: (N, 2) int64 byte offsets into each row's text, -1 where absent;
+    principles: per row, a list of (name, weight or None); texts: the (detokenized) generations.
+    """
+
+    scores: torch.Tensor
+    valid: torch.Tensor
+    principle_span: torch.Tensor
+    critique_span: torch.Tensor
+    _packed: ref.Packed = field(repr=False)
+
+    def __len__(self) -> int:
+        return self.valid.shape[0]
+
+    @cached_property
+    def _host(self) -> ref.Packed:
+        return ref.Packed(*(_to_numpy(a) for a in self._packed))
+
+    def text_bytes(self, row: int) -> bytes:
+        """Row `row`'s generation as raw bytes (the offsets of the spans refer to these)."""
+        off = self._host.row_offsets
+        return self._host.text[off[row] : off[row + 1]].tobytes()
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """Every row's generation, decoded as UTF-8 (invalid bytes replaced)."""
+        return [self.text_bytes(r).decode("utf-8", "replace") for r in range(len(self))]
+
+    @cached_property
+    def principles(self) -> list[list[tuple[str, float | None]]]:
+        host = self._host
+        starts = np.concatenate([[0], np.cumsum(host.item_counts)])
+        out = []
+        for r in range(len(self)):
+            row = self.text_bytes(r)
+            items = []
+            for k in range(starts[r], starts[r + 1]):
+                b, e = host.item_spans[k]
+                w = float(host.item_weights[k])
+                items.append((row[b:e].decode("utf-8", "replace"), None if math.isnan(w) else w))
+            out.append(items)
+        return out
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _check_range(score_range: Sequence[float]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in score_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"score_range must be a pair (lo, hi) of numbers, got {score_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ValueError(f"score_range must be finite with lo <= hi, got {score_range!r}")
+    return lo, hi
+
+
+def _check_num_responses(num_responses: int | Sequence[int] | torch.Tensor, rows: int) -> np.ndarray:
+    if isinstance(num_responses, (int, np.integer)):
+        counts = np.full(rows, int(num_responses), dtype=np.int64)
+    else:
+        counts = np.asarray(_to_numpy(num_responses), dtype=np.int64).reshape(-1)
+        if counts.shape[0] != rows:
+            raise ValueError(f"num_responses has {counts.shape[0]} entries for {rows} rows; give one per row or an int")
+    bad = np.flatnonzero(counts < 1)
+    if bad.size:
+        raise ValueError(f"num_responses must be >= 1, got {counts[bad[0]]} at row {bad[0]}")
+    return counts
+
+
+def _as_bytes(text: Text, row: int) -> bytes:
+    if isinstance(text, str):
+        return text.encode("utf-8", "surrogatepass")  # lone surrogates become (invalid) bytes, never an error
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    raise TypeError(f"texts[{row}] must be str or bytes, got {type(text).__name__}")
+
+
+def _extraction(packed: ref.Packed) -> Extraction:
+    scores, valid, pspan, cspan = (torch.as_tensor(a) for a in packed[2:6])
+    return Extraction(scores, valid, pspan, cspan, packed)
+
+
+def extract_from_texts(texts: Sequence[Text], counts: np.ndarray, lo: float, hi: float) -> ref.Packed:
+    """Parse generations given as text: native when built, else the reference."""
+    rows = [_as_bytes(t, i) for i, t in enumerate(texts)]
+    lib = _native.native("extract_scores")
+    if lib is None:
+        return ref.extract_scores(rows, counts.tolist(), lo, hi)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    text = np.frombuffer(b"".join(rows), dtype=np.uint8)
+    return ref.Packed(*lib.extract_text(text, offsets, counts, lo, hi))
+
+
+def _check_tokens(token_ids: Any, lengths: Any, vocab: TokenBytes | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(vocab, TokenBytes):
+        raise TypeError("token_ids need vocab=spct.TokenBytes.from_tokenizer(tokenizer)")
+    ids = torch.as_tensor(token_ids)
+    if ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"token_ids must be a 2-D int32/int64 tensor (N, T), got {tuple(ids.shape)} {ids.dtype}")
+    rows, cols = ids.shape
+    if lengths is None:
+        lens = torch.full((rows,), cols, dtype=torch.int64)
+    else:
+        lens = torch.as_tensor(lengths).to(device="cpu", dtype=torch.int64).reshape(-1)
+        if lens.shape[0] != rows:
+            raise ValueError(f"lengths has {lens.shape[0]} entries for {rows} rows of token_ids")
+    bad = torch.nonzero((lens < 0) | (lens > cols)).flatten()
+    if bad.numel():
+        r = int(bad[0])
+        raise ValueError(f"lengths[{r}] = {int(lens[r])} is outside [0, T = {cols}]")
+    return ids.contiguous(), lens
+
+
+def extract_from_tokens(ids: torch.Tensor, lens: torch.Tensor, vocab: TokenBytes, counts: np.ndarray, lo: float,
+                        hi: float) -> ref.Packed:
+    """Detokenize and parse on the tensor's device: CUDA kernel, C++ kernel, or the reference."""
+    if ids.is_cuda:
+        from spct.ops import extract_scores_cuda
+
+        return extract_scores_cuda.extract(ids, lens, vocab, counts, lo, hi)
+    lib = _native.native("extract_scores")
+    host_ids = ids.numpy()
+    if lib is not None:
+        out = lib.extract_tokens(host_ids, lens.numpy(), vocab.data, vocab.offsets, vocab.strip_leading_space,
+                                 counts, lo, hi)
+        return ref.Packed(*out)
+    for r in range(host_ids.shape[0]):
+        row = host_ids[r, : int(lens[r])]
+        bad = np.flatnonzero((row < 0) | (row >= len(vocab)))
+        if bad.size:
+            raise ValueError(f"token id {row[bad[0]]} at row {r}, position {bad[0]} is outside the vocabulary "
+                             f"[0, {len(vocab)})")
+    rows = ref.detokenize(host_ids, lens.numpy(), vocab, vocab.strip_leading_space)
+    return ref.extract_scores(rows, counts.tolist(), lo, hi)
+
+
+def extract_scores(
+    texts: Sequence[Text] | None = None,
+    *,
+    token_ids: Any = None,
+    lengths: Any = None,
+    vocab: TokenBytes | None = None,
+    num_responses: int | Sequence[int] | torch.Tensor,
+    score_range: Sequence[float] = (1, 10),
+) -> Extraction:
+    """Extract principles, critique spans and scores from N GRM generations (grammar: module docstring).
+
+    texts: N str or bytes; OR token_ids: (N, T) int32/int64 tensor (CPU or CUDA) with lengths: (N,) (default T)
+    and vocab: TokenBytes. num_responses: int or (N,) ints >= 1. score_range: inclusive (lo, hi).
+    returns: Extraction with scores (N, max(num_responses)) float32, valid (N,) bool, spans (N, 2) int64.
+    """
+    if (texts is None) == (token_ids is None):
+        raise TypeError("give exactly one of texts or token_ids")
+    lo, hi = _check_range(score_range)
+    if texts is not None:
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("texts must be a sequence of generations, not a single str or bytes")
+        counts = _check_num_responses(num_responses, len(texts))
+        return _extraction(extract_from_texts(texts, counts, lo, hi))
+    ids, lens = _check_tokens(token_ids, lengths, vocab)
+    counts = _check_num_responses(num_responses, ids.shape[0])
+    return _extraction(extract_from_tokens(ids, lens, vocab, counts, lo, hi))

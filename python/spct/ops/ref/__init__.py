@@ -1,0 +1,1 @@
+"""Pure Python/PyTorch references: the test oracles, the fallbacks and the benchmark baselines."""
