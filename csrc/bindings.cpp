@@ -117,22 +117,21 @@ py::tuple extract_tokens(const py::array& ids, const CArray<int64_t>& lengths, c
 
   auto row_offsets = empty<int64_t>({rows + 1});
   int64_t* off = row_offsets.mutable_data();
+  spct::cpu::Detokenizer detok;
   spct::cpu::BadToken bad;
   {
     py::gil_scoped_release nogil;
-    bad = spct::cpu::detokenized_sizes(tok, table, off + 1);
+    bad = detok.run(tok, table, off);
   }
   if (bad.row >= 0) {
     throw py::value_error("token id " + std::to_string(bad.id) + " at row " + std::to_string(bad.row) +
                           ", position " + std::to_string(bad.col) + " is outside the vocabulary [0, " +
                           std::to_string(table.vocab) + ")");
   }
-  off[0] = 0;
-  for (int64_t r = 0; r < rows; ++r) off[r + 1] += off[r];
   auto text = empty<uint8_t>({off[rows]});
   {
     py::gil_scoped_release nogil;
-    spct::cpu::detokenize(tok, table, off, text.mutable_data());
+    detok.gather(text.mutable_data());
   }
   return parse(text, row_offsets, num_responses, lo, hi);
 }

@@ -1,6 +1,10 @@
+#include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <cmath>
 #include <limits>
+
+#include <omp.h>
 
 #include "spct/extract_cpu.h"
 
@@ -13,42 +17,47 @@ const Id* row_ptr(const TokenIds& ids, int64_t r) {
   return static_cast<const Id*>(ids.data) + r * ids.row_stride;
 }
 
-template <typename Id>
-int64_t row_size(const TokenIds& ids, const TokenTable& table, int64_t r, BadToken* bad) {
-  const Id* row = row_ptr<Id>(ids, r);
-  int64_t total = 0;
-  bool first = true;
-  for (int64_t c = 0; c < ids.lengths[r]; ++c) {
-    int64_t t = static_cast<int64_t>(row[c]);
-    if (t < 0 || t >= table.vocab) {
-      *bad = BadToken{r, c, t};
-      return 0;
-    }
-    int64_t len = table.offsets[t + 1] - table.offsets[t];
-    if (first && len > 0) {
-      first = false;
-      if (table.strip_leading_space && table.bytes[table.offsets[t]] == ' ') --len;
-    }
-    total += len;
-  }
-  return total;
-}
+// Appends row r's text to buf[used...]: one pass over the ids that checks them and copies their bytes. Tokens
+// are a few bytes long: a fixed 16-byte block copy, advanced by the true length (the next token overwrites the
+// tail), beats a call or a byte loop per token. buf keeps 16 bytes of slack past `used` for that.
+constexpr int64_t kBlock = 16;
 
 template <typename Id>
-void row_copy(const TokenIds& ids, const TokenTable& table, int64_t r, uint8_t* out) {
-  const Id* row = row_ptr<Id>(ids, r);
+BadToken append_row(const TokenIds& ids, const TokenTable& table, int64_t r, std::vector<uint8_t>* buf,
+                    int64_t* used) {
+  // Everything lives in locals: byte stores may alias any memory, so fields read through pointers would be
+  // reloaded after every copy.
+  const Id* row = static_cast<const Id*>(ids.data) + r * ids.row_stride;
+  const int64_t n = ids.lengths[r], vocab = table.vocab;
+  const int64_t* offsets = table.offsets;
+  const uint8_t* bytes = table.bytes;
+  const int64_t table_size = offsets[vocab];
+  uint8_t* data = buf->data();
+  int64_t cap = static_cast<int64_t>(buf->size()), u = *used;
   bool first = true;
-  for (int64_t c = 0; c < ids.lengths[r]; ++c) {
-    int64_t t = static_cast<int64_t>(row[c]);
-    const uint8_t* b = table.bytes + table.offsets[t];
-    int64_t len = table.offsets[t + 1] - table.offsets[t];
+  for (int64_t c = 0; c < n; ++c) {
+    const int64_t t = static_cast<int64_t>(row[c]);
+    if (t < 0 || t >= vocab) return BadToken{r, c, t};
+    int64_t begin = offsets[t];
+    int64_t len = offsets[t + 1] - begin;
     if (first && len > 0) {
       first = false;
-      if (table.strip_leading_space && b[0] == ' ') ++b, --len;
+      if (table.strip_leading_space && bytes[begin] == ' ') ++begin, --len;
     }
-    for (int64_t i = 0; i < len; ++i) out[i] = b[i];  // tokens are a few bytes: a loop beats memcpy calls
-    out += len;
+    if (u + len + kBlock > cap) {
+      buf->resize(std::max<size_t>(2 * size_t(cap), size_t(u + len + kBlock)));
+      data = buf->data();
+      cap = static_cast<int64_t>(buf->size());
+    }
+    if (len <= kBlock && begin + kBlock <= table_size) {
+      memcpy(data + u, bytes + begin, kBlock);
+    } else {
+      memcpy(data + u, bytes + begin, size_t(len));
+    }
+    u += len;
   }
+  *used = u;
+  return BadToken{};
 }
 
 // Exact conversion for numbers off the fast path; std::from_chars is correctly rounded like Python's float().
@@ -72,26 +81,40 @@ bool slow_number(const uint8_t* s, int64_t len, double* out) {
 
 }  // namespace
 
-BadToken detokenized_sizes(const TokenIds& ids, const TokenTable& table, int64_t* row_bytes) {
-  std::vector<BadToken> bad(ids.rows);
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < ids.rows; ++r) {
-    row_bytes[r] = ids.is_int64 ? row_size<int64_t>(ids, table, r, &bad[r]) : row_size<int32_t>(ids, table, r, &bad[r]);
+BadToken Detokenizer::run(const TokenIds& ids, const TokenTable& table, int64_t* row_offsets) {
+  // Each thread detokenizes one contiguous block of rows into its own buffer; gather() joins the buffers.
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), ids.rows));
+  chunks_.assign(threads, {});
+  first_row_.assign(threads + 1, 0);
+  for (int64_t k = 0; k <= threads; ++k) first_row_[k] = ids.rows * k / threads;
+  std::vector<BadToken> bad(threads);
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+  for (int64_t k = 0; k < threads; ++k) {
+    std::vector<uint8_t>& buf = chunks_[k];
+    buf.resize(size_t(first_row_[k + 1] - first_row_[k]) * size_t(ids.cols) * 4 + kBlock);
+    int64_t used = 0;
+    for (int64_t r = first_row_[k]; r < first_row_[k + 1] && bad[k].row < 0; ++r) {
+      const int64_t before = used;
+      bad[k] = ids.is_int64 ? append_row<int64_t>(ids, table, r, &buf, &used)
+                            : append_row<int32_t>(ids, table, r, &buf, &used);
+      row_offsets[r + 1] = used - before;
+    }
+    buf.resize(size_t(used));
   }
   for (const BadToken& b : bad) {
     if (b.row >= 0) return b;  // the first bad row, whatever the thread count
   }
+  row_offsets[0] = 0;
+  for (int64_t r = 0; r < ids.rows; ++r) row_offsets[r + 1] += row_offsets[r];
+  row_offsets_ = row_offsets;
   return BadToken{};
 }
 
-void detokenize(const TokenIds& ids, const TokenTable& table, const int64_t* row_offsets, uint8_t* text) {
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < ids.rows; ++r) {
-    if (ids.is_int64) {
-      row_copy<int64_t>(ids, table, r, text + row_offsets[r]);
-    } else {
-      row_copy<int32_t>(ids, table, r, text + row_offsets[r]);
-    }
+void Detokenizer::gather(uint8_t* text) const {
+  const int64_t threads = static_cast<int64_t>(chunks_.size());
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+  for (int64_t k = 0; k < threads; ++k) {
+    if (!chunks_[k].empty()) memcpy(text + row_offsets_[first_row_[k]], chunks_[k].data(), chunks_[k].size());
   }
 }
 

@@ -119,39 +119,62 @@ struct Group {
   int64_t end = -1;
 };
 
+// First index of byte c in s[from, n), or n; last index of c in s[0, to), or -1. The host uses libc's
+// vectorized memchr/memrchr: these scans are most of the parse time on long generations.
+SPCT_HD int64_t find_byte(const uint8_t* s, int64_t from, int64_t n, uint8_t c) {
+#if defined(__CUDA_ARCH__)
+  while (from < n && s[from] != c) ++from;
+  return from;
+#else
+  if (from >= n) return n;
+  const void* q = memchr(s + from, c, size_t(n - from));
+  return q == nullptr ? n : static_cast<const uint8_t*>(q) - s;
+#endif
+}
+
+SPCT_HD int64_t rfind_byte(const uint8_t* s, int64_t to, uint8_t c) {
+#if defined(__CUDA_ARCH__)
+  while (to > 0 && s[to - 1] != c) --to;
+  return to - 1;
+#else
+  if (to <= 0) return -1;
+  const void* q = memrchr(s, c, size_t(to));
+  return q == nullptr ? -1 : static_cast<const uint8_t*>(q) - s;
+#endif
+}
+
+// Start of the last pair "cc" lying inside s[0, to), or -1.
+SPCT_HD int64_t rfind_pair(const uint8_t* s, int64_t to, uint8_t c) {
+  for (int64_t i = rfind_byte(s, to, c); i > 0; i = rfind_byte(s, i, c)) {
+    if (s[i - 1] == c) return i - 1;  // i is the last c, so no pair starts at i
+  }
+  return -1;
+}
+
 SPCT_HD Group find_score_group(const uint8_t* s, int64_t n) {
-  // A "\boxed{" at p is complete iff some '}' lies at or after p + 7, i.e. p + 7 <= last '}'.
-  int64_t last_brace = -1, last_dbl = -1;
-  for (int64_t i = n - 1; i >= 0 && (last_brace < 0 || last_dbl < 0); --i) {
-    if (last_brace < 0 && s[i] == '}') last_brace = i;
-    if (last_dbl < 0 && s[i] == ']' && i + 1 < n && s[i + 1] == ']') last_dbl = i;
-  }
-  int64_t boxed = -1, brackets = -1;
-  for (int64_t p = last_brace - 7; p >= 0; --p) {
-    if (starts_with(s, n, p, "\\boxed{")) {
-      boxed = p;
+  // A "\boxed{" at p is complete iff some '}' lies at or after p + 7, i.e. p + 7 <= last '}'; a "[[" at p
+  // iff some "]]" starts at or after p + 2.
+  const int64_t last_brace = rfind_byte(s, n, '}');
+  const int64_t last_dbl = rfind_pair(s, n, ']');
+  int64_t boxed = -1;
+  for (int64_t i = rfind_byte(s, last_brace - 6, '\\'); i >= 0; i = rfind_byte(s, i, '\\')) {
+    if (starts_with(s, n, i, "\\boxed{")) {
+      boxed = i;
       break;
     }
   }
-  for (int64_t p = last_dbl - 2; p >= 0; --p) {
-    if (s[p] == '[' && s[p + 1] == '[') {
-      brackets = p;
-      break;
-    }
-  }
+  const int64_t brackets = last_dbl >= 2 ? rfind_pair(s, last_dbl, '[') : -1;
   Group g;
   if (boxed < 0 && brackets < 0) return g;
   if (boxed > brackets) {
     g.start = boxed;
     g.begin = boxed + 7;
-    int64_t e = g.begin;
-    while (s[e] != '}') ++e;  // exists: last_brace >= begin
-    g.end = e;
+    g.end = find_byte(s, g.begin, n, '}');  // exists: last_brace >= begin
   } else {
     g.start = brackets;
     g.begin = brackets + 2;
-    int64_t e = g.begin;
-    while (!(s[e] == ']' && s[e + 1] == ']')) ++e;  // exists: last_dbl >= begin
+    int64_t e = find_byte(s, g.begin, n, ']');
+    while (s[e + 1] != ']') e = find_byte(s, e + 1, n, ']');  // exists: last_dbl >= begin
     g.end = e;
   }
   return g;
@@ -230,22 +253,21 @@ SPCT_HD void trim(const uint8_t* s, int64_t* b, int64_t* e) {
 SPCT_HD Sections find_sections(const uint8_t* s, int64_t n, int64_t group_start) {
   Sections out;
   int64_t* open = nullptr;  // the section whose end is still to be found
-  for (int64_t p = 0; p <= n; ++p) {
-    if (p != 0 && s[p - 1] != '\n') continue;
-    if (p == n && p != 0) break;
+  for (int64_t p = 0; p < n || p == 0; p = find_byte(s, p, n, '\n') + 1) {
     int64_t content = 0;
     int kind = header_at(s, n, p, &content);
-    if (kind == kNone) continue;
-    if (open != nullptr) {  // this header line closes the open section
-      open[1] = p;
-      open = nullptr;
+    if (kind != kNone) {
+      if (open != nullptr) {  // this header line closes the open section
+        open[1] = p;
+        open = nullptr;
+      }
+      int64_t* span = kind == kPrinciples ? out.principles : kind == kCritique ? out.critique : nullptr;
+      if (span != nullptr && span[0] < 0) {
+        span[0] = content;
+        open = span;
+      }
     }
-    int64_t* span = kind == kPrinciples ? out.principles : kind == kCritique ? out.critique : nullptr;
-    if (span != nullptr && span[0] < 0) {
-      span[0] = content;
-      open = span;
-    }
-    p = content - 1;  // a header's content never holds the next line start before its own newline
+    if (p >= n) break;
   }
   if (open != nullptr) open[1] = n;
   int64_t* spans[2] = {out.principles, out.critique};
@@ -287,10 +309,7 @@ SPCT_HD int64_t list_marker(const uint8_t* s, int64_t e, int64_t i) {
   return j - i;
 }
 
-SPCT_HD int64_t line_end(const uint8_t* s, int64_t e, int64_t p) {
-  while (p < e && s[p] != '\n') ++p;
-  return p;
-}
+SPCT_HD int64_t line_end(const uint8_t* s, int64_t e, int64_t p) { return find_byte(s, p, e, '\n'); }
 
 SPCT_HD int64_t indentation(const uint8_t* s, int64_t e, int64_t p) {
   int64_t i = p;

@@ -30,11 +30,18 @@ struct BadToken {
   int64_t row = -1, col = -1, id = 0;
 };
 
-// Bytes of each row's text into row_bytes (N,); returns the first out-of-vocabulary token (row -1 if none).
-BadToken detokenized_sizes(const TokenIds& ids, const TokenTable& table, int64_t* row_bytes);
+// Detokenizes (N, T) ids in one pass: run() checks the ids and fills row_offsets (N + 1,) (the offsets array
+// must stay alive until gather), gather() writes the joined text (row_offsets[N] bytes).
+class Detokenizer {
+ public:
+  BadToken run(const TokenIds& ids, const TokenTable& table, int64_t* row_offsets);
+  void gather(uint8_t* text) const;
 
-// Writes each row's text at text + row_offsets[r]; row_offsets (N + 1,) from the sizes above.
-void detokenize(const TokenIds& ids, const TokenTable& table, const int64_t* row_offsets, uint8_t* text);
+ private:
+  std::vector<std::vector<uint8_t>> chunks_;  // per thread: the text of rows [first_row_[k], first_row_[k + 1])
+  std::vector<int64_t> first_row_;
+  const int64_t* row_offsets_ = nullptr;
+};
 
 struct ParseOutput {
   float* scores;       // (N, n_max), NaN where invalid or padded

@@ -192,7 +192,8 @@ def extract_scores(texts: Sequence[bytes], num_responses: Sequence[int], lo: flo
     for r, s in enumerate(texts):
         row_scores, pspan[r], cspan[r], items = parse_row(s, num_responses[r], lo, hi)
         if row_scores is not None:
-            scores[r, : len(row_scores)] = row_scores
+            with np.errstate(over="ignore"):  # beyond float32's range is inf, as in C++
+                scores[r, : len(row_scores)] = row_scores
             valid[r] = True
         counts[r] = len(items)
         spans += [(b, e) for b, e, _ in items]

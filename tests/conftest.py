@@ -1,0 +1,56 @@
+"""Shared fixtures: the one tolerance table, the default model and its tokenizer, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import settings
+
+# Property tests: 300 examples by default; HYPOTHESIS_PROFILE=long for a deep hunt.
+settings.register_profile("default", max_examples=300)
+settings.register_profile("long", max_examples=30_000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# The ONE tolerance table for float ops, per dtype (torch.testing.assert_close(rtol=..., atol=...)).
+# Parsing, selection and greedy tokens are compared exactly, never with these.
+TOLERANCES = {
+    torch.float32: {"rtol": 1.3e-6, "atol": 1e-5},
+    torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2},
+    torch.float16: {"rtol": 1e-3, "atol": 1e-3},
+}
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` beside the checkout; tests that need it skip with a message when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found beside the checkout ({SHARED_DATA.name}); skipping")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The default model `smollm2-135m`, fetched and converted once into the spct cache."""
+    from spct.engine.models import fetch
+
+    return fetch("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(default_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+def pytest_report_header(config):
+    import spct
+    from spct import _native
+
+    native = "missing" if _native._module is None else f"cuda={_native._module.has_cuda}"
+    return f"spct {spct.__version__}, native module {native}, SPCT_STRICT={os.environ.get('SPCT_STRICT', '0')}"

@@ -1,0 +1,84 @@
+"""Helpers shared by the extract_scores tests: run native and reference side by side and compare exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spct import _native
+from spct.ops.ref import extract_scores as ref
+
+GRM_SAMPLE = (
+    "Specific Criteria:\n"
+    "1. Factual accuracy (Weight: 40%): the answer must be correct.\n"
+    "2. **Clarity** (weight 0.3): easy to follow.\n"
+    "   - sub point (Weight: 5%)\n"
+    "3. Helpfulness: addresses the question.\n\n"
+    "Analysis:\n"
+    "- **Response 1** is accurate and clear.\n"
+    "- **Response 2** has an arithmetic error.\n\n"
+    "Scores: \\boxed{8, 3}"
+)
+
+
+def native_lib():
+    """The native module; skips (or fails under SPCT_STRICT=1) when it was not built."""
+    lib = _native._module
+    if lib is None:
+        if _native.strict():
+            pytest.fail(f"SPCT_STRICT=1 but spct._C failed to import: {_native._IMPORT_ERROR}")
+        pytest.skip("spct._C is not built")
+    return lib
+
+
+def as_bytes(texts) -> list[bytes]:
+    return [t.encode("utf-8", "surrogatepass") if isinstance(t, str) else bytes(t) for t in texts]
+
+
+def counts_for(num_responses, rows: int) -> np.ndarray:
+    if isinstance(num_responses, int):
+        return np.full(rows, num_responses, dtype=np.int64)
+    return np.asarray(num_responses, dtype=np.int64)
+
+
+def native_text(texts, num_responses, lo=1.0, hi=10.0) -> ref.Packed:
+    rows = as_bytes(texts)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    text = np.frombuffer(b"".join(rows), dtype=np.uint8)
+    return ref.Packed(*native_lib().extract_text(text, offsets, counts_for(num_responses, len(rows)), lo, hi))
+
+
+def reference_text(texts, num_responses, lo=1.0, hi=10.0) -> ref.Packed:
+    rows = as_bytes(texts)
+    return ref.extract_scores(rows, counts_for(num_responses, len(rows)).tolist(), lo, hi)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    return a.view({4: np.uint32, 8: np.uint64}[a.dtype.itemsize]) if a.dtype.kind == "f" else a
+
+
+def assert_packed_equal(got: ref.Packed, want: ref.Packed) -> None:
+    """Every array equal, floats bit for bit (NaN where NaN, -0.0 where -0.0)."""
+    for name, g, w in zip(ref.Packed._fields, got, want):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.shape == w.shape, f"{name}: shape {g.shape} != {w.shape}"
+        assert g.dtype == w.dtype, f"{name}: dtype {g.dtype} != {w.dtype}"
+        diff = np.flatnonzero((_bits(g) != _bits(w)).reshape(-1))
+        assert diff.size == 0, f"{name} differs at flat index {diff[:5]}: {g.reshape(-1)[diff[:5]]} != {w.reshape(-1)[diff[:5]]}"
+
+
+def both(texts, num_responses, lo=1.0, hi=10.0) -> ref.Packed:
+    """Native and reference on the same input; asserts they agree exactly and returns the reference."""
+    want = reference_text(texts, num_responses, lo, hi)
+    assert_packed_equal(native_text(texts, num_responses, lo, hi), want)
+    return want
+
+
+def span_text(packed: ref.Packed, row: int, span) -> bytes | None:
+    b, e = (int(x) for x in span)
+    if b < 0:
+        return None
+    start = int(packed.row_offsets[row])
+    return packed.text[start + b : start + e].tobytes()
