@@ -101,10 +101,10 @@ py::tuple extract_tokens(const py::array& ids, const CArray<int64_t>& lengths, c
   const bool is64 = ids.dtype().is(py::dtype::of<int64_t>());
   check(is64 || ids.dtype().is(py::dtype::of<int32_t>()), "token_ids must be int32 or int64");
   check(ids.ndim() == 2, "token_ids must be 2-D (N, T)");
-  check(ids.strides(1) == static_cast<py::ssize_t>(ids.itemsize()) && ids.strides(0) % ids.itemsize() == 0 &&
-            ids.strides(0) >= 0,
-        "token_ids rows must be contiguous");
   const int64_t rows = ids.shape(0), cols = ids.shape(1);
+  const py::ssize_t item = ids.itemsize();
+  check(rows == 0 || cols == 0 || (ids.strides(1) == item && ids.strides(0) % item == 0 && ids.strides(0) >= 0),
+        "token_ids rows must be contiguous");
   check(lengths.ndim() == 1 && lengths.shape(0) == rows, "lengths must have shape (N,)");
   const int64_t* len = lengths.data();
   for (int64_t r = 0; r < rows; ++r) {
