@@ -136,6 +136,53 @@ py::tuple extract_tokens(const py::array& ids, const CArray<int64_t>& lengths, c
   return parse(text, row_offsets, num_responses, lo, hi);
 }
 
+#if defined(SPCT_WITH_CUDA)
+// CUDA entry points: every buffer is a device pointer (int) owned by torch on the Python side.
+void cuda_check(const std::string& err) {
+  if (!err.empty()) throw std::runtime_error("spct CUDA kernel failed: " + err);
+}
+
+template <typename T>
+T* dptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+// tokens: (ids, is_int64, rows, cols, row_stride, lengths, table_bytes, table_offsets, vocab, strip_leading_space)
+spct::cuda::DeviceTokens device_tokens(const py::tuple& t) {
+  check(t.size() == 10, "device tokens tuple must have 10 fields");
+  return spct::cuda::DeviceTokens{dptr<const void>(t[0].cast<uintptr_t>()), t[1].cast<bool>(),
+                                  t[2].cast<int64_t>(), t[3].cast<int64_t>(), t[4].cast<int64_t>(),
+                                  dptr<const int64_t>(t[5].cast<uintptr_t>()),
+                                  dptr<const uint8_t>(t[6].cast<uintptr_t>()),
+                                  dptr<const int64_t>(t[7].cast<uintptr_t>()), t[8].cast<int64_t>(),
+                                  t[9].cast<bool>()};
+}
+
+void bind_cuda(py::module_& m) {
+  m.def("extract_sizes_cuda", [](const py::tuple& tokens, uintptr_t row_bytes, uintptr_t bad, uintptr_t stream) {
+    cuda_check(spct::cuda::launch_sizes(device_tokens(tokens), dptr<int64_t>(row_bytes),
+                                        dptr<unsigned long long>(bad), dptr<void>(stream)));
+  });
+  m.def("extract_parse_cuda", [](const py::tuple& tokens, uintptr_t row_offsets, uintptr_t text,
+                                 uintptr_t num_responses, int64_t n_max, double lo, double hi, uintptr_t scores,
+                                 uintptr_t valid, uintptr_t pspan, uintptr_t cspan, uintptr_t counts,
+                                 uintptr_t slow, uintptr_t stream) {
+    spct::cuda::DeviceParse out{dptr<const int64_t>(row_offsets), dptr<uint8_t>(text),
+                                dptr<const int64_t>(num_responses), n_max, lo, hi, dptr<float>(scores),
+                                dptr<bool>(valid), dptr<int64_t>(pspan), dptr<int64_t>(cspan),
+                                dptr<int64_t>(counts), dptr<int32_t>(slow)};
+    cuda_check(spct::cuda::launch_parse(device_tokens(tokens), out, dptr<void>(stream)));
+  });
+  m.def("extract_items_cuda", [](uintptr_t row_offsets, uintptr_t text, uintptr_t pspan, uintptr_t item_starts,
+                                 int64_t rows, uintptr_t item_spans, uintptr_t item_weights, uintptr_t stream) {
+    cuda_check(spct::cuda::launch_items(dptr<const int64_t>(row_offsets), dptr<const uint8_t>(text),
+                                        dptr<const int64_t>(pspan), dptr<const int64_t>(item_starts), rows,
+                                        dptr<int64_t>(item_spans), dptr<double>(item_weights),
+                                        dptr<void>(stream)));
+  });
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -148,7 +195,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("hi"), "Detokenize (N, T) token ids with a byte table and parse each row.");
 #if defined(SPCT_WITH_CUDA)
   m.attr("has_cuda") = true;
-  spct::cuda::bind(m);
+  bind_cuda(m);
 #else
   m.attr("has_cuda") = false;
 #endif

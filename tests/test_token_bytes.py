@@ -174,3 +174,41 @@ def test_unsupported_tokenizer_is_refused():
     tok.decoder = decoders.WordPiece()
     with pytest.raises(ValueError, match=r"uses \['WordPiece'\]"):
         spct.TokenBytes.from_tokenizer(tok)
+
+
+def test_device_slow_rows_are_redone_on_the_host():
+    # The CUDA kernel parses numbers with over 15 significant digits as NaN and flags the row; the launcher's
+    # host re-parse must then restore exactly what the C++ kernel gives. Exercised here on CPU tensors.
+    from spct.ops.extract_scores import _reparse_slow_rows
+
+    texts = [GRM_SAMPLE, "Specific Criteria:\n- A (Weight: 33.33333333333333333%)\n\\boxed{7.0000000000000000001, 2}",
+             "\\boxed{3, 4}", "\\boxed{1." + "1" * 30 + ", 5}"]
+    counts = np.asarray([2, 2, 2, 2])
+    want = reference_text(texts, counts)
+    device_like = ref.Packed(*(torch.from_numpy(np.array(a)) for a in want))
+    device_like.scores[[1, 3]] = float("nan")
+    device_like.valid[[1, 3]] = False
+    device_like.item_weights[-1] = float("nan")
+    slow = torch.tensor([0, 1, 0, 1], dtype=torch.int32)
+    fixed = _reparse_slow_rows(device_like, slow, counts, 1.0, 10.0)
+    assert_packed_equal(ref.Packed(*(a.numpy() for a in fixed)), want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_cuda_equals_cpu(smollm2_tokenizer, smol_table, dtype):
+    tok = smollm2_tokenizer
+    texts = TEXTS + ["\\boxed{7.00000000000000000001, 3}", "Specific Criteria:\n- x (Weight: 1.0000000000000000001)"]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ids, lengths = pad(rows, 0, dtype)
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randint(0, len(smol_table), (64, 300), generator=gen, dtype=dtype)
+    for host_ids, host_lens in [(ids, lengths), (noise, torch.randint(0, 301, (64,), generator=gen))]:
+        counts = np.full(host_ids.shape[0], 2, dtype=np.int64)
+        want = extract_from_tokens(host_ids, host_lens, smol_table, counts, 1.0, 10.0)
+        got = extract_from_tokens(host_ids.cuda(), host_lens, smol_table, counts, 1.0, 10.0)
+        assert_packed_equal(ref.Packed(*(a.cpu().numpy() for a in got)), want)
+    bad = ids.clone().cuda()
+    bad[1, 2] = len(smol_table)
+    with pytest.raises(ValueError, match=f"token id {len(smol_table)} at row 1, position 2"):
+        extract_from_tokens(bad, lengths, smol_table, np.full(len(rows), 2), 1.0, 10.0)

@@ -172,9 +172,10 @@ def extract_from_tokens(ids: torch.Tensor, lens: torch.Tensor, vocab: TokenBytes
                         hi: float) -> ref.Packed:
     """Detokenize and parse on the tensor's device: CUDA kernel, C++ kernel, or the reference."""
     if ids.is_cuda:
-        from spct.ops import extract_scores_cuda
-
-        return extract_scores_cuda.extract(ids, lens, vocab, counts, lo, hi)
+        lib = _native.native("extract_scores", "cuda")
+        if lib is not None:
+            return _extract_cuda(lib, ids, lens, vocab, counts, lo, hi)
+        ids = ids.cpu()  # no CUDA kernel built: the reference below, on the host
     lib = _native.native("extract_scores")
     host_ids = ids.numpy()
     if lib is not None:
@@ -189,6 +190,66 @@ def extract_from_tokens(ids: torch.Tensor, lens: torch.Tensor, vocab: TokenBytes
                              f"[0, {len(vocab)})")
     rows = ref.detokenize(host_ids, lens.numpy(), vocab, vocab.strip_leading_space)
     return ref.extract_scores(rows, counts.tolist(), lo, hi)
+
+
+def _extract_cuda(lib, ids: torch.Tensor, lens: torch.Tensor, vocab: TokenBytes, counts: np.ndarray, lo: float,
+                  hi: float) -> ref.Packed:
+    """Device path: sizes -> offsets -> detokenize + parse -> principle items; two host syncs (the sizes)."""
+    dev, stream = ids.device, torch.cuda.current_stream(ids.device).cuda_stream
+    rows, cols = ids.shape
+    table_bytes, table_offsets = vocab.on(dev)
+    lens_d = lens.to(dev)
+    tokens = (ids.data_ptr(), ids.dtype == torch.int64, rows, cols, ids.stride(0), lens_d.data_ptr(),
+              table_bytes.data_ptr(), table_offsets.data_ptr(), len(vocab), vocab.strip_leading_space)
+    row_bytes = torch.empty(rows, dtype=torch.int64, device=dev)
+    no_bad = torch.iinfo(torch.int64).max
+    bad = torch.full((1,), no_bad, dtype=torch.int64, device=dev)  # read as uint64 by the kernel
+    lib.extract_sizes_cuda(tokens, row_bytes.data_ptr(), bad.data_ptr(), stream)
+    first_bad = int(bad.item())
+    if first_bad != no_bad:
+        r, c = divmod(first_bad, cols)
+        raise ValueError(f"token id {int(ids[r, c])} at row {r}, position {c} is outside the vocabulary "
+                         f"[0, {len(vocab)})")
+    offsets = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
+    torch.cumsum(row_bytes, 0, out=offsets[1:])
+    text = torch.empty(int(offsets[-1].item()), dtype=torch.uint8, device=dev)
+    n_max = int(counts.max(initial=0))
+    counts_d = torch.from_numpy(counts).to(dev)
+    scores = torch.empty((rows, n_max), dtype=torch.float32, device=dev)
+    valid = torch.empty(rows, dtype=torch.bool, device=dev)
+    pspan, cspan = (torch.empty((rows, 2), dtype=torch.int64, device=dev) for _ in range(2))
+    item_counts = torch.empty(rows, dtype=torch.int64, device=dev)
+    slow = torch.zeros(rows, dtype=torch.int32, device=dev)
+    lib.extract_parse_cuda(tokens, offsets.data_ptr(), text.data_ptr(), counts_d.data_ptr(), n_max, lo, hi,
+                           scores.data_ptr(), valid.data_ptr(), pspan.data_ptr(), cspan.data_ptr(),
+                           item_counts.data_ptr(), slow.data_ptr(), stream)
+    item_starts = torch.cumsum(item_counts, 0) - item_counts
+    total = int(item_counts.sum().item())
+    item_spans = torch.empty((total, 2), dtype=torch.int64, device=dev)
+    item_weights = torch.empty(total, dtype=torch.float64, device=dev)
+    lib.extract_items_cuda(offsets.data_ptr(), text.data_ptr(), pspan.data_ptr(), item_starts.data_ptr(), rows,
+                           item_spans.data_ptr(), item_weights.data_ptr(), stream)
+    packed = ref.Packed(text, offsets, scores, valid, pspan, cspan, item_counts, item_spans, item_weights)
+    return _reparse_slow_rows(packed, slow, counts, lo, hi)
+
+
+def _reparse_slow_rows(packed: ref.Packed, slow: torch.Tensor, counts: np.ndarray, lo: float, hi: float):
+    """Rows holding a number beyond the device's exact fast path (over 15 significant digits): redo on the host."""
+    rows = torch.nonzero(slow).flatten().cpu()
+    if rows.numel() == 0:
+        return packed
+    host = ref.Packed(*(_to_numpy(a) for a in packed))
+    texts = [host.text[host.row_offsets[r] : host.row_offsets[r + 1]].tobytes() for r in rows.tolist()]
+    fixed = extract_from_texts(texts, counts[rows.numpy()], lo, hi)
+    dev = packed.scores.device
+    scores = np.full((len(texts), packed.scores.shape[1]), np.nan, dtype=np.float32)
+    scores[:, : fixed.scores.shape[1]] = fixed.scores
+    packed.scores[rows.to(dev)] = torch.from_numpy(scores).to(dev)
+    packed.valid[rows.to(dev)] = torch.from_numpy(fixed.valid).to(dev)
+    starts = np.concatenate([[0], np.cumsum(host.item_counts)])
+    index = np.concatenate([np.arange(starts[r], starts[r + 1]) for r in rows.tolist()]).astype(np.int64)
+    packed.item_weights[torch.from_numpy(index).to(dev)] = torch.from_numpy(fixed.item_weights).to(dev)
+    return packed
 
 
 def extract_scores(
