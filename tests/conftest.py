@@ -52,5 +52,6 @@ def pytest_report_header(config):
     import spct
     from spct import _native
 
-    native = "missing" if _native._module is None else f"cuda={_native._module.has_cuda}"
+    lib = _native._module
+    native = "missing" if lib is None else f"{lib.__file__} (cuda={lib.has_cuda})"
     return f"spct {spct.__version__}, native module {native}, SPCT_STRICT={os.environ.get('SPCT_STRICT', '0')}"

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from types import ModuleType
 
-try:
-    from spct import _C as _module
+def _load() -> ModuleType:
+    """spct._C, or the build named by SPCT_NATIVE_LIB (a path to a _C*.so, e.g. a sanitizer build)."""
+    path = os.environ.get("SPCT_NATIVE_LIB")
+    if not path:
+        from spct import _C
 
+        return _C
+    spec = importlib.util.spec_from_file_location("spct._C", path)
+    if spec is None or spec.loader is None or not os.path.isfile(path):
+        raise ImportError(f"SPCT_NATIVE_LIB={path!r} is not a loadable extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["spct._C"] = module
+    return module
+
+
+try:
+    _module: ModuleType | None = _load()
     _IMPORT_ERROR: ImportError | None = None
 except ImportError as exc:  # a source tree without a build: ops fall back to their references
     _module = None

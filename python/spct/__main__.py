@@ -1,0 +1,3 @@
+from spct.cli import main
+
+main()
