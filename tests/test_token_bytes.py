@@ -212,3 +212,11 @@ def test_cuda_equals_cpu(smollm2_tokenizer, smol_table, dtype):
     bad[1, 2] = len(smol_table)
     with pytest.raises(ValueError, match=f"token id {len(smol_table)} at row 1, position 2"):
         extract_from_tokens(bad, lengths, smol_table, np.full(len(rows), 2), 1.0, 10.0)
+
+
+def test_registered_op_passes_opcheck(smollm2_tokenizer, smol_table):
+    # spct::extract_scores_tokens is a torch custom op with a fake (meta) implementation for torch.compile.
+    ids, lengths = pad([smollm2_tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS], 0)
+    args = (ids, lengths, *smol_table.on("cpu"), smol_table.strip_leading_space, torch.full((len(TEXTS),), 2), 1.0, 10.0)
+    torch.library.opcheck(torch.ops.spct.extract_scores_tokens.default, args,
+                          test_utils=("test_schema", "test_faketensor"))

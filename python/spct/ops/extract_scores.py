@@ -170,37 +170,75 @@ def _check_tokens(token_ids: Any, lengths: Any, vocab: TokenBytes | None) -> tup
 
 def extract_from_tokens(ids: torch.Tensor, lens: torch.Tensor, vocab: TokenBytes, counts: np.ndarray, lo: float,
                         hi: float) -> ref.Packed:
-    """Detokenize and parse on the tensor's device: CUDA kernel, C++ kernel, or the reference."""
+    """Detokenize and parse on the tensor's device through the registered op `spct::extract_scores_tokens`."""
+    out = torch.ops.spct.extract_scores_tokens(ids, lens, *vocab.on(ids.device), vocab.strip_leading_space,
+                                               torch.from_numpy(counts), lo, hi)
+    return ref.Packed(*out)
+
+
+@torch.library.custom_op("spct::extract_scores_tokens", mutates_args=())
+def _extract_scores_tokens(
+    token_ids: torch.Tensor, lengths: torch.Tensor, table_bytes: torch.Tensor, table_offsets: torch.Tensor,
+    strip_leading_space: bool, num_responses: torch.Tensor, lo: float, hi: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor, torch.Tensor]:
+    """The token path as a torch op: returns the `Packed` fields as tensors on token_ids' device (text and
+    items too). token_ids: (N, T) int32/int64; lengths, num_responses: (N,) int64 on the CPU."""
+    ids, counts = token_ids.contiguous(), num_responses.numpy()
     if ids.is_cuda:
         lib = _native.native("extract_scores", "cuda")
         if lib is not None:
-            return _extract_cuda(lib, ids, lens, vocab, counts, lo, hi)
+            table = (table_bytes.to(ids.device), table_offsets.to(ids.device), strip_leading_space)
+            return tuple(_extract_cuda(lib, ids, lengths, table, counts, lo, hi))
         ids = ids.cpu()  # no CUDA kernel built: the reference below, on the host
+    host = TokenBytes(table_bytes.cpu().numpy(), table_offsets.cpu().numpy(), strip_leading_space)
     lib = _native.native("extract_scores")
-    host_ids = ids.numpy()
     if lib is not None:
-        out = lib.extract_tokens(host_ids, lens.numpy(), vocab.data, vocab.offsets, vocab.strip_leading_space,
-                                 counts, lo, hi)
-        return ref.Packed(*out)
-    for r in range(host_ids.shape[0]):
-        row = host_ids[r, : int(lens[r])]
+        out = lib.extract_tokens(ids.numpy(), lengths.numpy(), host.data, host.offsets, strip_leading_space, counts,
+                                 lo, hi)
+    else:
+        out = _reference_tokens(ids.numpy(), lengths.numpy(), host, counts, lo, hi)
+    return tuple(torch.from_numpy(a if a.flags.writeable else a.copy()).to(token_ids.device) for a in out)
+
+
+@_extract_scores_tokens.register_fake
+def _(token_ids, lengths, table_bytes, table_offsets, strip_leading_space, num_responses, lo, hi):
+    ctx = torch.library.get_ctx()
+    rows, dev = token_ids.shape[0], token_ids.device
+    text, n_max, items = ctx.new_dynamic_size(), ctx.new_dynamic_size(), ctx.new_dynamic_size()
+
+    def empty(*shape, dtype):
+        return torch.empty(shape, dtype=dtype, device=dev)
+
+    return (empty(text, dtype=torch.uint8), empty(rows + 1, dtype=torch.int64), empty(rows, n_max, dtype=torch.float32),
+            empty(rows, dtype=torch.bool), empty(rows, 2, dtype=torch.int64), empty(rows, 2, dtype=torch.int64),
+            empty(rows, dtype=torch.int64), empty(items, 2, dtype=torch.int64), empty(items, dtype=torch.float64))
+
+
+def _reference_tokens(ids: np.ndarray, lens: np.ndarray, vocab: TokenBytes, counts: np.ndarray, lo: float,
+                      hi: float) -> ref.Packed:
+    for r in range(ids.shape[0]):
+        row = ids[r, : int(lens[r])]
         bad = np.flatnonzero((row < 0) | (row >= len(vocab)))
         if bad.size:
             raise ValueError(f"token id {row[bad[0]]} at row {r}, position {bad[0]} is outside the vocabulary "
                              f"[0, {len(vocab)})")
-    rows = ref.detokenize(host_ids, lens.numpy(), vocab, vocab.strip_leading_space)
+    rows = ref.detokenize(ids, lens, vocab, vocab.strip_leading_space)
     return ref.extract_scores(rows, counts.tolist(), lo, hi)
 
 
-def _extract_cuda(lib, ids: torch.Tensor, lens: torch.Tensor, vocab: TokenBytes, counts: np.ndarray, lo: float,
-                  hi: float) -> ref.Packed:
-    """Device path: sizes -> offsets -> detokenize + parse -> principle items; two host syncs (the sizes)."""
+def _extract_cuda(lib, ids: torch.Tensor, lens: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor, bool],
+                  counts: np.ndarray, lo: float, hi: float) -> ref.Packed:
+    """Device path: sizes -> offsets -> detokenize + parse -> principle items; host syncs for the sizes only.
+
+    table: (bytes, offsets, strip_leading_space) of the vocabulary, on ids' device."""
     dev, stream = ids.device, torch.cuda.current_stream(ids.device).cuda_stream
     rows, cols = ids.shape
-    table_bytes, table_offsets = vocab.on(dev)
+    table_bytes, table_offsets, strip = table
+    vocab = table_offsets.shape[0] - 1
     lens_d = lens.to(dev)
     tokens = (ids.data_ptr(), ids.dtype == torch.int64, rows, cols, ids.stride(0), lens_d.data_ptr(),
-              table_bytes.data_ptr(), table_offsets.data_ptr(), len(vocab), vocab.strip_leading_space)
+              table_bytes.data_ptr(), table_offsets.data_ptr(), vocab, strip)
     row_bytes = torch.empty(rows, dtype=torch.int64, device=dev)
     no_bad = torch.iinfo(torch.int64).max
     bad = torch.full((1,), no_bad, dtype=torch.int64, device=dev)  # read as uint64 by the kernel
@@ -208,8 +246,7 @@ def _extract_cuda(lib, ids: torch.Tensor, lens: torch.Tensor, vocab: TokenBytes,
     first_bad = int(bad.item())
     if first_bad != no_bad:
         r, c = divmod(first_bad, cols)
-        raise ValueError(f"token id {int(ids[r, c])} at row {r}, position {c} is outside the vocabulary "
-                         f"[0, {len(vocab)})")
+        raise ValueError(f"token id {int(ids[r, c])} at row {r}, position {c} is outside the vocabulary [0, {vocab})")
     offsets = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
     torch.cumsum(row_bytes, 0, out=offsets[1:])
     text = torch.empty(int(offsets[-1].item()), dtype=torch.uint8, device=dev)

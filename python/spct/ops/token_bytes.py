@@ -90,8 +90,8 @@ class TokenBytes:
     """
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray, strip_leading_space: bool = False):
-        data = np.ascontiguousarray(data, dtype=np.uint8)
-        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        data = np.array(data, dtype=np.uint8)  # an owned, writable copy: torch views it without warnings
+        offsets = np.array(offsets, dtype=np.int64)
         if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != data.size:
             raise ValueError("offsets must be 1-D, start at 0 and end at len(data)")
         if np.any(np.diff(offsets) < 0):
