@@ -47,7 +47,7 @@ SCORE_CASES = [
     ("\\boxed{7, 4} but finally \\boxed{x}", 2, None),  # the last group is invalid: no fallback
     ("Scores: 7, 4", 2, None),  # no group
     ("", 1, None),
-    ("\\boxed{+7, 4}", 2, [7, 4]),
+    ("\\boxed{+7, 4}", 2, None),  # no plus sign
     ("\\boxed{1_0}", 1, None),  # no underscores (Python's float would take them)
     ("\\boxed{\uff17}", 1, None),  # a full-width digit is no DIGIT
 ]
@@ -65,8 +65,8 @@ def test_score_rules(text, n, expected):
 
 
 def test_custom_range_and_signs():
-    packed = both(["\\boxed{-3, +2.5}", "\\boxed{-6, 0}", "[[-0, 5]]"], 2, lo=-5.0, hi=5.0)
-    assert packed.valid.tolist() == [True, False, True]
+    packed = both(["\\boxed{-3, 2.5}", "\\boxed{-6, 0}", "[[-0, 5]]", "[[- 1, 2]]"], 2, lo=-5.0, hi=5.0)
+    assert packed.valid.tolist() == [True, False, True, False]
     np.testing.assert_array_equal(packed.scores[0], [-3, 2.5])
     assert math.copysign(1.0, packed.scores[2, 0]) == -1.0  # -0 stays -0.0 in both backends
 

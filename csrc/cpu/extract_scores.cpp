@@ -61,13 +61,13 @@ BadToken append_row(const TokenIds& ids, const TokenTable& table, int64_t r, std
 }
 
 // Exact conversion for numbers off the fast path; std::from_chars is correctly rounded like Python's float().
-// It takes no '+' and leaves the value unset when out of range: the grammar has no exponent, so that is an
-// overflow (inf) when a nonzero digit precedes the point, else an underflow (0).
+// It leaves the value unset when out of range: the grammar has no exponent, so that is an overflow (inf) when
+// a nonzero digit precedes the point, else an underflow (0).
 bool slow_number(const uint8_t* s, int64_t len, double* out) {
   const char* b = reinterpret_cast<const char*>(s);
   const char* e = b + len;
-  bool neg = *b == '-';
-  if (*b == '+' || *b == '-') ++b;
+  const bool neg = *b == '-';
+  if (neg) ++b;
   double v = 0.0;
   auto res = std::from_chars(b, e, v, std::chars_format::fixed);
   if (res.ec == std::errc::result_out_of_range) {

@@ -52,13 +52,13 @@ SPCT_HD bool starts_with(const uint8_t* s, int64_t n, int64_t p, const char* lit
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Numbers: NUMBER := [+-]? DIGIT+ ("." DIGIT+)?   (no exponent, no leading or trailing point)
+// Numbers: NUMBER := "-"? DIGIT+ ("." DIGIT+)?   (no "+", no exponent, no leading or trailing point)
 // ---------------------------------------------------------------------------------------------------------
 
 // Length of the NUMBER starting at s[p] (0 if none). `sign_ok` allows the leading sign.
 SPCT_HD int64_t number_length(const uint8_t* s, int64_t n, int64_t p, bool sign_ok) {
   int64_t i = p;
-  if (sign_ok && i < n && (s[i] == '+' || s[i] == '-')) ++i;
+  if (sign_ok && i < n && s[i] == '-') ++i;
   int64_t d = i;
   while (i < n && is_digit(s[i])) ++i;
   if (i == d) return 0;
@@ -78,8 +78,8 @@ SPCT_HD int fast_number(const uint8_t* s, int64_t len, double* out) {
                              1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
   int64_t i = 0;
   bool neg = false;
-  if (s[0] == '+' || s[0] == '-') {
-    neg = s[0] == '-';
+  if (s[0] == '-') {
+    neg = true;
     ++i;
   }
   uint64_t m = 0;

@@ -8,7 +8,7 @@ Score group
     "[[" CONTENT "]]"       (CONTENT ends at the first "]]" after the opener)
   An opener without its closer is no group. No group -> invalid.
   CONTENT := WS* NUMBER WS* ("," WS* NUMBER WS*)*
-  NUMBER  := [+-]? DIGIT+ ("." DIGIT+)?        (integers and plain decimals; no exponent, no "7." or ".5")
+  NUMBER  := "-"? DIGIT+ ("." DIGIT+)?        (integers and plain decimals; no "+", no exponent, no "7." or ".5")
   Valid iff CONTENT matches, holds exactly `num_responses` numbers, and each value v (the nearest double,
   as Python's float()) satisfies lo <= v <= hi. Scores are stored as float32; invalid rows and padding are NaN.
 

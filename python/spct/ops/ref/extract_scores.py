@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-_NUMBER = rb"[+-]?[0-9]+(?:\.[0-9]+)?"
+_NUMBER = rb"-?[0-9]+(?:\.[0-9]+)?"
 _UNSIGNED = rb"[0-9]+(?:\.[0-9]+)?"
 _GROUP_CONTENT = re.compile(rb"\s*" + _NUMBER + rb"\s*(?:,\s*" + _NUMBER + rb"\s*)*")
 _HEADER = re.compile(rb"[ \t#*>-]*(specific criteria|analysis|final scores|scores)", re.IGNORECASE)
