@@ -220,3 +220,18 @@ def test_registered_op_passes_opcheck(smollm2_tokenizer, smol_table):
     args = (ids, lengths, *smol_table.on("cpu"), smol_table.strip_leading_space, torch.full((len(TEXTS),), 2), 1.0, 10.0)
     torch.library.opcheck(torch.ops.spct.extract_scores_tokens.default, args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_autoj_critiques_real_data(shared_data, smollm2_tokenizer, smol_table):
+    # 960 real Auto-J critiques ending in "Rating: [[x]]": every one parses to its recorded score, from text and
+    # from SmolLM2 token ids alike, and the native kernel agrees with the reference row by row.
+    import json
+
+    rows = [json.loads(line) for line in (shared_data / "autoj" / "single_traindata.jsonl").open(encoding="utf-8")]
+    texts = [r["target_output"] for r in rows]
+    assert_packed_equal(spct.extract_scores(texts, num_responses=1)._packed, reference_text(texts, 1))
+    ids, lengths = pad([smollm2_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], 0)
+    ex = spct.extract_scores(token_ids=ids, lengths=lengths, vocab=smol_table, num_responses=1)
+    assert ex.texts == texts
+    assert ex.valid.all()
+    assert ex.scores[:, 0].tolist() == [r["pred_score"] for r in rows]
