@@ -19,9 +19,13 @@ namespace {
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
-void check(bool ok, const std::string& msg) {
-  if (!ok) throw py::value_error(msg);
-}
+[[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
+
+// Builds the message only on failure: checks run once per row or per vocabulary entry.
+#define SPCT_CHECK(cond, msg) \
+  do {                        \
+    if (!(cond)) fail(msg);   \
+  } while (0)
 
 template <typename T>
 py::array_t<T> empty(std::initializer_list<py::ssize_t> shape) {
@@ -29,11 +33,11 @@ py::array_t<T> empty(std::initializer_list<py::ssize_t> shape) {
 }
 
 void check_num_responses(const CArray<int64_t>& num_responses, int64_t rows) {
-  check(num_responses.ndim() == 1 && num_responses.shape(0) == rows,
+  SPCT_CHECK(num_responses.ndim() == 1 && num_responses.shape(0) == rows,
         "num_responses must have one entry per row (" + std::to_string(rows) + ")");
   const int64_t* nr = num_responses.data();
   for (int64_t r = 0; r < rows; ++r) {
-    check(nr[r] >= 1, "num_responses must be >= 1, got " + std::to_string(nr[r]) + " at row " + std::to_string(r));
+    SPCT_CHECK(nr[r] >= 1, "num_responses must be >= 1, got " + std::to_string(nr[r]) + " at row " + std::to_string(r));
   }
 }
 
@@ -76,22 +80,22 @@ py::tuple parse(py::array_t<uint8_t> text, CArray<int64_t> row_offsets, const CA
 
 py::tuple extract_text(const CArray<uint8_t>& text, const CArray<int64_t>& row_offsets,
                        const CArray<int64_t>& num_responses, double lo, double hi) {
-  check(text.ndim() == 1 && row_offsets.ndim() == 1 && row_offsets.shape(0) >= 1,
+  SPCT_CHECK(text.ndim() == 1 && row_offsets.ndim() == 1 && row_offsets.shape(0) >= 1,
         "text must be 1-D bytes and row_offsets 1-D with N + 1 entries");
   const int64_t rows = row_offsets.shape(0) - 1;
   const int64_t* off = row_offsets.data();
-  check(off[0] == 0 && off[rows] == text.shape(0), "row_offsets must start at 0 and end at len(text)");
-  for (int64_t r = 0; r < rows; ++r) check(off[r] <= off[r + 1], "row_offsets must not decrease");
+  SPCT_CHECK(off[0] == 0 && off[rows] == text.shape(0), "row_offsets must start at 0 and end at len(text)");
+  for (int64_t r = 0; r < rows; ++r) SPCT_CHECK(off[r] <= off[r + 1], "row_offsets must not decrease");
   check_num_responses(num_responses, rows);
   return parse(text, row_offsets, num_responses, lo, hi);
 }
 
 spct::cpu::TokenTable make_table(const CArray<uint8_t>& bytes, const CArray<int64_t>& offsets, bool strip) {
-  check(bytes.ndim() == 1 && offsets.ndim() == 1 && offsets.shape(0) >= 1, "malformed token byte table");
+  SPCT_CHECK(bytes.ndim() == 1 && offsets.ndim() == 1 && offsets.shape(0) >= 1, "malformed token byte table");
   const int64_t vocab = offsets.shape(0) - 1;
   const int64_t* o = offsets.data();
-  check(o[0] == 0 && o[vocab] == bytes.shape(0), "token byte table offsets must span the byte buffer");
-  for (int64_t t = 0; t < vocab; ++t) check(o[t] <= o[t + 1], "token byte table offsets must not decrease");
+  SPCT_CHECK(o[0] == 0 && o[vocab] == bytes.shape(0), "token byte table offsets must span the byte buffer");
+  for (int64_t t = 0; t < vocab; ++t) SPCT_CHECK(o[t] <= o[t + 1], "token byte table offsets must not decrease");
   return spct::cpu::TokenTable{bytes.data(), o, vocab, strip};
 }
 
@@ -99,16 +103,16 @@ py::tuple extract_tokens(const py::array& ids, const CArray<int64_t>& lengths, c
                          const CArray<int64_t>& table_offsets, bool strip_leading_space,
                          const CArray<int64_t>& num_responses, double lo, double hi) {
   const bool is64 = ids.dtype().is(py::dtype::of<int64_t>());
-  check(is64 || ids.dtype().is(py::dtype::of<int32_t>()), "token_ids must be int32 or int64");
-  check(ids.ndim() == 2, "token_ids must be 2-D (N, T)");
+  SPCT_CHECK(is64 || ids.dtype().is(py::dtype::of<int32_t>()), "token_ids must be int32 or int64");
+  SPCT_CHECK(ids.ndim() == 2, "token_ids must be 2-D (N, T)");
   const int64_t rows = ids.shape(0), cols = ids.shape(1);
   const py::ssize_t item = ids.itemsize();
-  check(rows == 0 || cols == 0 || (ids.strides(1) == item && ids.strides(0) % item == 0 && ids.strides(0) >= 0),
+  SPCT_CHECK(rows == 0 || cols == 0 || (ids.strides(1) == item && ids.strides(0) % item == 0 && ids.strides(0) >= 0),
         "token_ids rows must be contiguous");
-  check(lengths.ndim() == 1 && lengths.shape(0) == rows, "lengths must have shape (N,)");
+  SPCT_CHECK(lengths.ndim() == 1 && lengths.shape(0) == rows, "lengths must have shape (N,)");
   const int64_t* len = lengths.data();
   for (int64_t r = 0; r < rows; ++r) {
-    check(len[r] >= 0 && len[r] <= cols, "lengths[" + std::to_string(r) + "] = " + std::to_string(len[r]) +
+    SPCT_CHECK(len[r] >= 0 && len[r] <= cols, "lengths[" + std::to_string(r) + "] = " + std::to_string(len[r]) +
                                              " is outside [0, T = " + std::to_string(cols) + "]");
   }
   check_num_responses(num_responses, rows);
@@ -138,7 +142,7 @@ py::tuple extract_tokens(const py::array& ids, const CArray<int64_t>& lengths, c
 
 #if defined(SPCT_WITH_CUDA)
 // CUDA entry points: every buffer is a device pointer (int) owned by torch on the Python side.
-void cuda_check(const std::string& err) {
+void cuda_SPCT_CHECK(const std::string& err) {
   if (!err.empty()) throw std::runtime_error("spct CUDA kernel failed: " + err);
 }
 
@@ -149,7 +153,7 @@ T* dptr(uintptr_t p) {
 
 // tokens: (ids, is_int64, rows, cols, row_stride, lengths, table_bytes, table_offsets, vocab, strip_leading_space)
 spct::cuda::DeviceTokens device_tokens(const py::tuple& t) {
-  check(t.size() == 10, "device tokens tuple must have 10 fields");
+  SPCT_CHECK(t.size() == 10, "device tokens tuple must have 10 fields");
   return spct::cuda::DeviceTokens{dptr<const void>(t[0].cast<uintptr_t>()), t[1].cast<bool>(),
                                   t[2].cast<int64_t>(), t[3].cast<int64_t>(), t[4].cast<int64_t>(),
                                   dptr<const int64_t>(t[5].cast<uintptr_t>()),
@@ -160,7 +164,7 @@ spct::cuda::DeviceTokens device_tokens(const py::tuple& t) {
 
 void bind_cuda(py::module_& m) {
   m.def("extract_sizes_cuda", [](const py::tuple& tokens, uintptr_t row_bytes, uintptr_t bad, uintptr_t stream) {
-    cuda_check(spct::cuda::launch_sizes(device_tokens(tokens), dptr<int64_t>(row_bytes),
+    cuda_SPCT_CHECK(spct::cuda::launch_sizes(device_tokens(tokens), dptr<int64_t>(row_bytes),
                                         dptr<unsigned long long>(bad), dptr<void>(stream)));
   });
   m.def("extract_parse_cuda", [](const py::tuple& tokens, uintptr_t row_offsets, uintptr_t text,
@@ -171,11 +175,11 @@ void bind_cuda(py::module_& m) {
                                 dptr<const int64_t>(num_responses), n_max, lo, hi, dptr<float>(scores),
                                 dptr<bool>(valid), dptr<int64_t>(pspan), dptr<int64_t>(cspan),
                                 dptr<int64_t>(counts), dptr<int32_t>(slow)};
-    cuda_check(spct::cuda::launch_parse(device_tokens(tokens), out, dptr<void>(stream)));
+    cuda_SPCT_CHECK(spct::cuda::launch_parse(device_tokens(tokens), out, dptr<void>(stream)));
   });
   m.def("extract_items_cuda", [](uintptr_t row_offsets, uintptr_t text, uintptr_t pspan, uintptr_t item_starts,
                                  int64_t rows, uintptr_t item_spans, uintptr_t item_weights, uintptr_t stream) {
-    cuda_check(spct::cuda::launch_items(dptr<const int64_t>(row_offsets), dptr<const uint8_t>(text),
+    cuda_SPCT_CHECK(spct::cuda::launch_items(dptr<const int64_t>(row_offsets), dptr<const uint8_t>(text),
                                         dptr<const int64_t>(pspan), dptr<const int64_t>(item_starts), rows,
                                         dptr<int64_t>(item_spans), dptr<double>(item_weights),
                                         dptr<void>(stream)));

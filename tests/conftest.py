@@ -29,7 +29,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def shared_data() -> Path:
     """`../shared/data` beside the checkout; tests that need it skip with a message when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder not found beside the checkout ({SHARED_DATA.name}); skipping")
+        pytest.skip(f"../shared/data is not beside the checkout (looked in {SHARED_DATA}); skipping")
     return SHARED_DATA
 
 

@@ -191,12 +191,13 @@ def _extract_scores_tokens(
             table = (table_bytes.to(ids.device), table_offsets.to(ids.device), strip_leading_space)
             return tuple(_extract_cuda(lib, ids, lengths, table, counts, lo, hi))
         ids = ids.cpu()  # no CUDA kernel built: the reference below, on the host
-    host = TokenBytes(table_bytes.cpu().numpy(), table_offsets.cpu().numpy(), strip_leading_space)
+    table_bytes, table_offsets = table_bytes.cpu().numpy(), table_offsets.cpu().numpy()
     lib = _native.native("extract_scores")
     if lib is not None:
-        out = lib.extract_tokens(ids.numpy(), lengths.numpy(), host.data, host.offsets, strip_leading_space, counts,
+        out = lib.extract_tokens(ids.numpy(), lengths.numpy(), table_bytes, table_offsets, strip_leading_space, counts,
                                  lo, hi)
     else:
+        host = TokenBytes(table_bytes, table_offsets, strip_leading_space)
         out = _reference_tokens(ids.numpy(), lengths.numpy(), host, counts, lo, hi)
     return tuple(torch.from_numpy(a if a.flags.writeable else a.copy()).to(token_ids.device) for a in out)
 
