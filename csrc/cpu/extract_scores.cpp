@@ -17,14 +17,13 @@ const Id* row_ptr(const TokenIds& ids, int64_t r) {
   return static_cast<const Id*>(ids.data) + r * ids.row_stride;
 }
 
-// Appends row r's text to buf[used...]: one pass over the ids that checks them and copies their bytes. Tokens
-// are a few bytes long: a fixed 16-byte block copy, advanced by the true length (the next token overwrites the
-// tail), beats a call or a byte loop per token. buf keeps 16 bytes of slack past `used` for that.
+// Appends row r's text to buf: one pass over the ids that checks them and copies their bytes. Tokens are a few
+// bytes long: a fixed 16-byte block copy, advanced by the true length (the next token overwrites the tail),
+// beats a call or a byte loop per token. buf keeps 16 bytes of slack past its size for that.
 constexpr int64_t kBlock = 16;
 
 template <typename Id>
-BadToken append_row(const TokenIds& ids, const TokenTable& table, int64_t r, std::vector<uint8_t>* buf,
-                    int64_t* used) {
+BadToken append_row(const TokenIds& ids, const TokenTable& table, int64_t r, ByteBuffer* buf) {
   // Everything lives in locals: byte stores may alias any memory, so fields read through pointers would be
   // reloaded after every copy.
   const Id* row = static_cast<const Id*>(ids.data) + r * ids.row_stride;
@@ -33,7 +32,7 @@ BadToken append_row(const TokenIds& ids, const TokenTable& table, int64_t r, std
   const uint8_t* bytes = table.bytes;
   const int64_t table_size = offsets[vocab];
   uint8_t* data = buf->data();
-  int64_t cap = static_cast<int64_t>(buf->size()), u = *used;
+  int64_t cap = static_cast<int64_t>(buf->capacity()), u = static_cast<int64_t>(buf->size);
   bool first = true;
   for (int64_t c = 0; c < n; ++c) {
     const int64_t t = static_cast<int64_t>(row[c]);
@@ -45,9 +44,10 @@ BadToken append_row(const TokenIds& ids, const TokenTable& table, int64_t r, std
       if (table.strip_leading_space && bytes[begin] == ' ') ++begin, --len;
     }
     if (u + len + kBlock > cap) {
-      buf->resize(std::max<size_t>(2 * size_t(cap), size_t(u + len + kBlock)));
+      buf->size = size_t(u);
+      buf->reserve(std::max<size_t>(2 * size_t(cap), size_t(u + len + kBlock)));
       data = buf->data();
-      cap = static_cast<int64_t>(buf->size());
+      cap = static_cast<int64_t>(buf->capacity());
     }
     if (len <= kBlock && begin + kBlock <= table_size) {
       memcpy(data + u, bytes + begin, kBlock);
@@ -56,7 +56,7 @@ BadToken append_row(const TokenIds& ids, const TokenTable& table, int64_t r, std
     }
     u += len;
   }
-  *used = u;
+  buf->size = size_t(u);
   return BadToken{};
 }
 
@@ -81,25 +81,31 @@ bool slow_number(const uint8_t* s, int64_t len, double* out) {
 
 }  // namespace
 
+void ByteBuffer::reserve(size_t cap) {
+  if (cap <= cap_) return;
+  std::unique_ptr<uint8_t[]> bigger(new uint8_t[cap]);  // default-initialized: no memset
+  if (size > 0) memcpy(bigger.get(), data_.get(), size);
+  data_ = std::move(bigger);
+  cap_ = cap;
+}
+
 BadToken Detokenizer::run(const TokenIds& ids, const TokenTable& table, int64_t* row_offsets) {
   // Each thread detokenizes one contiguous block of rows into its own buffer; gather() joins the buffers.
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), ids.rows));
-  chunks_.assign(threads, {});
+  chunks_.clear();
+  chunks_.resize(threads);
   first_row_.assign(threads + 1, 0);
   for (int64_t k = 0; k <= threads; ++k) first_row_[k] = ids.rows * k / threads;
   std::vector<BadToken> bad(threads);
 #pragma omp parallel for schedule(static, 1) num_threads(threads)
   for (int64_t k = 0; k < threads; ++k) {
-    std::vector<uint8_t>& buf = chunks_[k];
-    buf.resize(size_t(first_row_[k + 1] - first_row_[k]) * size_t(ids.cols) * 4 + kBlock);
-    int64_t used = 0;
+    ByteBuffer& buf = chunks_[k];
+    buf.reserve(size_t(first_row_[k + 1] - first_row_[k]) * size_t(ids.cols) * 4 + kBlock);  // ~4 bytes a token
     for (int64_t r = first_row_[k]; r < first_row_[k + 1] && bad[k].row < 0; ++r) {
-      const int64_t before = used;
-      bad[k] = ids.is_int64 ? append_row<int64_t>(ids, table, r, &buf, &used)
-                            : append_row<int32_t>(ids, table, r, &buf, &used);
-      row_offsets[r + 1] = used - before;
+      const size_t before = buf.size;
+      bad[k] = ids.is_int64 ? append_row<int64_t>(ids, table, r, &buf) : append_row<int32_t>(ids, table, r, &buf);
+      row_offsets[r + 1] = static_cast<int64_t>(buf.size - before);
     }
-    buf.resize(size_t(used));
   }
   for (const BadToken& b : bad) {
     if (b.row >= 0) return b;  // the first bad row, whatever the thread count
@@ -114,7 +120,7 @@ void Detokenizer::gather(uint8_t* text) const {
   const int64_t threads = static_cast<int64_t>(chunks_.size());
 #pragma omp parallel for schedule(static, 1) num_threads(threads)
   for (int64_t k = 0; k < threads; ++k) {
-    if (!chunks_[k].empty()) memcpy(text + row_offsets_[first_row_[k]], chunks_[k].data(), chunks_[k].size());
+    if (chunks_[k].size > 0) memcpy(text + row_offsets_[first_row_[k]], chunks_[k].data(), chunks_[k].size);
   }
 }
 

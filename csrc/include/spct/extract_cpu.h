@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "spct/extract.h"
@@ -26,6 +27,21 @@ struct TokenIds {
   const int64_t* lengths;  // (N,)
 };
 
+// A growable byte buffer that, unlike std::vector, does not zero what it allocates (that memset cost as much
+// as the detokenization itself on large batches).
+class ByteBuffer {
+ public:
+  uint8_t* data() { return data_.get(); }
+  const uint8_t* data() const { return data_.get(); }
+  size_t capacity() const { return cap_; }
+  size_t size = 0;  // bytes in use
+  void reserve(size_t cap);
+
+ private:
+  std::unique_ptr<uint8_t[]> data_;
+  size_t cap_ = 0;
+};
+
 struct BadToken {
   int64_t row = -1, col = -1, id = 0;
 };
@@ -38,7 +54,7 @@ class Detokenizer {
   void gather(uint8_t* text) const;
 
  private:
-  std::vector<std::vector<uint8_t>> chunks_;  // per thread: the text of rows [first_row_[k], first_row_[k + 1])
+  std::vector<ByteBuffer> chunks_;  // per thread: the text of rows [first_row_[k], first_row_[k + 1])
   std::vector<int64_t> first_row_;
   const int64_t* row_offsets_ = nullptr;
 };
