@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from extract_helpers import GRM_SAMPLE, both, span_text
+from extract_helpers import GRM_SAMPLE, assert_packed_equal, both, span_text
 
 import spct
 
@@ -190,6 +190,15 @@ def test_api_types_and_shapes():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         spct.extract_scores(["a", "b"], **kwargs)
+
+
+def test_backend_argument():
+    texts = [GRM_SAMPLE, "\\boxed{7.5}", b"\xff[[1, 2]]"]
+    native = spct.extract_scores(texts, num_responses=2, backend="native")
+    assert_packed_equal(native._packed, spct.extract_scores(texts, num_responses=2, backend="reference")._packed)
+    assert native.principles == spct.extract_scores(texts, num_responses=2, backend="reference").principles
+    with pytest.raises(ValueError, match="backend must be one of .* got 'triton'"):
+        spct.extract_scores(texts, num_responses=2, backend="triton")
 
 
 def test_bad_texts():

@@ -131,6 +131,15 @@ def test_token_path_native_equals_reference(smol_table, data):
     assert_packed_equal(got, reference_text(texts, counts))
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_backend_argument_on_tokens(smollm2_tokenizer, smol_table, dtype):
+    ids, lengths = pad([smollm2_tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS], 0, dtype)
+    got = {b: spct.extract_scores(token_ids=ids, lengths=lengths, vocab=smol_table, num_responses=2, backend=b)
+           for b in ("auto", "native", "reference")}
+    assert_packed_equal(got["native"]._packed, got["reference"]._packed)
+    assert_packed_equal(got["auto"]._packed, got["reference"]._packed)
+
+
 def test_random_ids_decode_like_batch_decode(smollm2_tokenizer, smol_table):
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, len(smol_table), (16, 50), generator=gen)
@@ -217,7 +226,8 @@ def test_cuda_equals_cpu(smollm2_tokenizer, smol_table, dtype):
 def test_registered_op_passes_opcheck(smollm2_tokenizer, smol_table):
     # spct::extract_scores_tokens is a torch custom op with a fake (meta) implementation for torch.compile.
     ids, lengths = pad([smollm2_tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS], 0)
-    args = (ids, lengths, *smol_table.on("cpu"), smol_table.strip_leading_space, torch.full((len(TEXTS),), 2), 1.0, 10.0)
+    args = (ids, lengths, *smol_table.on("cpu"), smol_table.strip_leading_space, torch.full((len(TEXTS),), 2), 1.0, 10.0,
+            "auto")
     torch.library.opcheck(torch.ops.spct.extract_scores_tokens.default, args,
                           test_utils=("test_schema", "test_faketensor"))
 

@@ -36,11 +36,23 @@ def strict() -> bool:
     return os.environ.get("SPCT_STRICT", "0") not in ("", "0")
 
 
-def native(op: str, device: str = "cpu") -> ModuleType | None:
-    """The native module if it has `op` for `device`, else None (or RuntimeError under SPCT_STRICT=1)."""
+BACKENDS = ("auto", "native", "reference")
+
+
+def native(op: str, device: str = "cpu", backend: str = "auto") -> ModuleType | None:
+    """The native module if it should run `op` on `device`, else None (the caller runs the reference).
+
+    backend: "auto" (native when built, else the reference; under SPCT_STRICT=1 a missing kernel is an error),
+    "native" (a missing kernel is always an error) or "reference".
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return None
     if _module is not None and (device == "cpu" or getattr(_module, "has_cuda", False)):
         return _module
-    if strict():
+    if backend == "native" or strict():
         why = f"import failed: {_IMPORT_ERROR}" if _module is None else "spct._C was built without CUDA"
-        raise RuntimeError(f"SPCT_STRICT=1 and no native {op} kernel for device {device!r} ({why})")
+        flag = "backend='native'" if backend == "native" else "SPCT_STRICT=1"
+        raise RuntimeError(f"{flag} and no native {op} kernel for device {device!r} ({why})")
     return None

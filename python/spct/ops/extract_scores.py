@@ -136,10 +136,11 @@ def _extraction(packed: ref.Packed) -> Extraction:
     return Extraction(scores, valid, pspan, cspan, packed)
 
 
-def extract_from_texts(texts: Sequence[Text], counts: np.ndarray, lo: float, hi: float) -> ref.Packed:
+def extract_from_texts(texts: Sequence[Text], counts: np.ndarray, lo: float, hi: float,
+                       backend: str = "auto") -> ref.Packed:
     """Parse generations given as text: native when built, else the reference."""
     rows = [_as_bytes(t, i) for i, t in enumerate(texts)]
-    lib = _native.native("extract_scores")
+    lib = _native.native("extract_scores", "cpu", backend)
     if lib is None:
         return ref.extract_scores(rows, counts.tolist(), lo, hi)
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -169,30 +170,30 @@ def _check_tokens(token_ids: Any, lengths: Any, vocab: TokenBytes | None) -> tup
 
 
 def extract_from_tokens(ids: torch.Tensor, lens: torch.Tensor, vocab: TokenBytes, counts: np.ndarray, lo: float,
-                        hi: float) -> ref.Packed:
+                        hi: float, backend: str = "auto") -> ref.Packed:
     """Detokenize and parse on the tensor's device through the registered op `spct::extract_scores_tokens`."""
     out = torch.ops.spct.extract_scores_tokens(ids, lens, *vocab.on(ids.device), vocab.strip_leading_space,
-                                               torch.from_numpy(counts), lo, hi)
+                                               torch.from_numpy(counts), lo, hi, backend)
     return ref.Packed(*out)
 
 
 @torch.library.custom_op("spct::extract_scores_tokens", mutates_args=())
 def _extract_scores_tokens(
     token_ids: torch.Tensor, lengths: torch.Tensor, table_bytes: torch.Tensor, table_offsets: torch.Tensor,
-    strip_leading_space: bool, num_responses: torch.Tensor, lo: float, hi: float,
+    strip_leading_space: bool, num_responses: torch.Tensor, lo: float, hi: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
     """The token path as a torch op: returns the `Packed` fields as tensors on token_ids' device (text and
     items too). token_ids: (N, T) int32/int64; lengths, num_responses: (N,) int64 on the CPU."""
     ids, counts = token_ids.contiguous(), num_responses.numpy()
     if ids.is_cuda:
-        lib = _native.native("extract_scores", "cuda")
+        lib = _native.native("extract_scores", "cuda", backend)
         if lib is not None:
             table = (table_bytes.to(ids.device), table_offsets.to(ids.device), strip_leading_space)
             return tuple(_extract_cuda(lib, ids, lengths, table, counts, lo, hi))
         ids = ids.cpu()  # no CUDA kernel built: the reference below, on the host
     table_bytes, table_offsets = table_bytes.cpu().numpy(), table_offsets.cpu().numpy()
-    lib = _native.native("extract_scores")
+    lib = _native.native("extract_scores", "cpu", backend)
     if lib is not None:
         out = lib.extract_tokens(ids.numpy(), lengths.numpy(), table_bytes, table_offsets, strip_leading_space, counts,
                                  lo, hi)
@@ -203,7 +204,7 @@ def _extract_scores_tokens(
 
 
 @_extract_scores_tokens.register_fake
-def _(token_ids, lengths, table_bytes, table_offsets, strip_leading_space, num_responses, lo, hi):
+def _(token_ids, lengths, table_bytes, table_offsets, strip_leading_space, num_responses, lo, hi, backend):
     ctx = torch.library.get_ctx()
     rows, dev = token_ids.shape[0], token_ids.device
     text, n_max, items = ctx.new_dynamic_size(), ctx.new_dynamic_size(), ctx.new_dynamic_size()
@@ -298,21 +299,26 @@ def extract_scores(
     vocab: TokenBytes | None = None,
     num_responses: int | Sequence[int] | torch.Tensor,
     score_range: Sequence[float] = (1, 10),
+    backend: str = "auto",
 ) -> Extraction:
     """Extract principles, critique spans and scores from N GRM generations (grammar: module docstring).
 
     texts: N str or bytes; OR token_ids: (N, T) int32/int64 tensor (CPU or CUDA) with lengths: (N,) (default T)
     and vocab: TokenBytes. num_responses: int or (N,) ints >= 1. score_range: inclusive (lo, hi).
+    backend: "auto" (the native kernel for the data's device when built, else the reference), "native" or
+    "reference" (the pure-Python oracle, on the host).
     returns: Extraction with scores (N, max(num_responses)) float32, valid (N,) bool, spans (N, 2) int64.
     """
     if (texts is None) == (token_ids is None):
         raise TypeError("give exactly one of texts or token_ids")
     lo, hi = _check_range(score_range)
+    if backend not in _native.BACKENDS:
+        raise ValueError(f"backend must be one of {_native.BACKENDS}, got {backend!r}")
     if texts is not None:
         if isinstance(texts, (str, bytes)):
             raise TypeError("texts must be a sequence of generations, not a single str or bytes")
         counts = _check_num_responses(num_responses, len(texts))
-        return _extraction(extract_from_texts(texts, counts, lo, hi))
+        return _extraction(extract_from_texts(texts, counts, lo, hi, backend))
     ids, lens = _check_tokens(token_ids, lengths, vocab)
     counts = _check_num_responses(num_responses, ids.shape[0])
-    return _extraction(extract_from_tokens(ids, lens, vocab, counts, lo, hi))
+    return _extraction(extract_from_tokens(ids, lens, vocab, counts, lo, hi, backend))

@@ -179,10 +179,14 @@ def detokenize(token_ids: np.ndarray, lengths: np.ndarray, pieces, strip_leading
     return rows
 
 
-def extract_scores(texts: Sequence[bytes], num_responses: Sequence[int], lo: float, hi: float) -> Packed:
-    """Reference extraction of N generations (bytes); num_responses: (N,) ints >= 1."""
+def extract_scores(texts: Sequence[bytes | str], num_responses: int | Sequence[int], lo: float = 1.0,
+                   hi: float = 10.0) -> Packed:
+    """Reference extraction of N generations (bytes, or str taken as UTF-8); num_responses: int or (N,) ints >= 1."""
+    texts = [t.encode("utf-8", "surrogatepass") if isinstance(t, str) else bytes(t) for t in texts]
     n = len(texts)
-    n_max = max(num_responses, default=0)
+    if isinstance(num_responses, (int, np.integer)):
+        num_responses = [int(num_responses)] * n
+    n_max = int(max(num_responses, default=0))
     scores = np.full((n, n_max), np.nan, dtype=np.float32)
     valid = np.zeros(n, dtype=bool)
     pspan = np.full((n, 2), -1, dtype=np.int64)
