@@ -1,0 +1,58 @@
+"""The package and its native module: version, no libtorch in _C, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from extract_helpers import native_lib
+
+import spct
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "grm_generations.jsonl"
+
+
+def test_version():
+    assert re.fullmatch(r"\d+\.\d+\.\d+", spct.__version__)
+
+
+@pytest.mark.skipif(shutil.which("ldd") is None, reason="needs ldd")
+def test_native_module_does_not_link_libtorch():
+    deps = subprocess.run(["ldd", native_lib().__file__], capture_output=True, text=True, check=True).stdout
+    assert "libgomp" in deps or "libomp" in deps  # OpenMP, as built
+    assert not re.search(r"libtorch|libc10", deps), deps
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spct", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_extract(tmp_path):
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("extract", str(EXAMPLES), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["math-1", "chat-7", "chat-8", "code-3"]
+    assert [r["scores"] for r in rows] == [[9.0, 3.0], [6.0, 8.0, 5.0], None, None]
+    assert rows[0]["principles"] == [{"name": "Correctness", "weight": 0.6}, {"name": "Reasoning", "weight": 0.4}]
+    assert "2/4 generations valid" in proc.stderr
+
+
+def test_cli_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"generation": "x"}\nnot json\n')
+    proc = run_cli("extract", str(bad))
+    assert proc.returncode != 0 and "bad.jsonl:2: not valid JSON" in proc.stderr
+    proc = run_cli("fetch", "no-such-model")
+    assert proc.returncode != 0 and "unknown model 'no-such-model'" in proc.stderr
+
+
+def test_cli_fetch_passes_a_checkpoint_through(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    proc = run_cli("fetch", str(tmp_path))
+    assert proc.returncode == 0 and proc.stdout.strip() == str(tmp_path)
