@@ -187,6 +187,14 @@ void bind_cuda(py::module_& m) {
 }
 #endif
 
+// ---- vote ----------------------------------------------------------------------------------------------
+void bind_vote(py::module_& m) {}
+// ---- end vote --------------------------------------------------------------------------------------------
+
+// ---- sample --------------------------------------------------------------------------------------------
+void bind_sample(py::module_& m) {}
+// ---- end sample ----------------------------------------------------------------------------------------
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -197,6 +205,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("extract_tokens", &extract_tokens, py::arg("token_ids"), py::arg("lengths"), py::arg("table_bytes"),
         py::arg("table_offsets"), py::arg("strip_leading_space"), py::arg("num_responses"), py::arg("lo"),
         py::arg("hi"), "Detokenize (N, T) token ids with a byte table and parse each row.");
+  bind_vote(m);
+  bind_sample(m);
 #if defined(SPCT_WITH_CUDA)
   m.attr("has_cuda") = true;
   bind_cuda(m);

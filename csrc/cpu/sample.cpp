@@ -1,0 +1,1 @@
+// sample: see csrc/include/spct/

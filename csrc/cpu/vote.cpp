@@ -1,0 +1,1 @@
+// vote: see csrc/include/spct/
