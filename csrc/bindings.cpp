@@ -2,12 +2,15 @@
 // device buffers as integer pointers plus the CUDA stream. Nothing here links libtorch.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
 #include "spct/extract_cpu.h"
+#include "spct/vote_cpu.h"
 #if defined(SPCT_WITH_CUDA)
 #include "spct/extract_cuda.h"
 #endif
@@ -142,7 +145,7 @@ py::tuple extract_tokens(const py::array& ids, const CArray<int64_t>& lengths, c
 
 #if defined(SPCT_WITH_CUDA)
 // CUDA entry points: every buffer is a device pointer (int) owned by torch on the Python side.
-void cuda_SPCT_CHECK(const std::string& err) {
+void cuda_check(const std::string& err) {
   if (!err.empty()) throw std::runtime_error("spct CUDA kernel failed: " + err);
 }
 
@@ -164,7 +167,7 @@ spct::cuda::DeviceTokens device_tokens(const py::tuple& t) {
 
 void bind_cuda(py::module_& m) {
   m.def("extract_sizes_cuda", [](const py::tuple& tokens, uintptr_t row_bytes, uintptr_t bad, uintptr_t stream) {
-    cuda_SPCT_CHECK(spct::cuda::launch_sizes(device_tokens(tokens), dptr<int64_t>(row_bytes),
+    cuda_check(spct::cuda::launch_sizes(device_tokens(tokens), dptr<int64_t>(row_bytes),
                                         dptr<unsigned long long>(bad), dptr<void>(stream)));
   });
   m.def("extract_parse_cuda", [](const py::tuple& tokens, uintptr_t row_offsets, uintptr_t text,
@@ -175,11 +178,11 @@ void bind_cuda(py::module_& m) {
                                 dptr<const int64_t>(num_responses), n_max, lo, hi, dptr<float>(scores),
                                 dptr<bool>(valid), dptr<int64_t>(pspan), dptr<int64_t>(cspan),
                                 dptr<int64_t>(counts), dptr<int32_t>(slow)};
-    cuda_SPCT_CHECK(spct::cuda::launch_parse(device_tokens(tokens), out, dptr<void>(stream)));
+    cuda_check(spct::cuda::launch_parse(device_tokens(tokens), out, dptr<void>(stream)));
   });
   m.def("extract_items_cuda", [](uintptr_t row_offsets, uintptr_t text, uintptr_t pspan, uintptr_t item_starts,
                                  int64_t rows, uintptr_t item_spans, uintptr_t item_weights, uintptr_t stream) {
-    cuda_SPCT_CHECK(spct::cuda::launch_items(dptr<const int64_t>(row_offsets), dptr<const uint8_t>(text),
+    cuda_check(spct::cuda::launch_items(dptr<const int64_t>(row_offsets), dptr<const uint8_t>(text),
                                         dptr<const int64_t>(pspan), dptr<const int64_t>(item_starts), rows,
                                         dptr<int64_t>(item_spans), dptr<double>(item_weights),
                                         dptr<void>(stream)));
@@ -188,7 +191,64 @@ void bind_cuda(py::module_& m) {
 #endif
 
 // ---- vote ----------------------------------------------------------------------------------------------
-void bind_vote(py::module_& m) {}
+py::tuple vote_cpu(const CArray<float>& scores, const CArray<bool>& valid, const std::optional<CArray<int64_t>>& perm,
+                   const std::optional<CArray<float>>& meta, int64_t k_meta,
+                   const std::optional<CArray<int64_t>>& num_responses, uint64_t seed) {
+  SPCT_CHECK(scores.ndim() == 3, "scores must be (B, k, n)");
+  const int64_t items = scores.shape(0), k = scores.shape(1), n = scores.shape(2);
+  SPCT_CHECK(valid.ndim() == 2 && valid.shape(0) == items && valid.shape(1) == k, "valid must be (B, k)");
+  SPCT_CHECK(!meta || (meta->ndim() == 2 && meta->shape(0) == items && meta->shape(1) == k),
+             "meta_scores must be (B, k)");
+  SPCT_CHECK(!num_responses || (num_responses->ndim() == 1 && num_responses->shape(0) == items),
+             "num_responses must be (B,)");
+  const int64_t* nr = num_responses ? num_responses->data() : nullptr;
+  for (int64_t i = 0; nr != nullptr && i < items; ++i) {
+    SPCT_CHECK(nr[i] >= 1 && nr[i] <= n, "num_responses[" + std::to_string(i) + "] = " + std::to_string(nr[i]) +
+                                             " is outside [1, n = " + std::to_string(n) + "]");
+  }
+  if (perm) {  // the kernel scatters through perm: every index must lie inside the item
+    SPCT_CHECK(perm->ndim() == 3 && perm->shape(0) == items && perm->shape(1) == k && perm->shape(2) == n,
+               "perm must be (B, k, n)");
+    const int64_t* p = perm->data();
+    for (int64_t i = 0; i < items; ++i) {
+      const int64_t ni = nr != nullptr ? nr[i] : n;
+      for (int64_t j = 0; j < k; ++j) {
+        for (int64_t q = 0; q < ni; ++q) {
+          const int64_t v = p[(i * k + j) * n + q];
+          SPCT_CHECK(v >= 0 && v < ni, "perm[" + std::to_string(i) + ", " + std::to_string(j) + ", " +
+                                           std::to_string(q) + "] = " + std::to_string(v) + " is outside [0, " +
+                                           std::to_string(ni) + ")");
+        }
+      }
+    }
+  }
+  spct::VoteBatch batch{scores.data(), reinterpret_cast<const uint8_t*>(valid.data()),
+                        perm ? perm->data() : nullptr, meta ? meta->data() : nullptr, nr, items, k, n, k_meta, seed};
+  auto rewards = empty<float>({items, n});
+  auto used = empty<int32_t>({items});
+  auto best = empty<int64_t>({items});
+  {
+    py::gil_scoped_release nogil;
+    spct::cpu::vote(batch, rewards.mutable_data(), used.mutable_data(), best.mutable_data());
+  }
+  return py::make_tuple(rewards, used, best);
+}
+
+void bind_vote(py::module_& m) {
+  m.def("vote", &vote_cpu, py::arg("scores"), py::arg("valid"), py::arg("perm"), py::arg("meta_scores"),
+        py::arg("k_meta"), py::arg("num_responses"), py::arg("seed"),
+        "Voting over k samples per item: (rewards (B, n), num_used (B,), best (B,)). k_meta <= 0: all valid.");
+#if defined(SPCT_WITH_CUDA)
+  m.def("vote_cuda", [](uintptr_t scores, uintptr_t valid, uintptr_t perm, uintptr_t meta, uintptr_t num_responses,
+                        int64_t items, int64_t k, int64_t n, int64_t k_meta, uint64_t seed, uintptr_t rewards,
+                        uintptr_t used, uintptr_t best, uintptr_t stream) {
+    spct::VoteBatch batch{dptr<const float>(scores), dptr<const uint8_t>(valid), dptr<const int64_t>(perm),
+                          dptr<const float>(meta), dptr<const int64_t>(num_responses), items, k, n, k_meta, seed};
+    cuda_check(spct::cuda::vote(batch, dptr<float>(rewards), dptr<int32_t>(used), dptr<int64_t>(best),
+                                dptr<void>(stream)));
+  });
+#endif
+}
 // ---- end vote --------------------------------------------------------------------------------------------
 
 // ---- sample --------------------------------------------------------------------------------------------

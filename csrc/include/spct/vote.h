@@ -1,0 +1,116 @@
+// Framework-free voting over k sampled GRM judgements of one item (grm-method section 3), shared by the C++
+// and CUDA kernels. Exactness rules (mirrored by python/spct/ops/ref/vote.py):
+//   - used samples: the valid ones; with meta scores, the k_meta valid samples ranked first by (meta desc,
+//     sample index asc);
+//   - rewards: float32 sums, accumulated in ascending sample order, of each original response's scores;
+//   - best: the argmax of the rewards; exact ties broken by a Philox4x32-10 draw keyed by (seed, item index).
+#pragma once
+
+#include <cstdint>
+
+#include "spct/extract.h"  // SPCT_HD
+
+namespace spct {
+namespace vote {
+
+// Philox4x32-10 (Salmon et al. 2011; the constants of Random123 and curand), one block.
+SPCT_HD void philox4x32_10(uint32_t ctr[4], uint32_t key0, uint32_t key1) {
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = uint64_t(0xD2511F53u) * ctr[0];
+    const uint64_t p1 = uint64_t(0xCD9E8D57u) * ctr[2];
+    const uint32_t c0 = uint32_t(p1 >> 32) ^ ctr[1] ^ key0;
+    const uint32_t c2 = uint32_t(p0 >> 32) ^ ctr[3] ^ key1;
+    ctr[1] = uint32_t(p1);
+    ctr[3] = uint32_t(p0);
+    ctr[0] = c0;
+    ctr[2] = c2;
+    key0 += 0x9E3779B9u;
+    key1 += 0xBB67AE85u;
+  }
+}
+
+// 24 random bits for (seed, counter): word 0 of Philox(counter = (lo, hi, 0, 0), key = (seed lo, seed hi)) >> 8.
+SPCT_HD uint32_t random_bits24(uint64_t seed, uint64_t counter) {
+  uint32_t ctr[4] = {uint32_t(counter), uint32_t(counter >> 32), 0u, 0u};
+  philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
+  return ctr[0] >> 8;
+}
+
+struct Item {
+  const float* scores;     // (k, n) position order
+  const uint8_t* valid;    // (k,)
+  const int64_t* perm;     // (k, n) original index of each position, or null (identity)
+  const float* meta;       // (k,) or null
+  int64_t k, n, n_item;    // samples, padded responses, this item's responses (<= n)
+  int64_t k_meta;          // <= 0: all valid samples
+};
+
+struct VoteBatch {
+  const float* scores;           // (B, k, n)
+  const uint8_t* valid;          // (B, k)
+  const int64_t* perm;           // (B, k, n) or null
+  const float* meta;             // (B, k) or null
+  const int64_t* num_responses;  // (B,) or null (all n)
+  int64_t items, k, n, k_meta;   // k_meta <= 0: all valid samples
+  uint64_t seed;
+};
+
+SPCT_HD Item item_of(const VoteBatch& b, int64_t i) {
+  return Item{b.scores + i * b.k * b.n,
+              b.valid + i * b.k,
+              b.perm == nullptr ? nullptr : b.perm + i * b.k * b.n,
+              b.meta == nullptr ? nullptr : b.meta + i * b.k,
+              b.k,
+              b.n,
+              b.num_responses == nullptr ? b.n : b.num_responses[i],
+              b.k_meta};
+}
+
+// Is valid sample j among the k_meta best by (meta desc, index asc)? Rank = valid samples ordered before j.
+SPCT_HD bool ranks_in(const Item& it, int64_t j) {
+  if (it.meta == nullptr || it.k_meta <= 0) return true;
+  int64_t before = 0;
+  const float m = it.meta[j];
+  for (int64_t i = 0; i < it.k && before < it.k_meta; ++i) {
+    if (it.valid[i] && (it.meta[i] > m || (it.meta[i] == m && i < j))) ++before;
+  }
+  return before < it.k_meta;
+}
+
+// Writes rewards (n,) (NaN for padding, all NaN when no sample is used), returns the number of used samples and
+// stores the best response (-1 when none) in *best.
+SPCT_HD int32_t vote_item(const Item& it, uint64_t seed, int64_t item_index, float* rewards, int64_t* best) {
+  const float nan = float(extract::quiet_nan());
+  for (int64_t i = 0; i < it.n; ++i) rewards[i] = 0.0f;
+  int32_t used = 0;
+  for (int64_t j = 0; j < it.k; ++j) {
+    if (!it.valid[j] || !ranks_in(it, j)) continue;
+    ++used;
+    const float* s = it.scores + j * it.n;
+    const int64_t* p = it.perm == nullptr ? nullptr : it.perm + j * it.n;
+    for (int64_t pos = 0; pos < it.n_item; ++pos) rewards[p == nullptr ? pos : p[pos]] += s[pos];
+  }
+  for (int64_t i = 0; i < it.n; ++i) {
+    if (used == 0 || i >= it.n_item) rewards[i] = nan;
+  }
+  *best = -1;
+  if (used == 0) return used;
+  float top = rewards[0];
+  int64_t ties = 0;
+  for (int64_t i = 0; i < it.n_item; ++i) {
+    if (rewards[i] > top) top = rewards[i], ties = 0;
+    if (rewards[i] == top) ++ties;
+  }
+  // The pick among ties: floor(u * ties) with u = bits / 2^24, in exact integer arithmetic.
+  int64_t pick = int64_t((uint64_t(random_bits24(seed, uint64_t(item_index))) * uint64_t(ties)) >> 24);
+  for (int64_t i = 0; i < it.n_item; ++i) {
+    if (rewards[i] == top && pick-- == 0) {
+      *best = i;
+      break;
+    }
+  }
+  return used;
+}
+
+}  // namespace vote
+}  // namespace spct

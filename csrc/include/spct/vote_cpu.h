@@ -1,0 +1,22 @@
+// CPU (and CUDA) launcher interface of vote: a batch of B items, each k samples of n scores.
+#pragma once
+
+#include <cstdint>
+
+#include "spct/vote.h"
+
+namespace spct {
+
+using vote::VoteBatch;
+
+namespace cpu {
+// rewards (B, n) float32, num_used (B,) int32, best (B,) int64.
+void vote(const VoteBatch& batch, float* rewards, int32_t* num_used, int64_t* best);
+}  // namespace cpu
+
+namespace cuda {
+// Same on device pointers; returns "" or the CUDA error text.
+const char* vote(const VoteBatch& batch, float* rewards, int32_t* num_used, int64_t* best, void* stream);
+}  // namespace cuda
+
+}  // namespace spct
