@@ -206,31 +206,19 @@ py::tuple vote_cpu(const CArray<float>& scores, const CArray<bool>& valid, const
     SPCT_CHECK(nr[i] >= 1 && nr[i] <= n, "num_responses[" + std::to_string(i) + "] = " + std::to_string(nr[i]) +
                                              " is outside [1, n = " + std::to_string(n) + "]");
   }
-  if (perm) {  // the kernel scatters through perm: every index must lie inside the item
-    SPCT_CHECK(perm->ndim() == 3 && perm->shape(0) == items && perm->shape(1) == k && perm->shape(2) == n,
-               "perm must be (B, k, n)");
-    const int64_t* p = perm->data();
-    for (int64_t i = 0; i < items; ++i) {
-      const int64_t ni = nr != nullptr ? nr[i] : n;
-      for (int64_t j = 0; j < k; ++j) {
-        for (int64_t q = 0; q < ni; ++q) {
-          const int64_t v = p[(i * k + j) * n + q];
-          SPCT_CHECK(v >= 0 && v < ni, "perm[" + std::to_string(i) + ", " + std::to_string(j) + ", " +
-                                           std::to_string(q) + "] = " + std::to_string(v) + " is outside [0, " +
-                                           std::to_string(ni) + ")");
-        }
-      }
-    }
-  }
+  SPCT_CHECK(!perm || (perm->ndim() == 3 && perm->shape(0) == items && perm->shape(1) == k && perm->shape(2) == n),
+             "perm must be (B, k, n)");
   spct::VoteBatch batch{scores.data(), reinterpret_cast<const uint8_t*>(valid.data()),
                         perm ? perm->data() : nullptr, meta ? meta->data() : nullptr, nr, items, k, n, k_meta, seed};
   auto rewards = empty<float>({items, n});
   auto used = empty<int32_t>({items});
   auto best = empty<int64_t>({items});
+  std::string error;
   {
     py::gil_scoped_release nogil;
-    spct::cpu::vote(batch, rewards.mutable_data(), used.mutable_data(), best.mutable_data());
+    error = spct::cpu::vote(batch, rewards.mutable_data(), used.mutable_data(), best.mutable_data());
   }
+  if (!error.empty()) fail(error);
   return py::make_tuple(rewards, used, best);
 }
 

@@ -157,22 +157,31 @@ def test_native_equals_reference(inputs):
         ({"perm": torch.ones((2, 3, 2))}, "perm must be an integer tensor"),
         ({"seed": -1}, "seed must be an int in"),
         ({"backend": "cuda"}, "backend must be one of"),
+        ({"perm": torch.tensor([[[0, 1], [1, 0], [1, 1]], [[0, 1]] * 3])}, r"perm\[0, 2\] = \[1, 1\] is not a"),
+        ({"perm": torch.tensor([[[0, 2]] * 3] * 2)}, r"perm\[0, 0\] = \[0, 2\] is not a permutation of range\(2\)"),
+        ({"meta_scores": torch.tensor([[0.0, NAN, 1.0]] * 2), "k_meta": 1}, r"meta_scores\[0, 1\] is NaN"),
+        ({"perm": torch.tensor([[[0, 1]] * 3, [[0, 1], [0, 1], [3, 0]]]), "valid": torch.tensor([[True] * 3,
+          [True, True, False]])}, r"perm\[1, 2\] = \[3, 0\]"),  # an invalid sample's perm is checked too
     ],
 )
-def test_bad_input(kwargs, match):
-    args = {"scores": torch.ones((2, 3, 2)), "valid": torch.ones((2, 3), dtype=torch.bool), **kwargs}
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_bad_input(kwargs, match, backend):
+    args = {"scores": torch.ones((2, 3, 2)), "valid": torch.ones((2, 3), dtype=torch.bool), "backend": backend,
+            **kwargs}
     with pytest.raises(ValueError, match=match):
         spct.vote(args.pop("scores"), args.pop("valid"), **args)
 
 
-def test_nan_score_in_a_valid_sample_is_an_error():
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("bad", [NAN, math.inf, -math.inf])
+def test_non_finite_score_in_a_valid_sample_is_an_error(backend, bad):
     scores = torch.ones((2, 3, 2))
-    scores[1, 2, 0] = NAN
-    with pytest.raises(ValueError, match=r"scores\[1, 2, 0\] = nan is not finite in a valid sample"):
-        spct.vote(scores, torch.ones((2, 3), dtype=torch.bool))
+    scores[1, 2, 0] = bad
+    with pytest.raises(ValueError, match=rf"scores\[1, 2, 0\] = {bad} is not finite in a valid sample"):
+        spct.vote(scores, torch.ones((2, 3), dtype=torch.bool), backend=backend)
     valid = torch.ones((2, 3), dtype=torch.bool)
     valid[1, 2] = False  # invalid samples may hold NaN (as extract_scores gives them)
-    assert spct.vote(scores, valid).rewards[1].tolist() == [2.0, 2.0]
+    assert spct.vote(scores, valid, backend=backend).rewards[1].tolist() == [2.0, 2.0]
 
 
 def test_registered_op_passes_opcheck():

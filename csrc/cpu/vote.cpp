@@ -1,14 +1,132 @@
+// CPU vote: OpenMP over items, one fused pass per item that checks the values (finite scores, perm a
+// permutation, meta scores not NaN) while it sums, so the Python side skips its torch checks. The host sorts the
+// same rank rule as the device, in branch-free loops.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
 #include "spct/vote_cpu.h"
 
 namespace spct {
 namespace cpu {
+namespace {
 
-void vote(const VoteBatch& b, float* rewards, int32_t* num_used, int64_t* best) {
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < b.items; ++i) {
-    const vote::Item it = vote::item_of(b, i);
-    num_used[i] = vote::vote_item(it, b.seed, i, rewards + i * b.n, best + i);
+// Marks in `used` the valid samples ranked below k_meta by (meta desc, index asc).
+void select_used(const vote::Item& it, std::vector<int32_t>* order, uint8_t* used) {
+  order->clear();
+  for (int64_t j = 0; j < it.k; ++j) {
+    used[j] = 0;
+    if (it.valid[j]) order->push_back(static_cast<int32_t>(j));
   }
+  const float* m = it.meta;
+  const int64_t take = std::min<int64_t>(it.k_meta, static_cast<int64_t>(order->size()));
+  std::partial_sort(order->begin(), order->begin() + take, order->end(),
+                    [m](int32_t a, int32_t b) { return m[a] > m[b] || (m[a] == m[b] && a < b); });
+  for (int64_t i = 0; i < take; ++i) used[(*order)[i]] = 1;
+}
+
+std::string fmt_float(float v) { return std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf"); }
+
+// The first problem of an item's values as the Python checks word it, or "" when the item is fine.
+std::string item_error(const vote::Item& it, int64_t i, std::vector<uint8_t>* seen) {
+  for (int64_t j = 0; j < it.k; ++j) {
+    if (!it.valid[j]) continue;
+    for (int64_t p = 0; p < it.n_item; ++p) {
+      const float v = it.scores[j * it.n + p];
+      if (!std::isfinite(v)) {
+        return "scores[" + std::to_string(i) + ", " + std::to_string(j) + ", " + std::to_string(p) + "] = " +
+               fmt_float(v) + " is not finite in a valid sample (mark the sample invalid instead)";
+      }
+    }
+    if (it.meta != nullptr && std::isnan(it.meta[j])) {
+      return "meta_scores[" + std::to_string(i) + ", " + std::to_string(j) + "] is NaN for a valid sample";
+    }
+  }
+  for (int64_t j = 0; it.perm != nullptr && j < it.k; ++j) {
+    const int64_t* p = it.perm + j * it.n;
+    seen->assign(size_t(it.n_item), 0);
+    bool ok = true;
+    for (int64_t q = 0; q < it.n_item && ok; ++q) {
+      ok = p[q] >= 0 && p[q] < it.n_item && !(*seen)[size_t(p[q])];
+      if (ok) (*seen)[size_t(p[q])] = 1;
+    }
+    if (!ok) {
+      std::string shown = "[";
+      for (int64_t q = 0; q < it.n_item; ++q) shown += (q ? ", " : "") + std::to_string(p[q]);
+      return "perm[" + std::to_string(i) + ", " + std::to_string(j) + "] = " + shown +
+             "] is not a permutation of range(" + std::to_string(it.n_item) + ")";
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+// Sums the used samples' scores per original response, checking every valid sample's scores (finite) and every
+// sample's perm (a permutation) on the way, branch-free; false on a bad value (item_error then words it).
+bool accumulate(const vote::Item& it, const uint8_t* used, std::vector<uint8_t>* seen_big, float* rewards,
+                int32_t* num_used) {
+  for (int64_t i = 0; i < it.n; ++i) rewards[i] = 0.0f;
+  int32_t count = 0;
+  bool bad = false;
+  for (int64_t j = 0; j < it.k; ++j) {
+    const bool valid = it.valid[j] != 0, use = used[j] != 0;
+    count += use;
+    const float* s = it.scores + j * it.n;
+    if (valid) {
+      bad |= it.meta != nullptr && std::isnan(it.meta[j]);
+      for (int64_t pos = 0; pos < it.n_item; ++pos) bad |= !std::isfinite(s[pos]);
+    }
+    if (it.perm == nullptr) {
+      // Adding 0 to an unused sample's slot is exact: a sum that starts at +0 never becomes -0.
+      for (int64_t pos = 0; pos < it.n_item; ++pos) rewards[pos] += use ? s[pos] : 0.0f;
+      continue;
+    }
+    const int64_t* p = it.perm + j * it.n;
+    if (it.n_item <= 64) {  // the permutation check in a bit mask
+      uint64_t seen = 0;
+      for (int64_t pos = 0; pos < it.n_item; ++pos) {
+        const uint64_t idx = static_cast<uint64_t>(p[pos]);
+        bad |= idx >= static_cast<uint64_t>(it.n_item) || ((seen >> (idx & 63)) & 1);
+        seen |= uint64_t(1) << (idx & 63);
+      }
+    } else {
+      seen_big->assign(size_t(it.n_item), 0);
+      for (int64_t pos = 0; pos < it.n_item && !bad; ++pos) {
+        const uint64_t idx = static_cast<uint64_t>(p[pos]);
+        bad |= idx >= static_cast<uint64_t>(it.n_item) || (*seen_big)[idx];
+        if (!bad) (*seen_big)[idx] = 1;
+      }
+    }
+    if (bad) return false;  // perm indexes rewards below: never with a bad index
+    for (int64_t pos = 0; pos < it.n_item; ++pos) rewards[p[pos]] += use ? s[pos] : 0.0f;
+  }
+  *num_used = count;
+  return !bad;
+}
+
+std::string vote(const VoteBatch& b, float* rewards, int32_t* num_used, int64_t* best) {
+  int64_t first_bad = b.items;
+#pragma omp parallel
+  {
+    std::vector<int32_t> order;
+    std::vector<uint8_t> used(size_t(b.k)), seen;
+#pragma omp for schedule(static) reduction(min : first_bad)
+    for (int64_t i = 0; i < b.items; ++i) {
+      const vote::Item it = vote::item_of(b, i);
+      const bool select = it.meta != nullptr && it.k_meta > 0;
+      if (select) select_used(it, &order, used.data());
+      if (!accumulate(it, select ? used.data() : it.valid, &seen, rewards + i * b.n, num_used + i)) {
+        first_bad = std::min(first_bad, i);
+        continue;
+      }
+      vote::finish_item(it, num_used[i], b.seed, i, rewards + i * b.n, best + i);
+    }
+  }
+  if (first_bad == b.items) return "";
+  std::vector<uint8_t> seen;
+  return item_error(vote::item_of(b, first_bad), first_bad, &seen);
 }
 
 }  // namespace cpu

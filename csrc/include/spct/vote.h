@@ -77,24 +77,16 @@ SPCT_HD bool ranks_in(const Item& it, int64_t j) {
   return before < it.k_meta;
 }
 
-// Writes rewards (n,) (NaN for padding, all NaN when no sample is used), returns the number of used samples and
-// stores the best response (-1 when none) in *best.
-SPCT_HD int32_t vote_item(const Item& it, uint64_t seed, int64_t item_index, float* rewards, int64_t* best) {
+// After the sums: NaN for padding (and everywhere when no sample is used); best = argmax with exact ties broken
+// by Philox(seed, item index), -1 when no sample is used.
+SPCT_HD void finish_item(const Item& it, int32_t used, uint64_t seed, int64_t item_index, float* rewards,
+                         int64_t* best) {
   const float nan = float(extract::quiet_nan());
-  for (int64_t i = 0; i < it.n; ++i) rewards[i] = 0.0f;
-  int32_t used = 0;
-  for (int64_t j = 0; j < it.k; ++j) {
-    if (!it.valid[j] || !ranks_in(it, j)) continue;
-    ++used;
-    const float* s = it.scores + j * it.n;
-    const int64_t* p = it.perm == nullptr ? nullptr : it.perm + j * it.n;
-    for (int64_t pos = 0; pos < it.n_item; ++pos) rewards[p == nullptr ? pos : p[pos]] += s[pos];
-  }
   for (int64_t i = 0; i < it.n; ++i) {
     if (used == 0 || i >= it.n_item) rewards[i] = nan;
   }
   *best = -1;
-  if (used == 0) return used;
+  if (used == 0) return;
   float top = rewards[0];
   int64_t ties = 0;
   for (int64_t i = 0; i < it.n_item; ++i) {
@@ -109,6 +101,21 @@ SPCT_HD int32_t vote_item(const Item& it, uint64_t seed, int64_t item_index, flo
       break;
     }
   }
+}
+
+// The whole vote of one item, selecting the used samples by rank (O(k^2): the device's way; the host sorts).
+// Writes rewards (n,) and *best; returns the number of used samples.
+SPCT_HD int32_t vote_item(const Item& it, uint64_t seed, int64_t item_index, float* rewards, int64_t* best) {
+  for (int64_t i = 0; i < it.n; ++i) rewards[i] = 0.0f;
+  int32_t used = 0;
+  for (int64_t j = 0; j < it.k; ++j) {  // ascending sample order: the float32 sums are reproducible
+    if (!it.valid[j] || !ranks_in(it, j)) continue;
+    ++used;
+    const float* s = it.scores + j * it.n;
+    const int64_t* p = it.perm == nullptr ? nullptr : it.perm + j * it.n;
+    for (int64_t pos = 0; pos < it.n_item; ++pos) rewards[p == nullptr ? pos : p[pos]] += s[pos];
+  }
+  finish_item(it, used, seed, item_index, rewards, best);
   return used;
 }
 

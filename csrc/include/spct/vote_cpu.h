@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "spct/vote.h"
 
@@ -10,8 +11,9 @@ namespace spct {
 using vote::VoteBatch;
 
 namespace cpu {
-// rewards (B, n) float32, num_used (B,) int32, best (B,) int64.
-void vote(const VoteBatch& batch, float* rewards, int32_t* num_used, int64_t* best);
+// rewards (B, n) float32, num_used (B,) int32, best (B,) int64. Also checks the values (finite scores and
+// meta scores in valid samples, perm a permutation): returns "" or the first problem, worded for the user.
+std::string vote(const VoteBatch& batch, float* rewards, int32_t* num_used, int64_t* best);
 }  // namespace cpu
 
 namespace cuda {

@@ -52,8 +52,8 @@ def _check_shapes(scores, valid, perm, meta_scores, num_responses) -> None:
         raise ValueError(f"meta_scores must be a float tensor, got {meta_scores.dtype}")
 
 
-def _check_values(scores, valid, perm, meta_scores, k_meta, n_item, seed) -> None:
-    batch, k, n = scores.shape
+def _check_arguments(scores, meta_scores, k_meta, n_item, seed) -> None:
+    n = scores.shape[2]
     if k_meta is not None and (meta_scores is None or not isinstance(k_meta, int) or k_meta < 1):
         raise ValueError(f"k_meta must be an int >= 1 used with meta_scores, got {k_meta!r}"
                          f"{'' if meta_scores is not None else ' without meta_scores'}")
@@ -61,6 +61,11 @@ def _check_values(scores, valid, perm, meta_scores, k_meta, n_item, seed) -> Non
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     if (bad := _first_bad((n_item < 1) | (n_item > n))) is not None:
         raise ValueError(f"num_responses[{bad[0]}] = {int(n_item[bad[0]])} is outside [1, n = {n}]")
+
+
+def _check_values(scores, valid, perm, meta_scores, n_item) -> None:
+    """Finite scores and meta scores in valid samples, perm a permutation (the C++ kernel checks these itself)."""
+    n = scores.shape[2]
     live = torch.arange(n, device=scores.device)[None, :] < n_item[:, None]
     if (bad := _first_bad(valid[:, :, None] & live[:, None, :] & ~torch.isfinite(scores))) is not None:
         raise ValueError(f"scores[{bad[0]}, {bad[1]}, {bad[2]}] = {float(scores[bad])} is not finite in a valid "
@@ -139,7 +144,9 @@ def vote(
     dev = scores.device
     n_item = (torch.full((batch,), n, dtype=torch.int64, device=dev) if num_responses is None
               else num_responses.to(device=dev, dtype=torch.int64))
-    _check_values(scores, valid, perm, meta_scores, k_meta, n_item, seed)
+    _check_arguments(scores, meta_scores, k_meta, n_item, seed)
+    if scores.is_cuda or _native.native("vote", dev.type, backend) is None:
+        _check_values(scores, valid, perm, meta_scores if k_meta is not None else None, n_item)
     contiguous = lambda t, dtype: None if t is None else t.to(device=dev, dtype=dtype).contiguous()  # noqa: E731
     rewards, used, best = torch.ops.spct.vote(
         scores.contiguous(), valid.contiguous(), contiguous(perm, torch.int64),
