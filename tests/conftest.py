@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+# Triton kernels run on the CPU only in the interpreter, which must be chosen before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hypothesis import settings
 
 # Property tests: 300 examples by default; HYPOTHESIS_PROFILE=long for a deep hunt.

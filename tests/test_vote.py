@@ -200,3 +200,22 @@ def test_cuda_equals_reference():
     want = spct.vote(scores, valid, perm=perm, meta_scores=meta, k_meta=3, seed=5, backend="reference")
     got = spct.vote(scores.cuda(), valid.cuda(), perm=perm.cuda(), meta_scores=meta.cuda(), k_meta=3, seed=5)
     assert_votes_equal(spct.Vote(*(t.cpu() for t in (got.rewards, got.num_used, got.best))), want)
+
+
+@settings(deadline=None, max_examples=40)
+@given(vote_inputs())
+def test_triton_equals_reference(inputs):
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'spct[triton]')")
+    scores, valid, kwargs = inputs
+    assert_votes_equal(spct.vote(scores, valid, **kwargs, backend="triton"),
+                       spct.vote(scores, valid, **kwargs, backend="reference"))
+
+
+@pytest.mark.parametrize("seed", [0, 12345, 2**40 + 7])
+def test_triton_tie_breaks_match(seed):
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'spct[triton]')")
+    scores, valid = torch.full((150, 2, 5), 3.0), torch.ones((150, 2), dtype=torch.bool)
+    want = spct.vote(scores, valid, seed=seed, backend="reference")
+    assert len(set(want.best.tolist())) == 5  # the draw really picks among the five tied responses
+    assert_votes_equal(spct.vote(scores, valid, seed=seed, backend="triton"), want)
+    assert_votes_equal(spct.vote(scores, valid, seed=seed, backend="native"), want)

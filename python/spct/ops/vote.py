@@ -14,7 +14,7 @@ import torch
 from spct import _native
 from spct.ops.ref import vote as ref
 
-BACKENDS = ("auto", "native", "reference")
+BACKENDS = ("auto", "native", "triton", "reference")
 
 
 @dataclass
@@ -87,7 +87,13 @@ def _vote_op(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | Non
              k_meta: int, num_responses: torch.Tensor | None, seed: int, backend: str
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The checked inputs of `vote` -> (rewards, num_used, best) on scores' device. k_meta <= 0: all valid."""
-    lib = _native.native("vote", scores.device.type, backend)
+    lib = None if backend == "triton" else _native.native("vote", scores.device.type, backend)
+    if lib is None and (backend == "triton" or (scores.is_cuda and backend == "auto")):
+        kernel = _triton_vote()
+        if kernel is not None:
+            return kernel(scores, valid, perm, meta_scores, k_meta, num_responses, seed)
+        if backend == "triton":
+            raise RuntimeError("backend='triton' but triton is not installed (pip install 'spct[triton]')")
     if lib is None:
         return ref.vote(scores, valid, perm, meta_scores, k_meta if k_meta > 0 else None, num_responses, seed)
     if scores.is_cuda:
@@ -95,6 +101,14 @@ def _vote_op(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | Non
     args = [t.numpy() if t is not None else None for t in (scores, valid, perm, meta_scores)]
     out = lib.vote(*args, k_meta, None if num_responses is None else num_responses.numpy(), seed)
     return tuple(torch.from_numpy(a) for a in out)
+
+
+def _triton_vote():
+    try:
+        from spct.ops.triton import vote as kernels
+    except ImportError:
+        return None
+    return kernels.vote
 
 
 @_vote_op.register_fake
@@ -134,7 +148,8 @@ def vote(
     valid: (B, k) bool; perm: (B, k, n) int, perm[b, j, p] = original index of the response at position p of
     sample j (None: identity); meta_scores: (B, k) float32 Meta RM scores with k_meta: int >= 1 (None: all valid
     samples); num_responses: (B,) responses per item when fewer than n (padding ignored); seed: tie-break seed.
-    backend: "auto" (native kernel for the device when built, else the reference), "native" or "reference".
+    backend: "auto" (the native kernel for the device when built; on CUDA else Triton; else the reference),
+    "native", "triton" or "reference".
     returns: Vote(rewards (B, n) float32, num_used (B,) int32, best (B,) int64).
     """
     if backend not in BACKENDS:
@@ -145,7 +160,7 @@ def vote(
     n_item = (torch.full((batch,), n, dtype=torch.int64, device=dev) if num_responses is None
               else num_responses.to(device=dev, dtype=torch.int64))
     _check_arguments(scores, meta_scores, k_meta, n_item, seed)
-    if scores.is_cuda or _native.native("vote", dev.type, backend) is None:
+    if scores.is_cuda or backend == "triton" or _native.native("vote", dev.type, backend) is None:
         _check_values(scores, valid, perm, meta_scores if k_meta is not None else None, n_item)
     contiguous = lambda t, dtype: None if t is None else t.to(device=dev, dtype=dtype).contiguous()  # noqa: E731
     rewards, used, best = torch.ops.spct.vote(
