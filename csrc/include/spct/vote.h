@@ -8,33 +8,11 @@
 
 #include <cstdint>
 
-#include "spct/extract.h"  // SPCT_HD
+#include "spct/extract.h"  // SPCT_HD, quiet_nan
+#include "spct/philox.h"
 
 namespace spct {
 namespace vote {
-
-// Philox4x32-10 (Salmon et al. 2011; the constants of Random123 and curand), one block.
-SPCT_HD void philox4x32_10(uint32_t ctr[4], uint32_t key0, uint32_t key1) {
-  for (int round = 0; round < 10; ++round) {
-    const uint64_t p0 = uint64_t(0xD2511F53u) * ctr[0];
-    const uint64_t p1 = uint64_t(0xCD9E8D57u) * ctr[2];
-    const uint32_t c0 = uint32_t(p1 >> 32) ^ ctr[1] ^ key0;
-    const uint32_t c2 = uint32_t(p0 >> 32) ^ ctr[3] ^ key1;
-    ctr[1] = uint32_t(p1);
-    ctr[3] = uint32_t(p0);
-    ctr[0] = c0;
-    ctr[2] = c2;
-    key0 += 0x9E3779B9u;
-    key1 += 0xBB67AE85u;
-  }
-}
-
-// 24 random bits for (seed, counter): word 0 of Philox(counter = (lo, hi, 0, 0), key = (seed lo, seed hi)) >> 8.
-SPCT_HD uint32_t random_bits24(uint64_t seed, uint64_t counter) {
-  uint32_t ctr[4] = {uint32_t(counter), uint32_t(counter >> 32), 0u, 0u};
-  philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
-  return ctr[0] >> 8;
-}
 
 struct Item {
   const float* scores;     // (k, n) position order
@@ -94,7 +72,7 @@ SPCT_HD void finish_item(const Item& it, int32_t used, uint64_t seed, int64_t it
     if (rewards[i] == top) ++ties;
   }
   // The pick among ties: floor(u * ties) with u = bits / 2^24, in exact integer arithmetic.
-  int64_t pick = int64_t((uint64_t(random_bits24(seed, uint64_t(item_index))) * uint64_t(ties)) >> 24);
+  int64_t pick = int64_t((uint64_t(philox::uniform_bits(seed, uint64_t(item_index))) * uint64_t(ties)) >> 24);
   for (int64_t i = 0; i < it.n_item; ++i) {
     if (rewards[i] == top && pick-- == 0) {
       *best = i;

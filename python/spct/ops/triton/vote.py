@@ -10,29 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _philox_bits24(seed, counter):
-    """Word 0 of Philox4x32-10(counter = (lo, hi, 0, 0), key = (seed lo, seed hi)) >> 8 (see ops/ref/philox.py)."""
-    seed = seed.to(tl.int64)
-    counter = counter.to(tl.int64)
-    c0 = (counter & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (counter >> 32).to(tl.uint32)
-    c2 = tl.zeros_like(c0)
-    c3 = tl.zeros_like(c0)
-    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
-    k1 = (seed >> 32).to(tl.uint32)
-    m0 = tl.full(c0.shape, 0xD2511F53, tl.uint32)
-    m1 = tl.full(c0.shape, 0xCD9E8D57, tl.uint32)
-    w0 = tl.full(c0.shape, 0x9E3779B9, tl.uint32)
-    w1 = tl.full(c0.shape, 0xBB67AE85, tl.uint32)
-    for _ in tl.static_range(10):
-        hi0, lo0 = tl.umulhi(m0, c0), m0 * c0
-        hi1, lo1 = tl.umulhi(m1, c2), m1 * c2
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0 = k0 + w0
-        k1 = k1 + w1
-    return (c0 >> 8).to(tl.int64)
+from spct.ops.triton.philox import uniform_bits
 
 
 @triton.jit
@@ -71,7 +49,7 @@ def _vote_kernel(scores, valid, perm, meta, num_responses, rewards, num_used, be
     top = tl.max(masked, axis=0)
     ties = live & (masked == top)
     n_ties = tl.sum(ties.to(tl.int64))
-    pick = (_philox_bits24(seed, b) * n_ties) >> 24
+    pick = (uniform_bits(seed, b) * n_ties) >> 24
     order = tl.cumsum(ties.to(tl.int64), axis=0)
     chosen = tl.min(tl.where(ties & (order == pick + 1), ps, N_BLOCK), axis=0)
     tl.store(best + b, tl.where(count > 0, chosen, -1).to(tl.int64))
