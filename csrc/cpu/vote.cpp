@@ -3,6 +3,7 @@
 // same rank rule as the device, in branch-free loops.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -63,47 +64,92 @@ std::string item_error(const vote::Item& it, int64_t i, std::vector<uint8_t>* se
 
 }  // namespace
 
+bool not_finite(float v) {  // branch-free isfinite: exponent all ones
+  uint32_t bits;
+  memcpy(&bits, &v, sizeof bits);
+  return (bits & 0x7F800000u) == 0x7F800000u;
+}
+
 // Sums the used samples' scores per original response, checking every valid sample's scores (finite) and every
-// sample's perm (a permutation) on the way, branch-free; false on a bad value (item_error then words it).
+// sample's perm (a permutation) on the way; false on a bad value (item_error then words it). N > 0: exactly N
+// responses, a compile-time count that keeps the sums in a local array and the loop free of branches (unused
+// samples add +0, which is exact: a sum that starts at +0 never becomes -0); a bad perm index is clamped, the
+// item fails anyway. N = 0: any count.
+template <int64_t N>
 bool accumulate(const vote::Item& it, const uint8_t* used, std::vector<uint8_t>* seen_big, float* rewards,
                 int32_t* num_used) {
-  for (int64_t i = 0; i < it.n; ++i) rewards[i] = 0.0f;
+  const int64_t n_item = N > 0 ? N : it.n_item;
   int32_t count = 0;
   bool bad = false;
+  if (N > 0) {
+    float acc[N > 0 ? N : 1] = {};
+    for (int64_t j = 0; j < it.k; ++j) {
+      const bool valid = it.valid[j] != 0, use = used[j] != 0;
+      count += use;
+      const float* s = it.scores + j * it.n;
+      if (it.meta != nullptr) bad |= valid & std::isnan(it.meta[j]);
+      float v[N > 0 ? N : 1];
+      for (int64_t pos = 0; pos < N; ++pos) {
+        bad |= valid & not_finite(s[pos]);
+        v[pos] = use ? s[pos] : 0.0f;
+      }
+      if (it.perm == nullptr) {
+        for (int64_t pos = 0; pos < N; ++pos) acc[pos] += v[pos];
+        continue;
+      }
+      const int64_t* p = it.perm + j * it.n;
+      uint64_t seen = 0;
+      for (int64_t pos = 0; pos < N; ++pos) {
+        const uint64_t idx = static_cast<uint64_t>(p[pos]);
+        const bool out = idx >= static_cast<uint64_t>(N);
+        bad |= out | ((seen >> (idx & 63)) & 1);
+        seen |= uint64_t(1) << (idx & 63);
+        acc[out ? 0 : idx] += v[pos];
+      }
+    }
+    for (int64_t i = 0; i < it.n; ++i) rewards[i] = i < N ? acc[i] : 0.0f;
+    *num_used = count;
+    return !bad;
+  }
+  for (int64_t i = 0; i < it.n; ++i) rewards[i] = 0.0f;
   for (int64_t j = 0; j < it.k; ++j) {
     const bool valid = it.valid[j] != 0, use = used[j] != 0;
     count += use;
     const float* s = it.scores + j * it.n;
     if (valid) {
       bad |= it.meta != nullptr && std::isnan(it.meta[j]);
-      for (int64_t pos = 0; pos < it.n_item; ++pos) bad |= !std::isfinite(s[pos]);
+      for (int64_t pos = 0; pos < n_item; ++pos) bad |= not_finite(s[pos]);
     }
-    if (it.perm == nullptr) {
-      // Adding 0 to an unused sample's slot is exact: a sum that starts at +0 never becomes -0.
-      for (int64_t pos = 0; pos < it.n_item; ++pos) rewards[pos] += use ? s[pos] : 0.0f;
-      continue;
-    }
-    const int64_t* p = it.perm + j * it.n;
-    if (it.n_item <= 64) {  // the permutation check in a bit mask
-      uint64_t seen = 0;
-      for (int64_t pos = 0; pos < it.n_item; ++pos) {
+    const int64_t* p = it.perm == nullptr ? nullptr : it.perm + j * it.n;
+    if (p != nullptr) {
+      seen_big->assign(size_t(n_item), 0);
+      for (int64_t pos = 0; pos < n_item && !bad; ++pos) {
         const uint64_t idx = static_cast<uint64_t>(p[pos]);
-        bad |= idx >= static_cast<uint64_t>(it.n_item) || ((seen >> (idx & 63)) & 1);
-        seen |= uint64_t(1) << (idx & 63);
-      }
-    } else {
-      seen_big->assign(size_t(it.n_item), 0);
-      for (int64_t pos = 0; pos < it.n_item && !bad; ++pos) {
-        const uint64_t idx = static_cast<uint64_t>(p[pos]);
-        bad |= idx >= static_cast<uint64_t>(it.n_item) || (*seen_big)[idx];
+        bad |= idx >= static_cast<uint64_t>(n_item) || (*seen_big)[idx];
         if (!bad) (*seen_big)[idx] = 1;
       }
     }
     if (bad) return false;  // perm indexes rewards below: never with a bad index
-    for (int64_t pos = 0; pos < it.n_item; ++pos) rewards[p[pos]] += use ? s[pos] : 0.0f;
+    for (int64_t pos = 0; pos < n_item; ++pos) rewards[p == nullptr ? pos : p[pos]] += use ? s[pos] : 0.0f;
   }
   *num_used = count;
-  return !bad;
+  return true;
+}
+
+// Dispatch to a compile-time response count for the common small items.
+bool accumulate_any(const vote::Item& it, const uint8_t* used, std::vector<uint8_t>* seen, float* rewards,
+                    int32_t* num_used) {
+  switch (it.n_item) {
+    case 1: return accumulate<1>(it, used, seen, rewards, num_used);
+    case 2: return accumulate<2>(it, used, seen, rewards, num_used);
+    case 3: return accumulate<3>(it, used, seen, rewards, num_used);
+    case 4: return accumulate<4>(it, used, seen, rewards, num_used);
+    case 5: return accumulate<5>(it, used, seen, rewards, num_used);
+    case 6: return accumulate<6>(it, used, seen, rewards, num_used);
+    case 7: return accumulate<7>(it, used, seen, rewards, num_used);
+    case 8: return accumulate<8>(it, used, seen, rewards, num_used);
+    default: return accumulate<0>(it, used, seen, rewards, num_used);
+  }
 }
 
 std::string vote(const VoteBatch& b, float* rewards, int32_t* num_used, int64_t* best) {
@@ -117,7 +163,10 @@ std::string vote(const VoteBatch& b, float* rewards, int32_t* num_used, int64_t*
       const vote::Item it = vote::item_of(b, i);
       const bool select = it.meta != nullptr && it.k_meta > 0;
       if (select) select_used(it, &order, used.data());
-      if (!accumulate(it, select ? used.data() : it.valid, &seen, rewards + i * b.n, num_used + i)) {
+      const uint8_t* use = select ? used.data() : it.valid;
+      float* out = rewards + i * b.n;
+      const bool ok = accumulate_any(it, use, &seen, out, num_used + i);
+      if (!ok) {
         first_bad = std::min(first_bad, i);
         continue;
       }

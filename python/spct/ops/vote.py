@@ -82,8 +82,7 @@ def _check_values(scores, valid, perm, meta_scores, n_item) -> None:
                              f"range({int(n_item[b])})")
 
 
-@torch.library.custom_op("spct::vote", mutates_args=())
-def _vote_op(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | None, meta_scores: torch.Tensor | None,
+def _vote_impl(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | None, meta_scores: torch.Tensor | None,
              k_meta: int, num_responses: torch.Tensor | None, seed: int, backend: str
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The checked inputs of `vote` -> (rewards, num_used, best) on scores' device. k_meta <= 0: all valid."""
@@ -101,6 +100,9 @@ def _vote_op(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | Non
     args = [t.numpy() if t is not None else None for t in (scores, valid, perm, meta_scores)]
     out = lib.vote(*args, k_meta, None if num_responses is None else num_responses.numpy(), seed)
     return tuple(torch.from_numpy(a) for a in out)
+
+
+_vote_op = torch.library.custom_op("spct::vote", mutates_args=())(_vote_impl)
 
 
 def _triton_vote():
@@ -163,7 +165,9 @@ def vote(
     if scores.is_cuda or backend == "triton" or _native.native("vote", dev.type, backend) is None:
         _check_values(scores, valid, perm, meta_scores if k_meta is not None else None, n_item)
     contiguous = lambda t, dtype: None if t is None else t.to(device=dev, dtype=dtype).contiguous()  # noqa: E731
-    rewards, used, best = torch.ops.spct.vote(
+    # Eager calls skip the op dispatcher (a tenth of a call at B = 4,096, measured); compiled graphs use the op.
+    op = torch.ops.spct.vote if torch.compiler.is_compiling() else _vote_impl
+    rewards, used, best = op(
         scores.contiguous(), valid.contiguous(), contiguous(perm, torch.int64),
         contiguous(meta_scores if k_meta is not None else None, torch.float32), k_meta or 0,
         None if num_responses is None else n_item.contiguous(), seed, backend)
