@@ -219,3 +219,11 @@ def test_triton_tie_breaks_match(seed):
     assert len(set(want.best.tolist())) == 5  # the draw really picks among the five tied responses
     assert_votes_equal(spct.vote(scores, valid, seed=seed, backend="triton"), want)
     assert_votes_equal(spct.vote(scores, valid, seed=seed, backend="native"), want)
+
+
+def test_triton_philox_matches_for_64_bit_seeds():
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'spct[triton]')")
+    scores, valid = torch.full((40, 1, 6), 2.0), torch.ones((40, 1), dtype=torch.bool)
+    for seed in [1, 2**31 - 1, 2**31, 3_449_720_149, 2**32 - 1, 2**32, 2**63 - 1]:
+        assert_votes_equal(spct.vote(scores, valid, seed=seed, backend="triton"),
+                           spct.vote(scores, valid, seed=seed, backend="reference"))

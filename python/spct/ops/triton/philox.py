@@ -22,7 +22,7 @@ def philox4x32(c0, c1, c2, c3, k0, k1):
 @triton.jit
 def uniform_bits(seed, offset):
     """(word 0 of Philox(counter=(offset lo, offset hi, 0, 0), key=(seed lo, seed hi))) >> 8, as int64."""
-    seed = seed.to(tl.int64)  # scalar arguments below 2^31 arrive as int32
+    seed = seed.to(tl.int64)  # pass 64-bit values from int64 tensors: a scalar argument may arrive as (u)int32
     offset = offset.to(tl.int64)
     c0 = (offset & 0xFFFFFFFF).to(tl.uint32)
     c1 = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)

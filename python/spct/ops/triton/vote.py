@@ -14,7 +14,7 @@ from spct.ops.triton.philox import uniform_bits
 
 
 @triton.jit
-def _vote_kernel(scores, valid, perm, meta, num_responses, rewards, num_used, best, k, n, k_meta, seed,
+def _vote_kernel(scores, valid, perm, meta, num_responses, rewards, num_used, best, k, n, k_meta, seed_ptr,
                  HAS_PERM: tl.constexpr, HAS_META: tl.constexpr, HAS_NR: tl.constexpr,
                  K_BLOCK: tl.constexpr, N_BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -49,7 +49,7 @@ def _vote_kernel(scores, valid, perm, meta, num_responses, rewards, num_used, be
     top = tl.max(masked, axis=0)
     ties = live & (masked == top)
     n_ties = tl.sum(ties.to(tl.int64))
-    pick = (uniform_bits(seed, b) * n_ties) >> 24
+    pick = (uniform_bits(tl.load(seed_ptr), b) * n_ties) >> 24
     order = tl.cumsum(ties.to(tl.int64), axis=0)
     chosen = tl.min(tl.where(ties & (order == pick + 1), ps, N_BLOCK), axis=0)
     tl.store(best + b, tl.where(count > 0, chosen, -1).to(tl.int64))
@@ -67,10 +67,12 @@ def vote(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | None, m
     if batch == 0:
         return rewards, num_used, best
     dummy = scores  # any tensor for pointers the kernel never reads
+    # The seed travels as an int64 tensor: a scalar argument in [2^31, 2^32) would arrive as uint32.
+    seed_t = torch.tensor([seed], dtype=torch.int64, device=dev)
     _vote_kernel[(batch,)](
         scores, valid.view(torch.uint8), perm if perm is not None else dummy,
         meta_scores if meta_scores is not None else dummy, num_responses if num_responses is not None else dummy,
-        rewards, num_used, best, k, n, k_meta if k_meta > 0 else k, seed,
+        rewards, num_used, best, k, n, k_meta if k_meta > 0 else k, seed_t,
         HAS_PERM=perm is not None, HAS_META=meta_scores is not None and k_meta > 0, HAS_NR=num_responses is not None,
         K_BLOCK=triton.next_power_of_2(max(k, 1)), N_BLOCK=triton.next_power_of_2(max(n, 1)),
     )
