@@ -59,13 +59,15 @@ def _check_arguments(scores, meta_scores, k_meta, n_item, seed) -> None:
                          f"{'' if meta_scores is not None else ' without meta_scores'}")
     if not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-    if (bad := _first_bad((n_item < 1) | (n_item > n))) is not None:
+    if n_item is not None and (bad := _first_bad((n_item < 1) | (n_item > n))) is not None:
         raise ValueError(f"num_responses[{bad[0]}] = {int(n_item[bad[0]])} is outside [1, n = {n}]")
 
 
 def _check_values(scores, valid, perm, meta_scores, n_item) -> None:
     """Finite scores and meta scores in valid samples, perm a permutation (the C++ kernel checks these itself)."""
-    n = scores.shape[2]
+    batch, _, n = scores.shape
+    if n_item is None:
+        n_item = torch.full((batch,), n, dtype=torch.int64, device=scores.device)
     live = torch.arange(n, device=scores.device)[None, :] < n_item[:, None]
     if (bad := _first_bad(valid[:, :, None] & live[:, None, :] & ~torch.isfinite(scores))) is not None:
         raise ValueError(f"scores[{bad[0]}, {bad[1]}, {bad[2]}] = {float(scores[bad])} is not finite in a valid "
@@ -157,10 +159,8 @@ def vote(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     _check_shapes(scores, valid, perm, meta_scores, num_responses)
-    batch, _, n = scores.shape
     dev = scores.device
-    n_item = (torch.full((batch,), n, dtype=torch.int64, device=dev) if num_responses is None
-              else num_responses.to(device=dev, dtype=torch.int64))
+    n_item = None if num_responses is None else num_responses.to(device=dev, dtype=torch.int64)
     _check_arguments(scores, meta_scores, k_meta, n_item, seed)
     if scores.is_cuda or backend == "triton" or _native.native("vote", dev.type, backend) is None:
         _check_values(scores, valid, perm, meta_scores if k_meta is not None else None, n_item)
@@ -170,5 +170,5 @@ def vote(
     rewards, used, best = op(
         scores.contiguous(), valid.contiguous(), contiguous(perm, torch.int64),
         contiguous(meta_scores if k_meta is not None else None, torch.float32), k_meta or 0,
-        None if num_responses is None else n_item.contiguous(), seed, backend)
+        None if n_item is None else n_item.contiguous(), seed, backend)
     return Vote(rewards, used, best)
