@@ -84,6 +84,15 @@ bool not_finite(float v) {  // branch-free isfinite: exponent all ones
   return (bits & 0x7F800000u) == 0x7F800000u;
 }
 
+// keep ? v : +0.0f without a branch: SSE2 has no float select, and a branch on random validity mispredicts.
+float masked(float v, bool keep) {
+  uint32_t bits;
+  memcpy(&bits, &v, sizeof bits);
+  bits &= 0u - static_cast<uint32_t>(keep);
+  memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
 // Sums the used samples' scores per original response, checking every valid sample's scores (finite) and every
 // sample's perm (a permutation) on the way; false on a bad value (item_error then words it). N > 0: exactly N
 // responses, a compile-time count that keeps the sums in a local array and the loop free of branches (unused
@@ -105,7 +114,7 @@ bool accumulate(const vote::Item& it, const uint8_t* used, std::vector<uint8_t>*
       float v[N > 0 ? N : 1];
       for (int64_t pos = 0; pos < N; ++pos) {
         bad |= valid & not_finite(s[pos]);
-        v[pos] = use ? s[pos] : 0.0f;
+        v[pos] = masked(s[pos], use);
       }
       if (it.perm == nullptr) {
         for (int64_t pos = 0; pos < N; ++pos) acc[pos] += v[pos];
