@@ -77,9 +77,7 @@ def test_extract_scores_throughput(benchmark, corpus, smollm2_tokenizer, k):
     torch.testing.assert_close(got.scores, torch.from_numpy(want.scores), rtol=0, atol=0)
 
     benchmark.pedantic(native, rounds=max(5, 320 // k), warmup_rounds=2)
-
     if benchmark.disabled:  # --benchmark-disable (the default addopts): validated, not timed
-
         return
     rounds = 5
     base_s = median_seconds(lambda: baseline(tok, ids), rounds)

@@ -53,9 +53,7 @@ def test_sample_throughput(benchmark, logits, k):
     assert torch.equal(native(), reference())
 
     benchmark.pedantic(native, rounds=max(10, 640 // k), warmup_rounds=3)
-
     if benchmark.disabled:  # --benchmark-disable (the default addopts): validated, not timed
-
         return
     rounds = 5 if rows <= 32 else 3
     reference_s = median_seconds(reference, rounds)

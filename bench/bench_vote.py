@@ -44,9 +44,7 @@ def test_vote_throughput(benchmark, k, n, mode):
     torch.testing.assert_close(got.rewards, want[0], rtol=0, atol=0, equal_nan=True)
 
     benchmark.pedantic(native, rounds=20, warmup_rounds=2)
-
     if benchmark.disabled:  # --benchmark-disable (the default addopts): validated, not timed
-
         return
     ref_s = median_seconds(reference, 5)
     native_s = benchmark.stats.stats.median
