@@ -110,7 +110,7 @@ def test_awkward_shapes(batch, k, n):
 
 @st.composite
 def vote_inputs(draw):
-    batch, k, n = draw(st.integers(1, 12)), draw(st.integers(1, 9)), draw(st.integers(1, 6))
+    batch, k, n = draw(st.integers(1, 12)), draw(st.integers(1, 9)), draw(st.integers(1, 10))
     seed = draw(st.integers(0, 2**63 - 1))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
     if draw(st.booleans()):
@@ -139,6 +139,40 @@ def vote_inputs(draw):
 def test_native_equals_reference(inputs):
     scores, valid, kwargs = inputs
     both(scores, valid, **kwargs)
+
+
+BAD_PERM_VALUES = [-1, -(2**32), 2**32, 2**32 + 1, 2**63 - 1, -(2**63)]
+
+
+@settings(deadline=None)
+@given(st.data())
+def test_a_corrupted_item_is_found_by_both(data):
+    """One bad value (a perm entry duplicated, out of range or off by 2^32; a non-finite score) in one sample of
+    one item, valid or not: both backends raise the same error, naming the first bad item."""
+    batch, k, n = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 5)), data.draw(st.integers(1, 10))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    scores = torch.randint(1, 11, (batch, k, n), generator=g).float()
+    valid = torch.rand((batch, k), generator=g) < 0.7
+    perm = torch.rand((batch, k, n), generator=g).argsort(-1)
+    b, j, pos = data.draw(st.integers(0, batch - 1)), data.draw(st.integers(0, k - 1)), data.draw(st.integers(0, n - 1))
+    what = data.draw(st.sampled_from(["duplicate", "value", "score"]))
+    if what == "duplicate" and n > 1:
+        other = data.draw(st.integers(0, n - 2))
+        perm[b, j, pos] = perm[b, j, other if other < pos else other + 1]
+    elif what == "value" or what == "duplicate":
+        perm[b, j, pos] = data.draw(st.sampled_from([n, n + 1, *BAD_PERM_VALUES]))
+    else:
+        scores[b, j, pos] = data.draw(st.sampled_from([NAN, math.inf, -math.inf]))
+    native_lib()
+    errors = []
+    for backend in ("reference", "native"):
+        try:
+            spct.vote(scores, valid, perm=perm, backend=backend)
+            errors.append(None)
+        except ValueError as e:
+            errors.append(str(e))
+    assert errors[0] == errors[1]
+    assert (errors[0] is None) == (what == "score" and not valid[b, j]), errors[0]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,10 @@
 
 #include "spct/vote_cpu.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace spct {
 namespace cpu {
 namespace {
@@ -159,9 +163,133 @@ bool accumulate(const vote::Item& it, const uint8_t* used, std::vector<uint8_t>*
   return true;
 }
 
+#if defined(__SSE2__)
+// SSE2 (every x86-64 CPU) for 2..8 responses with a perm: the sums live in L = ceil(N / 4) registers, and each
+// sample adds one vector w with w[r] = v[pos] for the pos where perm[pos] = r, built by compare-and-select against
+// (0, 1, 2, 3) instead of a runtime-indexed scatter (whose store-to-load forwarding chain bounded the scalar loop).
+// The per-response addition order is the sample order, as in the reference, so the sums are bit-identical. The
+// same compares check the perm: each response lane is hit exactly once iff perm[0..N) is a permutation of
+// range(N), given that its high dwords are all zero.
+namespace sse {
+
+template <int64_t N>
+inline __m128 load_floats(const float* s, int64_t g) {  // floats g*4 .. min(N, g*4 + 4), zero above
+  const int64_t rem = N - g * 4;
+  s += g * 4;
+  if (rem >= 4) return _mm_loadu_ps(s);
+  if (rem == 1) return _mm_load_ss(s);
+  const __m128 lo = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)));
+  if (rem == 2) return lo;
+  return _mm_movelh_ps(lo, _mm_load_ss(s + 2));
+}
+
+template <int64_t N>
+inline void load_perm(const int64_t* p, int64_t g, __m128i* lo, __m128i* hi) {  // low / high dwords, zero above N
+  const int64_t rem = N - g * 4;
+  p += g * 4;
+  const __m128i a = rem >= 2 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
+                             : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m128i b = rem >= 4   ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2))
+                    : rem == 3 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 2))
+                               : _mm_setzero_si128();
+  *lo = _mm_castps_si128(_mm_shuffle_ps(_mm_castsi128_ps(a), _mm_castsi128_ps(b), _MM_SHUFFLE(2, 0, 2, 0)));
+  *hi = _mm_castps_si128(_mm_shuffle_ps(_mm_castsi128_ps(a), _mm_castsi128_ps(b), _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Position P's value in every lane whose response index (iota) perm[P] names, or'ed into w; m counts the hits.
+template <int64_t N, int P>
+inline void place(__m128 v, __m128i lo, __m128i iota, __m128* w, __m128i* hits) {
+  if constexpr (P < N) {
+    constexpr int lane = P & 3;
+    const __m128i m = _mm_cmpeq_epi32(_mm_shuffle_epi32(lo, _MM_SHUFFLE(lane, lane, lane, lane)), iota);
+    const __m128 val = _mm_shuffle_ps(v, v, _MM_SHUFFLE(lane, lane, lane, lane));
+    *w = _mm_or_ps(*w, _mm_and_ps(_mm_castsi128_ps(m), val));
+    *hits = _mm_add_epi32(*hits, m);  // minus the hit count
+  }
+}
+
+// One sample's values in response order for the responses 4R .. 4R + 3, from the positions of group G.
+template <int64_t N, int G>
+inline void place_group(__m128 v, __m128i lo, __m128i iota, __m128* w, __m128i* hits) {
+  place<N, 4 * G + 0>(v, lo, iota, w, hits);
+  place<N, 4 * G + 1>(v, lo, iota, w, hits);
+  place<N, 4 * G + 2>(v, lo, iota, w, hits);
+  place<N, 4 * G + 3>(v, lo, iota, w, hits);
+}
+
+// The accumulators are named locals, not an array: GCC kept an array of two __m128 in memory, which brought the
+// store-to-load forwarding chain back.
+template <int64_t N>
+bool accumulate_perm(const vote::Item& it, const uint8_t* used, float* rewards, int32_t* num_used) {
+  constexpr bool two = N > 4;
+  const __m128i iota0 = _mm_setr_epi32(0, 1, 2, 3), iota1 = _mm_setr_epi32(4, 5, 6, 7);
+  // (minus) hit counts a permutation gives: responses below N exactly once, padding lanes above N never
+  const __m128i want0 = _mm_cmplt_epi32(iota0, _mm_set1_epi32(int(N)));
+  const __m128i want1 = _mm_cmplt_epi32(iota1, _mm_set1_epi32(int(N)));
+  const __m128i exponent = _mm_set1_epi32(0x7F800000);
+  __m128 acc0 = _mm_setzero_ps(), acc1 = _mm_setzero_ps();
+  __m128i bad = _mm_setzero_si128();
+  int32_t count = 0;
+  bool bad_meta = false;
+  for (int64_t j = 0; j < it.k; ++j) {
+    const bool valid = it.valid[j] != 0, use = used[j] != 0;
+    count += use;
+    if (it.meta != nullptr) bad_meta |= valid & std::isnan(it.meta[j]);
+    const __m128i valid_mask = _mm_set1_epi32(-int32_t(valid));
+    const __m128 use_mask = _mm_castsi128_ps(_mm_set1_epi32(-int32_t(use)));
+    const float* s = it.scores + j * it.n;
+    const int64_t* p = it.perm + j * it.n;
+    const __m128 raw0 = load_floats<N>(s, 0);
+    const __m128 raw1 = two ? load_floats<N>(s, 1) : _mm_setzero_ps();
+    const __m128i e0 = _mm_and_si128(_mm_castps_si128(raw0), exponent);
+    const __m128i e1 = _mm_and_si128(_mm_castps_si128(raw1), exponent);
+    bad = _mm_or_si128(bad, _mm_and_si128(valid_mask, _mm_or_si128(_mm_cmpeq_epi32(e0, exponent),
+                                                                    _mm_cmpeq_epi32(e1, exponent))));
+    const __m128 v0 = _mm_and_ps(raw0, use_mask), v1 = _mm_and_ps(raw1, use_mask);
+    __m128i lo0, hi0, lo1 = _mm_setzero_si128(), hi1 = _mm_setzero_si128();
+    load_perm<N>(p, 0, &lo0, &hi0);
+    if (two) load_perm<N>(p, 1, &lo1, &hi1);
+    bad = _mm_or_si128(bad, _mm_or_si128(hi0, hi1));
+    __m128 w0 = _mm_setzero_ps(), w1 = _mm_setzero_ps();
+    __m128i hits0 = _mm_setzero_si128(), hits1 = _mm_setzero_si128();
+    place_group<N, 0>(v0, lo0, iota0, &w0, &hits0);
+    place_group<N, 1>(v1, lo1, iota0, &w0, &hits0);
+    if (two) {
+      place_group<N, 0>(v0, lo0, iota1, &w1, &hits1);
+      place_group<N, 1>(v1, lo1, iota1, &w1, &hits1);
+    }
+    acc0 = _mm_add_ps(acc0, w0);  // unused samples add +0: exact (a sum from +0 never becomes -0)
+    acc1 = _mm_add_ps(acc1, w1);
+    bad = _mm_or_si128(bad, _mm_or_si128(_mm_xor_si128(hits0, want0), _mm_xor_si128(hits1, want1)));
+  }
+  float out[8];
+  _mm_storeu_ps(out, acc0);
+  _mm_storeu_ps(out + 4, acc1);
+  for (int64_t i = 0; i < it.n; ++i) rewards[i] = i < N ? out[i] : 0.0f;
+  *num_used = count;
+  return _mm_movemask_epi8(_mm_cmpeq_epi8(bad, _mm_setzero_si128())) == 0xFFFF && !bad_meta;  // every bit clear
+}
+
+}  // namespace sse
+#endif
+
 // Dispatch to a compile-time response count for the common small items.
 bool accumulate_any(const vote::Item& it, const uint8_t* used, std::vector<uint8_t>* seen, float* rewards,
                     int32_t* num_used) {
+#if defined(__SSE2__)
+  if (it.perm != nullptr) {
+    switch (it.n_item) {
+      case 2: return sse::accumulate_perm<2>(it, used, rewards, num_used);
+      case 3: return sse::accumulate_perm<3>(it, used, rewards, num_used);
+      case 4: return sse::accumulate_perm<4>(it, used, rewards, num_used);
+      case 5: return sse::accumulate_perm<5>(it, used, rewards, num_used);
+      case 6: return sse::accumulate_perm<6>(it, used, rewards, num_used);
+      case 7: return sse::accumulate_perm<7>(it, used, rewards, num_used);
+      case 8: return sse::accumulate_perm<8>(it, used, rewards, num_used);
+      default: break;
+    }
+  }
+#endif
   switch (it.n_item) {
     case 1: return accumulate<1>(it, used, seen, rewards, num_used);
     case 2: return accumulate<2>(it, used, seen, rewards, num_used);

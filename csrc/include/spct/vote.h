@@ -72,7 +72,9 @@ SPCT_HD void finish_item(const Item& it, int32_t used, uint64_t seed, int64_t it
     if (rewards[i] == top) ++ties;
   }
   // The pick among ties: floor(u * ties) with u = bits / 2^24, in exact integer arithmetic.
-  int64_t pick = int64_t((uint64_t(philox::uniform_bits(seed, uint64_t(item_index))) * uint64_t(ties)) >> 24);
+  // A lone maximum needs no draw (floor(u * 1) = 0): skipping it is the same result, without ten Philox rounds.
+  int64_t pick =
+      ties == 1 ? 0 : int64_t((uint64_t(philox::uniform_bits(seed, uint64_t(item_index))) * uint64_t(ties)) >> 24);
   for (int64_t i = 0; i < it.n_item; ++i) {
     if (rewards[i] == top && pick-- == 0) {
       *best = i;
