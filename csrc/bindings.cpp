@@ -10,6 +10,7 @@
 #include <string>
 
 #include "spct/extract_cpu.h"
+#include "spct/prefix_attention.h"
 #include "spct/sample.h"
 #include "spct/vote_cpu.h"
 #if defined(SPCT_WITH_CUDA)
@@ -336,6 +337,45 @@ void bind_sample(py::module_& m) {
 }
 // ---- end sample ----------------------------------------------------------------------------------------
 
+// ---- prefix_attention ------------------------------------------------------------------------------------
+
+// Host tensors come as addresses: the op runs 30+ times per decoding step, and the Python wrapper has already
+// checked dtypes, shapes and contiguity (the kernel checks the index values).
+spct::attn::PrefixAttention prefix_args(uintptr_t q, uintptr_t prefix_k, uintptr_t prefix_v, uintptr_t prefix_indptr,
+                                        uintptr_t prefix_index, uintptr_t own_k, uintptr_t own_v, uintptr_t own_index,
+                                        uintptr_t own_len, uintptr_t out, const std::vector<int64_t>& sizes,
+                                        float scale, bool bf16) {
+  SPCT_CHECK(sizes.size() == 8, "sizes must be (rows, heads, kv_heads, head_dim, prompts, prefix_tokens, slots, "
+                                "capacity)");
+  const auto cptr = [](uintptr_t a) { return reinterpret_cast<const void*>(a); };
+  const auto iptr = [](uintptr_t a) { return reinterpret_cast<const int64_t*>(a); };
+  return {cptr(q), cptr(prefix_k), cptr(prefix_v), iptr(prefix_indptr), iptr(prefix_index), cptr(own_k), cptr(own_v),
+          iptr(own_index), iptr(own_len), reinterpret_cast<void*>(out), sizes[0], sizes[1], sizes[2], sizes[3],
+          sizes[4], sizes[5], sizes[6], sizes[7], scale, bf16};
+}
+
+void bind_prefix_attention(py::module_& m) {
+  m.def(
+      "prefix_attention",
+      [](uintptr_t q, uintptr_t prefix_k, uintptr_t prefix_v, uintptr_t prefix_indptr, uintptr_t prefix_index,
+         uintptr_t own_k, uintptr_t own_v, uintptr_t own_index, uintptr_t own_len, uintptr_t out,
+         const std::vector<int64_t>& sizes, float scale, bool bf16) {
+        const spct::attn::PrefixAttention a = prefix_args(q, prefix_k, prefix_v, prefix_indptr, prefix_index, own_k,
+                                                          own_v, own_index, own_len, out, sizes, scale, bf16);
+        std::string error;
+        {
+          py::gil_scoped_release nogil;
+          error = spct::cpu::prefix_attention(a);
+        }
+        if (!error.empty()) fail(error);
+      },
+      py::arg("q"), py::arg("prefix_k"), py::arg("prefix_v"), py::arg("prefix_indptr"), py::arg("prefix_index"),
+      py::arg("own_k"), py::arg("own_v"), py::arg("own_index"), py::arg("own_len"), py::arg("out"), py::arg("sizes"),
+      py::arg("scale"), py::arg("bf16"),
+      "Decode attention over a shared prompt KV plus each row's own KV (host addresses; see prefix_attention.h).");
+}
+// ---- end prefix_attention --------------------------------------------------------------------------------
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -348,6 +388,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("hi"), "Detokenize (N, T) token ids with a byte table and parse each row.");
   bind_vote(m);
   bind_sample(m);
+  bind_prefix_attention(m);
 #if defined(SPCT_WITH_CUDA)
   m.attr("has_cuda") = true;
   bind_cuda(m);

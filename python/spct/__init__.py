@@ -6,6 +6,7 @@ import importlib
 from typing import Any
 
 from spct.ops.extract_scores import Extraction, extract_scores
+from spct.ops.prefix_attention import prefix_attention
 from spct.ops.sample import sample
 from spct.ops.token_bytes import TokenBytes
 from spct.ops.vote import Vote, vote
@@ -13,7 +14,7 @@ from spct.ops.vote import Vote, vote
 # Heavy subpackages load on first use, so `import spct` stays cheap.
 _LAZY = {"engine": "spct.engine", "models": "spct.engine.models"}
 
-__all__ = ["Extraction", "TokenBytes", "Vote", "__version__", "extract_scores", "sample", "vote", *_LAZY]
+__all__ = ["Extraction", "TokenBytes", "Vote", "__version__", "extract_scores", "prefix_attention", "sample", "vote", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

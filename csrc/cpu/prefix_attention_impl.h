@@ -1,0 +1,345 @@
+// The CPU prefix_attention kernel, compiled once per instruction set: prefix_attention.cpp (baseline),
+// prefix_attention_avx2.cpp and prefix_attention_avx512.cpp include this file with SPCT_ISA naming the namespace,
+// and prefix_attention.cpp picks one at run time. The code is written on GCC vector types of 16 floats, which each
+// build lowers to its widest registers.
+//
+// Work: for every (prompt, KV head, chunk of kChunk prompt tokens) the queries of ALL the prompt's sample rows
+// (rows x Hq/Hkv heads) form one block that reads the chunk's keys and values once, converted to float32 (keys
+// transposed); every (row, KV head, chunk of own tokens) likewise. Each gives a partial (max, sum, sum of p * v) per
+// query; a last pass merges the partials of each (row, head) by log-sum-exp in a fixed order. A query's arithmetic
+// never depends on how many rows share its block, so a row's output does not depend on the batch.
+//
+// No standard-library templates here (std::vector, std::max...): their instantiations are shared with the other
+// translation units by the linker, and one compiled with AVX-512 could end up run on a CPU without it.
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "spct/prefix_attention.h"
+
+#ifndef SPCT_ISA
+#error "define SPCT_ISA before including prefix_attention_impl.h"
+#endif
+
+namespace spct {
+namespace cpu {
+namespace SPCT_ISA {
+namespace {
+
+using attn::kChunk;
+using attn::PrefixAttention;
+
+constexpr int W = 16;  // floats per vector
+
+// A growable buffer of trivially copyable T (local, see above).
+template <typename T>
+struct Buf {
+  T* p = nullptr;
+  int64_t n = 0, cap = 0;
+  Buf() = default;
+  explicit Buf(int64_t size, T fill = T()) { assign(size, fill); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  ~Buf() { free(p); }
+  void resize(int64_t size) {
+    if (size > cap) {
+      T* grown = static_cast<T*>(realloc(p, sizeof(T) * size_t(size)));
+      if (grown == nullptr) abort();
+      p = grown;
+      cap = size;
+    }
+    n = size;
+  }
+  void assign(int64_t size, T fill) {
+    resize(size);
+    for (int64_t i = 0; i < size; ++i) p[i] = fill;
+  }
+  T* data() { return p; }
+  T& operator[](int64_t i) { return p[i]; }
+};
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline float fmax2(float a, float b) { return a < b ? b : a; }
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+
+inline vf loadv(const float* p) {
+  vf v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void storev(float* p, vf v) { memcpy(p, &v, sizeof v); }
+inline vf splat(float x) { return vf{} + x; }
+
+inline float from_bf16(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline uint16_t to_bf16(float f) {  // round to nearest even, as torch does
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  if (std::isnan(f)) return 0x7FC0;
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+inline float load1(const float* p, int64_t i) { return p[i]; }
+inline float load1(const uint16_t* p, int64_t i) { return from_bf16(p[i]); }
+inline void store1(float* p, int64_t i, float v) { p[i] = v; }
+inline void store1(uint16_t* p, int64_t i, float v) { p[i] = to_bf16(v); }
+
+// exp(x) for x <= 0 (Cephes expf: range reduction by ln 2, degree-6 polynomial, relative error ~1e-7). Below -87
+// it returns exp(-87) ~ 1.6e-38 instead of a smaller number: nothing measurable next to the row maximum's 1.
+inline vf vexp(vf x) {
+  const vf lo = splat(-87.0f);
+  x = x < lo ? lo : x;
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const vf n = (x * 1.44269504088896341f + magic) - magic;
+  const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf y = splat(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  memcpy(&scale, &e, sizeof scale);
+  return y * scale;
+}
+
+// Rows of queries blocked together in the two products (accumulators must fit the registers).
+#if defined(__AVX512F__)
+constexpr int kRows = 4;
+#else
+constexpr int kRows = 2;
+#endif
+
+// s[r][t] = sum_d q[r][d] * kt[d][t] for R query rows; np (the padded token count) is a multiple of 2 W.
+template <int D, int R>
+void qk(const float* q, const float* kt, int64_t np, float* s) {
+  for (int64_t t = 0; t < np; t += 2 * W) {
+    vf acc[R][2] = {};
+    for (int d = 0; d < D; ++d) {
+      const vf k0 = loadv(kt + d * np + t), k1 = loadv(kt + d * np + t + W);
+      for (int r = 0; r < R; ++r) {
+        acc[r][0] += q[r * D + d] * k0;
+        acc[r][1] += q[r * D + d] * k1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      storev(s + r * np + t, acc[r][0]);
+      storev(s + r * np + t + W, acc[r][1]);
+    }
+  }
+}
+
+// o[r][:] = sum_t p[r][t] * v[t][:] for R rows over n tokens (p rows have stride np).
+template <int D, int R>
+void pv(const float* p, int64_t np, const float* v, int64_t n, float* o) {
+  constexpr int C = D / W;
+  vf acc[R][C] = {};
+  for (int64_t t = 0; t < n; ++t) {
+    vf vv[C];
+    for (int c = 0; c < C; ++c) vv[c] = loadv(v + t * D + c * W);
+    for (int r = 0; r < R; ++r) {
+      const float pr = p[r * np + t];
+      for (int c = 0; c < C; ++c) acc[r][c] += pr * vv[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) storev(o + r * D + c * W, acc[r][c]);
+}
+
+// Turns R score rows into probabilities in place (tokens >= n get 0) and writes each row's (max, sum).
+template <int R>
+void softmax_rows(float* s, int64_t np, int64_t n, float* max_out, float* sum_out) {
+  for (int r = 0; r < R; ++r) {
+    float* row = s + r * np;
+    float m = row[0];
+    for (int64_t t = 1; t < n; ++t) m = fmax2(m, row[t]);
+    vf sum = {};
+    const vf mv = splat(m);
+    for (int64_t t = 0; t < np; t += W) {
+      vf e = vexp(loadv(row + t) - mv);
+      if (t + W > n)
+        for (int i = 0; i < W; ++i) e[i] = t + i < n ? e[i] : 0.0f;  // padding tokens
+      storev(row + t, e);
+      sum += e;
+    }
+    float total = 0.0f;
+    for (int i = 0; i < W; ++i) total += sum[i];
+    max_out[r] = m;
+    sum_out[r] = total;
+  }
+}
+
+struct Scratch {
+  Buf<float> q, kt, v, s, o;
+};
+
+// Partials of m pre-scaled float32 queries qs (m x D) over n tokens: k and v point at the first token's head,
+// token stride ld elements. part (m x (D + 2)): max, sum, then sum_t p_t v_t.
+template <int D, typename T, int R>
+void attend_block(const float* qs, int64_t m, const T* k, const T* v, int64_t ld, int64_t n, Scratch* sc,
+                  float* const* part) {
+  const int64_t np = (n + 2 * W - 1) / (2 * W) * (2 * W);
+  sc->kt.assign(D * np, 0.0f);
+  sc->v.resize(n * D);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int d = 0; d < D; ++d) {
+      sc->kt[d * np + t] = load1(k, t * ld + d);
+      sc->v[t * D + d] = load1(v, t * ld + d);
+    }
+  }
+  sc->s.resize(R * np);
+  sc->o.resize(R * D);
+  float mx[R], sm[R];
+  int64_t i = 0;
+  for (; i + R <= m; i += R) {
+    qk<D, R>(qs + i * D, sc->kt.data(), np, sc->s.data());
+    softmax_rows<R>(sc->s.data(), np, n, mx, sm);
+    pv<D, R>(sc->s.data(), np, sc->v.data(), n, sc->o.data());
+    for (int r = 0; r < R; ++r) {
+      part[i + r][0] = mx[r];
+      part[i + r][1] = sm[r];
+      memcpy(part[i + r] + 2, sc->o.data() + r * D, sizeof(float) * D);
+    }
+  }
+  for (; i < m; ++i) {  // the same arithmetic one row at a time
+    qk<D, 1>(qs + i * D, sc->kt.data(), np, sc->s.data());
+    softmax_rows<1>(sc->s.data(), np, n, mx, sm);
+    pv<D, 1>(sc->s.data(), np, sc->v.data(), n, sc->o.data());
+    part[i][0] = mx[0];
+    part[i][1] = sm[0];
+    memcpy(part[i] + 2, sc->o.data(), sizeof(float) * D);
+  }
+}
+
+// One unit of work: prompt chunk (kind 0: index = prompt) or own chunk (kind 1: index = row), for one KV head.
+struct Task {
+  int64_t kind, index, head, chunk;
+};
+
+template <int D, typename T>
+void run_typed(const PrefixAttention& a) {
+  const int64_t S = a.rows, Hq = a.heads, Hkv = a.kv_heads, G = Hq / Hkv, P = a.prompts;
+  const T* q = static_cast<const T*>(a.q);
+  const auto chunks = [](int64_t n) { return (n + kChunk - 1) / kChunk; };
+  // rows of each prompt (counting sort keeps row order)
+  Buf<int64_t> start(P + 1, 0), rows_of(S), fill(P + 1, 0);
+  for (int64_t s = 0; s < S; ++s) ++start[a.prefix_index[s] + 1];
+  for (int64_t p = 0; p < P; ++p) start[p + 1] += start[p];
+  for (int64_t p = 0; p < P; ++p) fill[p] = start[p];
+  for (int64_t s = 0; s < S; ++s) rows_of[fill[a.prefix_index[s]]++] = s;
+  // partial slots: row s owns parts [first[s], first[s + 1]) (prompt chunks, then own chunks), each Hq x (D + 2)
+  Buf<int64_t> first(S + 1, 0);
+  int64_t n_tasks = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    if (start[p] != start[p + 1]) n_tasks += Hkv * chunks(a.prefix_indptr[p + 1] - a.prefix_indptr[p]);
+  }
+  for (int64_t s = 0; s < S; ++s) n_tasks += Hkv * chunks(a.own_len[s]);
+  Buf<Task> tasks(n_tasks);
+  int64_t next = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    if (start[p] == start[p + 1]) continue;
+    const int64_t c_n = chunks(a.prefix_indptr[p + 1] - a.prefix_indptr[p]);
+    for (int64_t h = 0; h < Hkv; ++h)
+      for (int64_t c = 0; c < c_n; ++c) tasks[next++] = Task{0, p, h, c};
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t p = a.prefix_index[s];
+    const int64_t own = chunks(a.own_len[s]);
+    first[s + 1] = first[s] + chunks(a.prefix_indptr[p + 1] - a.prefix_indptr[p]) + own;
+    for (int64_t h = 0; h < Hkv; ++h)
+      for (int64_t c = 0; c < own; ++c) tasks[next++] = Task{1, s, h, c};
+  }
+  const int64_t stride = D + 2;
+  Buf<float> parts(first[S] * Hq * stride);
+  float* const part_base = parts.data();
+  const auto part_of = [&](int64_t s, int64_t c, int64_t hq) {
+    return part_base + ((first[s] + c) * Hq + hq) * stride;
+  };
+#pragma omp parallel
+  {
+    Scratch sc;
+    Buf<float*> out_parts;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ti = 0; ti < n_tasks; ++ti) {
+      const Task& task = tasks[ti];
+      const int64_t* rows = task.kind == 0 ? rows_of.data() + start[task.index] : &task.index;
+      const int64_t m_rows = task.kind == 0 ? start[task.index + 1] - start[task.index] : 1;
+      const T *k, *v;
+      int64_t n;
+      if (task.kind == 0) {
+        const int64_t lo = a.prefix_indptr[task.index] + task.chunk * kChunk;
+        n = imin(kChunk, a.prefix_indptr[task.index + 1] - lo);
+        k = static_cast<const T*>(a.prefix_k) + (lo * Hkv + task.head) * D;
+        v = static_cast<const T*>(a.prefix_v) + (lo * Hkv + task.head) * D;
+      } else {
+        const int64_t lo = task.chunk * kChunk, slot = a.own_index[task.index];
+        n = imin(kChunk, a.own_len[task.index] - lo);
+        k = static_cast<const T*>(a.own_k) + ((slot * a.capacity + lo) * Hkv + task.head) * D;
+        v = static_cast<const T*>(a.own_v) + ((slot * a.capacity + lo) * Hkv + task.head) * D;
+      }
+      sc.q.resize(m_rows * G * D);
+      out_parts.resize(m_rows * G);
+      for (int64_t i = 0; i < m_rows; ++i) {
+        const int64_t s = rows[i];
+        const int64_t c = task.kind == 0
+                              ? task.chunk
+                              : chunks(a.prefix_indptr[a.prefix_index[s] + 1] - a.prefix_indptr[a.prefix_index[s]]) +
+                                    task.chunk;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t hq = task.head * G + g;
+          for (int d = 0; d < D; ++d) sc.q[(i * G + g) * D + d] = load1(q, (s * Hq + hq) * D + d) * a.scale;
+          out_parts[i * G + g] = part_of(s, c, hq);
+        }
+      }
+      attend_block<D, T, kRows>(sc.q.data(), m_rows * G, k, v, Hkv * D, n, &sc, out_parts.data());
+    }
+    // merge each (row, head) by log-sum-exp, parts in order
+#pragma omp for schedule(static)
+    for (int64_t sh = 0; sh < S * Hq; ++sh) {
+      const int64_t s = sh / Hq, hq = sh % Hq;
+      const int64_t n_parts = first[s + 1] - first[s];
+      T* o = static_cast<T*>(a.out) + sh * D;
+      float top = -INFINITY;
+      for (int64_t c = 0; c < n_parts; ++c) top = fmax2(top, part_of(s, c, hq)[0]);
+      float acc[D] = {}, total = 0.0f;
+      for (int64_t c = 0; c < n_parts; ++c) {
+        const float* pc = part_of(s, c, hq);
+        const float w = std::exp(pc[0] - top);
+        total += w * pc[1];
+        for (int d = 0; d < D; ++d) acc[d] += w * pc[2 + d];
+      }
+      const float inv = total > 0.0f ? 1.0f / total : 0.0f;  // no token at all: zeros
+      for (int d = 0; d < D; ++d) store1(o, d, acc[d] * inv);
+    }
+  }
+}
+
+}  // namespace
+
+// false when head_dim has no compiled kernel (the caller reports it).
+bool prefix_attention_run(const PrefixAttention& a) {
+  switch (a.head_dim) {
+#define SPCT_CASE(D)                                            \
+  case D:                                                       \
+    if (a.bf16) run_typed<D, uint16_t>(a);                      \
+    else run_typed<D, float>(a);                                \
+    return true;
+    SPCT_CASE(32)
+    SPCT_CASE(64)
+    SPCT_CASE(128)
+    SPCT_CASE(256)
+#undef SPCT_CASE
+    default:
+      return false;
+  }
+}
+
+}  // namespace SPCT_ISA
+}  // namespace cpu
+}  // namespace spct
