@@ -13,11 +13,15 @@ from spct.ops.vote import Vote, vote
 
 # Heavy subpackages load on first use, so `import spct` stays cheap.
 _LAZY = {"engine": "spct.engine", "models": "spct.engine.models"}
+_LAZY_ATTRS = {"Engine": "spct.engine"}
 
-__all__ = ["Extraction", "TokenBytes", "Vote", "__version__", "extract_scores", "prefix_attention", "sample", "vote", *_LAZY]
+__all__ = ["Extraction", "TokenBytes", "Vote", "__version__", "extract_scores", "prefix_attention", "sample", "vote",
+           *_LAZY, *_LAZY_ATTRS]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return importlib.import_module(_LAZY[name])
+    if name in _LAZY_ATTRS:
+        return getattr(importlib.import_module(_LAZY_ATTRS[name]), name)
     raise AttributeError(f"module 'spct' has no attribute {name!r}")

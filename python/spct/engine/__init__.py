@@ -1,5 +1,6 @@
-"""Model loading and inference engine."""
+"""Model loading and the multi-sample decoding engine."""
 
+from .engine import Allow, Constraint, Engine, Force, Sample
 from .models import fetch
 
-__all__ = ["fetch"]
+__all__ = ["Allow", "Constraint", "Engine", "Force", "Sample", "fetch"]

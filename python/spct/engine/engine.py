@@ -1,0 +1,355 @@
+"""`spct.Engine`: k samples per prompt, each prompt prefilled once and its KV shared by its samples.
+
+    engine = spct.Engine.from_pretrained("smollm2-135m")
+    outs = engine.generate(["Rate these answers ..."], k=8, max_new_tokens=256, temperature=0.5, seed=7)
+    outs[0][3].text  # sample 3 of prompt 0
+
+Randomness: sample j of a prompt draws its token at step t through `spct.sample` keyed by (the prompt's seed,
+offset j * 2^32 + t) and nothing else, so a prompt with its seed gives the same samples alone or beside any other
+prompts (the runner's arithmetic per row does not depend on the batch either; see `_row_multiple`).
+
+Choices where the usual engines differ, spelled out:
+- `logprobs` are the model's own: log_softmax of the raw logits (before temperature, masks and constraints), as
+  vLLM returns by default; one per generated token.
+- A stop string ends the sample; `text` is cut just before it, `token_ids` keep the token that completed it. EOS
+  ends a sample too, kept in `token_ids`, not in `text` (special tokens are skipped).
+- Before `min_new_tokens` tokens, EOS is masked out and stop strings are not matched.
+- A prompt longer than the model's context is an error; a prompt that fits but leaves fewer than
+  `max_new_tokens` positions stops at the context with finish_reason "length".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from spct.engine.llama import DecodeStep, KVCache, LlamaRunner, supported
+from spct.engine.models import fetch
+from spct.ops import prefix_attention as pa
+from spct.ops.sample import sample
+
+__all__ = ["Allow", "Constraint", "Engine", "Force", "Sample"]
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class Sample:
+    """One generated sample: token ids (generated only), decoded text, "stop" or "length", optional logprobs."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    logprobs: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class Allow:
+    """A constraint's answer: the next token must be one of these ids."""
+
+    token_ids: Sequence[int]
+
+
+@dataclass(frozen=True)
+class Force:
+    """A constraint's answer: append these ids next, without sampling (logprobs still scored)."""
+
+    token_ids: Sequence[int]
+
+
+# A constraint is called before each token a sample chooses (not while forced tokens are pending) with the sample's
+# index j among its prompt's k and its generated ids so far; None leaves the choice free.
+Constraint = Callable[[int, Sequence[int]], "Allow | Force | None"]
+
+
+@dataclass
+class _Live:
+    """Bookkeeping of one sample while it generates."""
+
+    prompt: int  # index in the group
+    j: int  # sample index within its prompt
+    slot: int  # own-KV slot
+    seed: int
+    limit: int  # max tokens (max_new_tokens, or fewer near the context)
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    forced: deque = field(default_factory=deque)
+    finish: str | None = None
+
+
+@dataclass(frozen=True)
+class _Settings:
+    k: int
+    max_new_tokens: int
+    min_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    stop: tuple[str, ...]
+    return_logprobs: bool
+
+    @property
+    def stop_window(self) -> int:
+        return max(len(x.encode()) for x in self.stop) + 2
+
+
+def _row_multiple(dtype: torch.dtype, device: torch.device) -> int:
+    """Decode batches are padded to a multiple of this many rows. On the CPU, float32 matmuls give a row
+    different bits when it is one of the last M % 4 rows of a small batch (MKL's small-M kernels), so padding to a
+    multiple of 4 makes each row's logits independent of the batch; bfloat16 needs none (checked in the tests)."""
+    return 4 if dtype == torch.float32 and device.type == "cpu" else 1
+
+
+class Engine:
+    """Generation with prefix-shared KV on the runner (Llama family) for any device torch runs on."""
+
+    def __init__(self, runner: LlamaRunner, tokenizer, eos_token_ids: Sequence[int], max_batch: int = 256):
+        self.runner, self.tokenizer = runner, tokenizer
+        self.eos_token_ids = sorted(set(eos_token_ids))
+        self.max_batch = max_batch
+        self.context = runner.config.max_positions
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, dtype: str | torch.dtype = "bfloat16",
+                        device: str | torch.device = "cpu", max_batch: int = 256):
+        """name_or_path: a model alias (`spct.models.MODELS`), a Hugging Face checkpoint directory or a .gguf file.
+        dtype: "bfloat16" or "float32"; max_batch: sample rows decoded together (more prompts wait their turn).
+        Llama, Mistral and Qwen2 run on the runner; other architectures on `transformers` (the slow path)."""
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+            dtype = DTYPES[dtype]
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+        path = fetch(name_or_path)
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        why = supported(cfg)
+        if why is not None:
+            from spct.engine.hf import HFEngine
+
+            return HFEngine.load(path, tokenizer, dtype, torch.device(device), why)
+        runner = LlamaRunner.from_dir(path, dtype, torch.device(device))
+        return cls(runner, tokenizer, _eos_ids(path, cfg, tokenizer), max_batch)
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[str | Sequence[int]], *, k: int = 1, max_new_tokens: int = 256,
+                 min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 min_p: float = 0.0, seed: int | Sequence[int] = 0, stop: str | Sequence[str] = (),
+                 return_logprobs: bool = False,
+                 constraints: Sequence[Constraint | None] | None = None) -> list[list[Sample]]:
+        """k samples for each prompt (token-id lists or strings) -> outs[i][j], sample j of prompt i.
+
+        seed: one int for all prompts or one per prompt; stop: a string or strings that end a sample;
+        constraints: one per prompt (or None), see `Constraint`. Sampling as `spct.sample` (temperature 0 =
+        greedy). Semantics of logprobs, stop strings, min_new_tokens and the context: module docstring."""
+        settings = _check_settings(k, max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
+                                   return_logprobs)
+        ids = self._token_ids(prompts)
+        seeds = _seeds(seed, len(ids))
+        if constraints is not None and len(constraints) != len(ids):
+            raise ValueError(f"constraints must have one entry per prompt ({len(ids)}), got {len(constraints)}")
+        outs: list[list[Sample]] = []
+        group: list[int] = []
+        for i in range(len(ids) + 1):  # prompts in groups of at most max_batch samples (one prompt at least)
+            if i == len(ids) or (group and (len(group) + 1) * k > self.max_batch):
+                outs += self._generate_group([ids[g] for g in group], [seeds[g] for g in group],
+                                             [None if constraints is None else constraints[g] for g in group],
+                                             settings)
+                group = []
+            if i < len(ids):
+                group.append(i)
+        return outs
+
+    # -- internals ----------------------------------------------------------------------------------------------
+
+    def _token_ids(self, prompts) -> list[list[int]]:
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+            raise ValueError(f"prompts must be a list of strings or token-id lists, got {type(prompts).__name__}")
+        ids = []
+        vocab = self.runner.config.vocab_size
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                p = self.tokenizer(p).input_ids
+            elif isinstance(p, torch.Tensor):
+                p = p.tolist()
+            p = list(p)
+            if not p:
+                raise ValueError(f"prompts[{i}] is empty")
+            if not all(isinstance(t, int) and 0 <= t < vocab for t in p):
+                bad = next(t for t in p if not (isinstance(t, int) and 0 <= t < vocab))
+                raise ValueError(f"prompts[{i}] holds token id {bad!r}, outside [0, {vocab})")
+            if len(p) >= self.context:
+                raise ValueError(f"prompts[{i}] has {len(p)} tokens, but the model's context is {self.context} "
+                                 f"tokens (at least one must be left to generate)")
+            ids.append(p)
+        return ids
+
+    def _generate_group(self, ids: list[list[int]], seeds: list[int], constraints: list, st: _Settings):
+        runner = self.runner
+        device = runner.device
+        samples = [_Live(p, j, p * st.k + j, seeds[p], min(st.max_new_tokens, self.context - len(ids[p])))
+                   for p in range(len(ids)) for j in range(st.k)]
+        live = samples
+        multiple = _row_multiple(runner.dtype, device)
+        spare = multiple - 1  # slots for padding rows
+        kv = KVCache(runner.config, [len(p) for p in ids], len(live) + spare, st.max_new_tokens, runner.dtype, device)
+        first = torch.stack([runner.prefill(torch.tensor(p, device=device), kv, i) for i, p in enumerate(ids)])
+        logits = first[torch.tensor([s.prompt for s in live], device=device)]
+        step = 0
+        while True:
+            self._choose(logits, live, step, constraints, st)
+            live_next = [s for s in live if s.finish is None]
+            if not live_next:
+                break
+            step += 1
+            logits = self._decode(live_next, ids, kv, step, multiple, spare)
+            live = live_next
+        return [[self._output(s, st) for s in samples[p * st.k:(p + 1) * st.k]] for p in range(len(ids))]
+
+    def _decode(self, live: list[_Live], ids, kv: KVCache, step: int, multiple: int, spare: int) -> torch.Tensor:
+        rows = len(live)
+        pad = -rows % multiple
+        base = len(kv.own[0, 0]) - spare  # first spare slot
+        tokens = [s.tokens[-1] for s in live] + [0] * pad
+        positions = [len(ids[s.prompt]) + step - 1 for s in live] + [0] * pad
+        prompts = [s.prompt for s in live] + [0] * pad
+        slots = [s.slot for s in live] + [base + i for i in range(pad)]
+        own_len = [step] * rows + [1] * pad
+        dev = self.runner.device
+        as_t = lambda v: torch.tensor(v, dtype=torch.int64, device=dev)  # noqa: E731
+        dstep = DecodeStep(as_t(tokens), as_t(positions), as_t(prompts), as_t(slots), as_t(own_len))
+        return self.runner.decode(dstep, kv)[:rows]
+
+    def _choose(self, logits: torch.Tensor, live: list[_Live], step: int, constraints: list, st: _Settings) -> None:
+        """Picks each live sample's next token from its logits row, appends it and marks finished samples."""
+        logprobs = torch.log_softmax(logits.float(), -1) if st.return_logprobs else None
+        masked = logits
+        if step < st.min_new_tokens and self.eos_token_ids:
+            masked = masked.clone()
+            masked[:, self.eos_token_ids] = -math.inf
+        for r, s in enumerate(live):
+            c = constraints[s.prompt]
+            if c is None or s.forced:
+                continue
+            action = c(s.j, tuple(s.tokens))
+            if isinstance(action, Force) and len(action.token_ids):
+                s.forced.extend(int(t) for t in action.token_ids)
+            elif isinstance(action, Allow):
+                if masked is logits:
+                    masked = masked.clone()
+                keep = torch.full_like(masked[r], -math.inf)
+                allowed = torch.tensor(list(action.token_ids), dtype=torch.int64, device=masked.device)
+                keep[allowed] = masked[r, allowed]
+                masked[r] = keep
+            elif action is not None and not isinstance(action, Force):
+                raise TypeError(f"a constraint must return Allow, Force or None, got {type(action).__name__}")
+        dev = logits.device
+        seeds = torch.tensor([s.seed for s in live], dtype=torch.int64, device=dev)
+        offsets = torch.tensor([(s.j << 32) | step for s in live], dtype=torch.int64, device=dev)
+        chosen = sample(masked, temperature=st.temperature, top_k=st.top_k, top_p=st.top_p, min_p=st.min_p,
+                        seed=seeds, offset=offsets).tolist()
+        for r, s in enumerate(live):
+            token = s.forced.popleft() if s.forced else chosen[r]
+            s.tokens.append(token)
+            if logprobs is not None:
+                s.logprobs.append(float(logprobs[r, token]))
+            s.finish = self._finish_reason(s, st)
+
+    def _finish_reason(self, s: _Live, st: _Settings) -> str | None:
+        n = len(s.tokens)
+        if n >= st.min_new_tokens:
+            if s.tokens[-1] in self.eos_token_ids:
+                return "stop"
+            if st.stop and self._stop_index(s.tokens, st) is not None:
+                return "stop"
+        return "length" if n >= s.limit else None
+
+    def _stop_index(self, tokens: list[int], st: _Settings) -> int | None:
+        """Whether a stop string occurs in the text of the last few tokens (enough tokens for the longest stop
+        string: every token holds at least one byte). Called after each token, so an occurrence is new."""
+        window = self.tokenizer.decode(tokens[-st.stop_window:], skip_special_tokens=True)
+        found = [i for i in (window.find(x) for x in st.stop) if i >= 0]
+        return min(found) if found else None
+
+    def _output(self, s: _Live, st: _Settings) -> Sample:
+        text = self.tokenizer.decode(s.tokens, skip_special_tokens=True)
+        if st.stop and s.finish == "stop" and s.tokens[-1] not in self.eos_token_ids:
+            # the stop string that ended the sample: the first one that ends past the min_new_tokens text
+            floor = len(self.tokenizer.decode(s.tokens[: st.min_new_tokens], skip_special_tokens=True))
+            ends = [(e, x) for x in st.stop for e in _ends(text, x) if e > floor]
+            if ends:
+                end, x = min(ends)
+                text = text[: end - len(x)]
+        return Sample(s.tokens, text, s.finish or "length", s.logprobs if st.return_logprobs else None)
+
+
+def _ends(text: str, x: str) -> list[int]:
+    """End offsets of every occurrence of x in text."""
+    ends, i = [], text.find(x)
+    while i >= 0:
+        ends.append(i + len(x))
+        i = text.find(x, i + 1)
+    return ends
+
+
+def _check_settings(k, max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
+                    return_logprobs) -> _Settings:
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(k) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if not is_int(min_new_tokens) or not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(f"min_new_tokens must be an int in [0, max_new_tokens = {max_new_tokens}], "
+                         f"got {min_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not temperature >= 0 or math.isinf(temperature):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if not is_int(top_k) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not isinstance(min_p, (int, float)) or not 0 <= min_p < 1:
+        raise ValueError(f"min_p must be in [0, 1), got {min_p!r}")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    for x in stops:
+        if not isinstance(x, str) or not x:
+            raise ValueError(f"stop strings must be non-empty strings, got {x!r}")
+    return _Settings(k, max_new_tokens, min_new_tokens, float(temperature), top_k, float(top_p), float(min_p), stops,
+                     bool(return_logprobs))
+
+
+def _seeds(seed, prompts: int) -> list[int]:
+    seeds = [seed] * prompts if isinstance(seed, int) and not isinstance(seed, bool) else list(seed)
+    if len(seeds) != prompts:
+        raise ValueError(f"seed must be an int or one int per prompt ({prompts}), got {len(seeds)} seeds")
+    for i, x in enumerate(seeds):
+        if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x < 2**63:
+            raise ValueError(f"seed[{i}] = {x!r} must be an int in [0, 2**63)")
+    return seeds
+
+
+def _eos_ids(path: Path, cfg: dict, tokenizer) -> list[int]:
+    """End-of-sequence ids: generation_config.json's, else config.json's, plus the tokenizer's."""
+    ids: list[int] = []
+    gen = Path(path) / "generation_config.json"
+    for source in ((json.loads(gen.read_text()) if gen.is_file() else {}), cfg):
+        eos = source.get("eos_token_id")
+        if eos is not None:
+            ids += eos if isinstance(eos, list) else [eos]
+            break
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids

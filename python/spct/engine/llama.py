@@ -1,0 +1,252 @@
+"""A compact Llama-family runner (Llama, Mistral, Qwen2): GQA, RoPE with scaling, tied embeddings, qkv bias.
+
+Numerics follow `transformers` op for op (RMSNorm in float32 then the weight in the model dtype, RoPE tables in
+float32 cast to the model dtype, residual adds in the model dtype), so fp32 greedy decoding reproduces it token for
+token. Two entry points:
+
+- `prefill(tokens, kv, prompt, start)`: one prompt, causal attention over itself (chunks of `PREFILL_CHUNK` tokens
+  attend to everything before them), its keys and values written ONCE into the packed prompt KV.
+- `decode(step)`: one new token for each of S sample rows; each row attends to its prompt's KV plus its own KV
+  through `spct.prefix_attention`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from spct.ops import prefix_attention as pa
+
+__all__ = ["ARCHITECTURES", "DecodeStep", "KVCache", "LlamaConfig", "LlamaRunner"]
+
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+PREFILL_CHUNK = 512  # prompt tokens per prefill pass: bounds the activations of long prompts
+STATIC_ROPE = ("default", "linear", "llama3", "yarn", "longrope")  # position-independent inverse frequencies
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """The fields of a Hugging Face config.json that the runner uses."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_positions: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> LlamaConfig:
+        heads = cfg["num_attention_heads"]
+        return cls(
+            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"], num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, rms_norm_eps=cfg["rms_norm_eps"],
+            max_positions=cfg.get("max_position_embeddings", 2048),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            # Qwen2 always has q/k/v biases; Llama and Mistral when attention_bias says so
+            qkv_bias=cfg.get("architectures", [""])[0] == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias")))
+
+
+def supported(cfg: dict) -> str | None:
+    """None when the runner handles this config.json, else why not (the engine then uses transformers)."""
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if arch not in ARCHITECTURES:
+        return f"architecture {arch} (the runner has {', '.join(ARCHITECTURES)})"
+    if cfg.get("hidden_act", "silu") != "silu":
+        return f"hidden_act {cfg['hidden_act']!r}"
+    if arch == "MistralForCausalLM" and cfg.get("sliding_window") not in (None, 0):
+        if cfg["sliding_window"] < cfg.get("max_position_embeddings", 0):
+            return f"sliding_window {cfg['sliding_window']}"
+    if cfg.get("mlp_bias"):
+        return "mlp_bias"
+    rope = _rope_type(cfg)
+    if rope not in STATIC_ROPE:
+        return f"rope type {rope!r}"
+    return None
+
+
+def _rope_type(cfg: dict) -> str:
+    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    return params.get("rope_type") or params.get("type") or "default"
+
+
+def _inv_freq(path: Path, cfg: dict, config: LlamaConfig) -> tuple[torch.Tensor, float]:
+    """RoPE inverse frequencies and attention factor, computed as transformers computes them."""
+    rope = _rope_type(cfg)
+    if rope == "default":
+        base = (cfg.get("rope_parameters") or {}).get("rope_theta") or cfg.get("rope_theta", 10000.0)
+        dim = config.head_dim
+        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)), 1.0
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    return ROPE_INIT_FUNCTIONS[rope](AutoConfig.from_pretrained(path))
+
+
+class KVCache:
+    """Keys and values of one generate batch, all layers.
+
+    prompt: (L, 2, T, Hkv, D), the prompts packed one after another (each stored once, whatever k);
+    own: (L, 2, C, M, Hkv, D), one slot of capacity M per sample (plus spare slots for padding rows).
+    """
+
+    def __init__(self, config: LlamaConfig, prompt_lengths: list[int], slots: int, capacity: int,
+                 dtype: torch.dtype, device: torch.device):
+        kv = (config.num_kv_heads, config.head_dim)
+        self.indptr = torch.tensor([0, *torch.tensor(prompt_lengths).cumsum(0).tolist()], dtype=torch.int64,
+                                   device=device)
+        self.starts = self.indptr[:-1].tolist()
+        self.prompt = torch.empty((config.num_layers, 2, int(self.indptr[-1]), *kv), dtype=dtype, device=device)
+        self.own = torch.empty((config.num_layers, 2, slots, max(capacity, 1), *kv), dtype=dtype, device=device)
+
+    @property
+    def nbytes(self) -> int:
+        return self.prompt.nbytes + self.own.nbytes
+
+
+@dataclass
+class DecodeStep:
+    """One decoding step for S rows: the token each row feeds, its position, prompt, own slot and own length
+    (including this token). All (S,) int64 on the model's device."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    prompt_index: torch.Tensor
+    slots: torch.Tensor
+    own_len: torch.Tensor
+
+
+class LlamaRunner:
+    """Weights and forward passes; no state between calls besides the KV it is handed."""
+
+    def __init__(self, config: LlamaConfig, weights: dict[str, torch.Tensor], inv_freq: torch.Tensor,
+                 attention_factor: float, dtype: torch.dtype, device: torch.device):
+        self.config, self.dtype, self.device = config, dtype, device
+        w = {name: t.to(device=device, dtype=dtype) for name, t in weights.items()}
+        c = config
+        self.embed = w["model.embed_tokens.weight"]
+        self.lm_head = self.embed if c.tie_word_embeddings or "lm_head.weight" not in w else w["lm_head.weight"]
+        self.norm = w["model.norm.weight"]
+        self.layers = []
+        for i in range(c.num_layers):
+            p = f"model.layers.{i}."
+            qkv = torch.cat([w[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
+            bias = torch.cat([w[p + f"self_attn.{n}_proj.bias"] for n in "qkv"]) if c.qkv_bias else None
+            self.layers.append({
+                "in_norm": w[p + "input_layernorm.weight"], "post_norm": w[p + "post_attention_layernorm.weight"],
+                "qkv": qkv, "qkv_bias": bias, "o": w[p + "self_attn.o_proj.weight"],
+                "gate_up": torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]]),
+                "down": w[p + "mlp.down_proj.weight"]})
+        positions = torch.arange(c.max_positions, dtype=torch.int64).float()
+        freqs = positions[:, None] * inv_freq.float()[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos = (emb.cos() * attention_factor).to(device=device, dtype=dtype)  # (max_positions, D)
+        self.sin = (emb.sin() * attention_factor).to(device=device, dtype=dtype)
+        self.scale = 1.0 / math.sqrt(c.head_dim)
+
+    @classmethod
+    def from_dir(cls, path: str | Path, dtype: torch.dtype, device: torch.device) -> LlamaRunner:
+        """A Hugging Face checkpoint directory: config.json and *.safetensors (sharded or not)."""
+        path = Path(path)
+        cfg = json.loads((path / "config.json").read_text())
+        config = LlamaConfig.from_hf(cfg)
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors in {path}")
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            weights.update(load_file(f))
+        inv_freq, factor = _inv_freq(path, cfg, config)
+        return cls(config, weights, inv_freq, factor, dtype, device)
+
+    # -- pieces -------------------------------------------------------------------------------------------------
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
+        return weight * h.to(x.dtype)
+
+    def _qkv(self, layer: dict, h: torch.Tensor, positions: torch.Tensor):
+        """h: (N, hidden) -> q (N, Hq, D), k (N, Hkv, D), v (N, Hkv, D), RoPE applied to q and k."""
+        c = self.config
+        qkv = F.linear(h, layer["qkv"], layer["qkv_bias"]).view(h.shape[0], c.num_heads + 2 * c.num_kv_heads,
+                                                               c.head_dim)
+        qk, v = qkv[:, : c.num_heads + c.num_kv_heads], qkv[:, c.num_heads + c.num_kv_heads:]
+        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
+        half = c.head_dim // 2
+        rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
+        qk = qk * cos + rotated * sin
+        return qk[:, : c.num_heads], qk[:, c.num_heads:], v
+
+    def _mlp(self, layer: dict, x: torch.Tensor) -> torch.Tensor:
+        h = self._rms_norm(x, layer["post_norm"])
+        gate, up = F.linear(h, layer["gate_up"]).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, layer["down"])
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head: (N, hidden) -> (N, V) in the model dtype."""
+        return F.linear(self._rms_norm(x, self.norm), self.lm_head)
+
+    # -- forward passes -----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, kv: KVCache, prompt: int) -> torch.Tensor:
+        """tokens: (L,) int64, one prompt -> the last token's logits (V,); writes kv.prompt at the prompt's slot."""
+        c, n = self.config, tokens.shape[0]
+        base = kv.starts[prompt]
+        last = None
+        for lo in range(0, n, PREFILL_CHUNK):
+            hi = min(n, lo + PREFILL_CHUNK)
+            positions = torch.arange(lo, hi, device=self.device)
+            x = self.embed[tokens[lo:hi]]
+            # chunk rows see every earlier token and themselves
+            mask = None if lo == 0 else (torch.arange(hi, device=self.device)[None, :] <= positions[:, None])
+            for i, layer in enumerate(self.layers):
+                q, k, v = self._qkv(layer, self._rms_norm(x, layer["in_norm"]), positions)
+                kv.prompt[i, 0, base + lo: base + hi] = k
+                kv.prompt[i, 1, base + lo: base + hi] = v
+                keys = kv.prompt[i, 0, base: base + hi].transpose(0, 1)[None]  # (1, Hkv, hi, D)
+                values = kv.prompt[i, 1, base: base + hi].transpose(0, 1)[None]
+                attn = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask,
+                                                      is_causal=mask is None, scale=self.scale,
+                                                      enable_gqa=c.num_heads != c.num_kv_heads)
+                x = x + F.linear(attn[0].transpose(0, 1).reshape(hi - lo, -1), layer["o"])
+                x = self._mlp(layer, x)
+            last = x[-1:]
+        return self.logits(last)[0]
+
+    @torch.inference_mode()
+    def decode(self, step: DecodeStep, kv: KVCache) -> torch.Tensor:
+        """One token per row -> logits (S, V); appends each row's key and value to its own slot first."""
+        x = self.embed[step.tokens]
+        write = step.own_len - 1
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, self._rms_norm(x, layer["in_norm"]), step.positions)
+            own_k, own_v = kv.own[i, 0], kv.own[i, 1]
+            own_k[step.slots, write] = k
+            own_v[step.slots, write] = v
+            attn = self._attend(q.contiguous(), kv.prompt[i, 0], kv.prompt[i, 1], kv.indptr, step, own_k, own_v)
+            x = x + F.linear(attn.view(x.shape[0], -1), layer["o"])
+            x = self._mlp(layer, x)
+        return self.logits(x)
+
+    def _attend(self, q, prefix_k, prefix_v, indptr, step: DecodeStep, own_k, own_v) -> torch.Tensor:
+        if q.device.type == "cpu" and pa._native.native("prefix_attention", "cpu") is not None:
+            # the layout was checked once per step (check_step); the kernel checks the indices itself
+            return pa.run_native_cpu(q, prefix_k, prefix_v, indptr, step.prompt_index, own_k, own_v, step.slots,
+                                     step.own_len, self.scale)
+        return pa.prefix_attention(q, prefix_k, prefix_v, indptr, step.prompt_index, own_k, own_v, step.slots,
+                                   step.own_len, scale=self.scale)
