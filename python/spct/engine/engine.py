@@ -115,6 +115,7 @@ class Engine:
         self.eos_token_ids = sorted(set(eos_token_ids))
         self.max_batch = max_batch
         self.context = runner.config.max_positions
+        self.vocab_size = runner.config.vocab_size
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str | torch.dtype = "bfloat16",
@@ -177,7 +178,7 @@ class Engine:
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
             raise ValueError(f"prompts must be a list of strings or token-id lists, got {type(prompts).__name__}")
         ids = []
-        vocab = self.runner.config.vocab_size
+        vocab = self.vocab_size
         for i, p in enumerate(prompts):
             if isinstance(p, str):
                 p = self.tokenizer(p).input_ids
