@@ -83,6 +83,28 @@ inline uint16_t to_bf16(float f) {  // round to nearest even, as torch does
   if (std::isnan(f)) return 0x7FC0;
   return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
+// D consecutive values starting at p as D / W float vectors.
+template <int D>
+inline void load_row(const float* p, vf* out) {
+  for (int c = 0; c < D / W; ++c) out[c] = loadv(p + c * W);
+}
+template <int D>
+inline void load_row(const uint16_t* p, vf* out) {
+  typedef uint16_t vh __attribute__((vector_size(32)));
+  for (int c = 0; c < D / W; ++c) {
+    vh h;
+    memcpy(&h, p + c * W, sizeof h);
+    const vi bits = __builtin_convertvector(h, vi) << 16;  // bf16 is the top half of a float32
+    memcpy(&out[c], &bits, sizeof bits);
+  }
+}
+inline float hsum(vf v) {  // a fixed tree, for reproducible sums
+  float h[W];
+  memcpy(h, &v, sizeof h);
+  for (int w = W / 2; w > 0; w /= 2)
+    for (int i = 0; i < w; ++i) h[i] += h[i + w];
+  return h[0];
+}
 inline float load1(const float* p, int64_t i) { return p[i]; }
 inline float load1(const uint16_t* p, int64_t i) { return from_bf16(p[i]); }
 inline void store1(float* p, int64_t i, float v) { p[i] = v; }
@@ -116,13 +138,18 @@ constexpr int kRows = 4;
 constexpr int kRows = 2;
 #endif
 
-// s[r][t] = sum_d q[r][d] * kt[d][t] for R query rows; np (the padded token count) is a multiple of 2 W.
+// Keys are transposed into panels of 2 W tokens: panel t / (2 W) holds D rows of 2 W floats, (d, t) at
+// (t / 2W) * D * 2W + d * 2W + t % 2W. A panel (8 KiB at D = 64) stays in L1 while it is written and read.
+constexpr int kPanel = 2 * W;
+
+// s[r][t] = sum_d q[r][d] * k[t][d] for R query rows; np (the padded token count) is a multiple of kPanel.
 template <int D, int R>
 void qk(const float* q, const float* kt, int64_t np, float* s) {
-  for (int64_t t = 0; t < np; t += 2 * W) {
+  for (int64_t t = 0; t < np; t += kPanel) {
+    const float* panel = kt + t * D;
     vf acc[R][2] = {};
     for (int d = 0; d < D; ++d) {
-      const vf k0 = loadv(kt + d * np + t), k1 = loadv(kt + d * np + t + W);
+      const vf k0 = loadv(panel + d * kPanel), k1 = loadv(panel + d * kPanel + W);
       for (int r = 0; r < R; ++r) {
         acc[r][0] += q[r * D + d] * k0;
         acc[r][1] += q[r * D + d] * k1;
@@ -157,8 +184,15 @@ template <int R>
 void softmax_rows(float* s, int64_t np, int64_t n, float* max_out, float* sum_out) {
   for (int r = 0; r < R; ++r) {
     float* row = s + r * np;
-    float m = row[0];
-    for (int64_t t = 1; t < n; ++t) m = fmax2(m, row[t]);
+    vf vmax = splat(-INFINITY);
+    for (int64_t t = 0; t < np; t += W) {
+      vf x = loadv(row + t);
+      if (t + W > n)
+        for (int i = 0; i < W; ++i) x[i] = t + i < n ? x[i] : -INFINITY;  // padding tokens
+      vmax = vmax < x ? x : vmax;
+    }
+    float m = vmax[0];
+    for (int i = 1; i < W; ++i) m = fmax2(m, vmax[i]);
     vf sum = {};
     const vf mv = splat(m);
     for (int64_t t = 0; t < np; t += W) {
@@ -184,14 +218,21 @@ struct Scratch {
 template <int D, typename T, int R>
 void attend_block(const float* qs, int64_t m, const T* k, const T* v, int64_t ld, int64_t n, Scratch* sc,
                   float* const* part) {
-  const int64_t np = (n + 2 * W - 1) / (2 * W) * (2 * W);
-  sc->kt.assign(D * np, 0.0f);
+  const int64_t np = (n + kPanel - 1) / kPanel * kPanel;
+  sc->kt.resize(D * np);
   sc->v.resize(n * D);
-  for (int64_t t = 0; t < n; ++t) {
-    for (int d = 0; d < D; ++d) {
-      sc->kt[d * np + t] = load1(k, t * ld + d);
-      sc->v[t * D + d] = load1(v, t * ld + d);
+  for (int64_t t = 0; t < np; ++t) {
+    float* col = sc->kt.data() + (t / kPanel) * D * kPanel + t % kPanel;
+    if (t >= n) {  // padding tokens: zero keys (their scores are masked anyway)
+      for (int d = 0; d < D; ++d) col[d * kPanel] = 0.0f;
+      continue;
     }
+    vf row[D / W];
+    load_row<D>(k + t * ld, row);
+    for (int c = 0; c < D / W; ++c)
+      for (int i = 0; i < W; ++i) col[(c * W + i) * kPanel] = row[c][i];
+    load_row<D>(v + t * ld, row);
+    for (int c = 0; c < D / W; ++c) storev(sc->v.data() + t * D + c * W, row[c]);
   }
   sc->s.resize(R * np);
   sc->o.resize(R * D);
@@ -215,6 +256,38 @@ void attend_block(const float* qs, int64_t m, const T* k, const T* v, int64_t ld
     part[i][1] = sm[0];
     memcpy(part[i] + 2, sc->o.data(), sizeof(float) * D);
   }
+}
+
+// The same partials for one sample row's queries over its own tokens (m small): dot products straight from the
+// stored keys, no transposed copy. Own parts always take this path and prompt parts the blocked one, so each
+// row's arithmetic still never depends on the batch.
+template <int D, typename T>
+void attend_direct(const float* qs, int64_t m, const T* k, const T* v, int64_t ld, int64_t n, Scratch* sc,
+                   float* const* part) {
+  constexpr int C = D / W;
+  const int64_t np = (n + W - 1) / W * W;
+  sc->s.resize(m * np);
+  for (int64_t t = 0; t < n; ++t) {
+    vf key[C];
+    load_row<D>(k + t * ld, key);
+    for (int64_t r = 0; r < m; ++r) {
+      vf acc = {};
+      for (int c = 0; c < C; ++c) acc += loadv(qs + r * D + c * W) * key[c];
+      sc->s[r * np + t] = hsum(acc);
+    }
+  }
+  sc->o.assign(m * D, 0.0f);
+  for (int64_t r = 0; r < m; ++r) softmax_rows<1>(sc->s.data() + r * np, np, n, &part[r][0], &part[r][1]);
+  for (int64_t t = 0; t < n; ++t) {
+    vf val[C];
+    load_row<D>(v + t * ld, val);
+    for (int64_t r = 0; r < m; ++r) {
+      const float p = sc->s[r * np + t];
+      float* o = sc->o.data() + r * D;
+      for (int c = 0; c < C; ++c) storev(o + c * W, loadv(o + c * W) + p * val[c]);
+    }
+  }
+  for (int64_t r = 0; r < m; ++r) memcpy(part[r] + 2, sc->o.data() + r * D, sizeof(float) * D);
 }
 
 // One unit of work: prompt chunk (kind 0: index = prompt) or own chunk (kind 1: index = row), for one KV head.
@@ -297,7 +370,11 @@ void run_typed(const PrefixAttention& a) {
           out_parts[i * G + g] = part_of(s, c, hq);
         }
       }
-      attend_block<D, T, kRows>(sc.q.data(), m_rows * G, k, v, Hkv * D, n, &sc, out_parts.data());
+      if (task.kind == 0) {
+        attend_block<D, T, kRows>(sc.q.data(), m_rows * G, k, v, Hkv * D, n, &sc, out_parts.data());
+      } else {
+        attend_direct<D, T>(sc.q.data(), G, k, v, Hkv * D, n, &sc, out_parts.data());
+      }
     }
     // merge each (row, head) by log-sum-exp, parts in order
 #pragma omp for schedule(static)

@@ -2,6 +2,7 @@
 
   spct fetch smollm2-135m                  fetch + convert a model alias, print its directory
   spct extract generations.jsonl [-o out]  principles, critique spans and scores of GRM generations
+  spct generate prompts.jsonl -k 4         k samples per prompt (one JSON line per prompt)
 """
 
 from __future__ import annotations
@@ -73,6 +74,28 @@ def cmd_extract(args: argparse.Namespace) -> None:
     print(f"{valid}/{len(texts)} generations valid", file=sys.stderr)
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    import spct
+
+    records = list(_read_jsonl(Path(args.input)))
+    prompts = []
+    for i, r in enumerate(records, 1):
+        prompt = r.get("prompt", r.get("token_ids"))
+        if not isinstance(prompt, (str, list)):
+            raise SystemExit(f"record {i} has neither 'prompt' (a string) nor 'token_ids' (a list)")
+        prompts.append(prompt)
+    engine = spct.Engine.from_pretrained(args.model, dtype=args.dtype)
+    outs = engine.generate(prompts, k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed, stop=args.stop)
+    lines = [json.dumps({**({"id": r["id"]} if "id" in r else {}),
+                         "samples": [{"text": s.text, "token_ids": s.token_ids, "finish_reason": s.finish_reason}
+                                     for s in samples]}) for r, samples in zip(records, outs)]
+    if args.output:
+        _write_atomic(Path(args.output), lines)
+    else:
+        print("\n".join(lines))
+
+
 def build_parser() -> argparse.ArgumentParser:
     import spct
 
@@ -89,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "has 'num_responses' (default 2)")
     p.add_argument("--score-range", type=float, nargs=2, default=(1.0, 10.0), metavar=("LO", "HI"))
     p.set_defaults(func=cmd_extract)
+    p = sub.add_parser("generate", help="k samples per prompt with the prefix-shared engine")
+    p.add_argument("input", help="JSONL, one prompt per line: {'prompt': str} or {'token_ids': [int, ...]}")
+    p.add_argument("-o", "--output", help="write JSONL here (atomically) instead of standard output")
+    p.add_argument("-m", "--model", default="smollm2-135m", help="alias, checkpoint directory or .gguf")
+    p.add_argument("-k", type=int, default=1, help="samples per prompt (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.set_defaults(func=cmd_generate)
     return parser
 
 
