@@ -109,8 +109,10 @@ def _impl(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, prefi
     if lib is not None:
         out = torch.empty_like(q)
         ptr = torch.Tensor.data_ptr
-        lib.prefix_attention_cuda(*(ptr(t) for t in args), ptr(out), _sizes(q, prefix_k, prefix_indptr, own_k),
-                                  scale, q.dtype == torch.bfloat16, torch.cuda.current_stream(q.device).cuda_stream)
+        with torch.cuda.device(q.device):  # the kernel launches (and allocates its workspace) on the current device
+            lib.prefix_attention_cuda(*(ptr(t) for t in args), ptr(out), _sizes(q, prefix_k, prefix_indptr, own_k),
+                                      scale, q.dtype == torch.bfloat16,
+                                      torch.cuda.current_stream(q.device).cuda_stream)
         return out
     if backend == "triton" or (q.is_cuda and backend == "auto"):
         kernel = _triton_kernel()
