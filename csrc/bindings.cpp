@@ -10,6 +10,7 @@
 #include <string>
 
 #include "spct/extract_cpu.h"
+#include "spct/gemm.h"
 #include "spct/prefix_attention.h"
 #include "spct/sample.h"
 #include "spct/vote_cpu.h"
@@ -398,6 +399,28 @@ void bind_prefix_attention(py::module_& m) {
 }
 // ---- end prefix_attention --------------------------------------------------------------------------------
 
+// ---- gemm_bf16 -------------------------------------------------------------------------------------------
+
+void bind_gemm(py::module_& m) {
+#if defined(SPCT_X86_VARIANTS)
+  m.def("gemm_bf16_supported", &spct::cpu::gemm_bf16_supported, "True when the CPU has AVX-512 BF16.");
+  m.def(
+      "gemm_bf16",
+      [](uintptr_t x, int64_t rows, int64_t k, uintptr_t packed, int64_t n, uintptr_t bias, uintptr_t y) {
+        SPCT_CHECK(spct::cpu::gemm_bf16_supported(), "gemm_bf16 needs AVX-512 BF16");
+        SPCT_CHECK(n % 16 == 0 && k % 2 == 0 && rows >= 0, "gemm_bf16 needs N % 16 == 0 and an even K");
+        const auto p = [](uintptr_t a) { return reinterpret_cast<const uint16_t*>(a); };
+        py::gil_scoped_release nogil;
+        spct::cpu::gemm_bf16(p(x), rows, k, p(packed), n, p(bias), reinterpret_cast<uint16_t*>(y));
+      },
+      py::arg("x"), py::arg("rows"), py::arg("k"), py::arg("packed"), py::arg("n"), py::arg("bias"), py::arg("y"),
+      "y (M, N) = x (M, K) W^T (+ bias) in bfloat16 with W packed (spct/gemm.h); host addresses.");
+#else
+  m.def("gemm_bf16_supported", []() { return false; }, "True when the CPU has AVX-512 BF16.");
+#endif
+}
+// ---- end gemm_bf16 ---------------------------------------------------------------------------------------
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -411,6 +434,7 @@ PYBIND11_MODULE(_C, m) {
   bind_vote(m);
   bind_sample(m);
   bind_prefix_attention(m);
+  bind_gemm(m);
 #if defined(SPCT_WITH_CUDA)
   m.attr("has_cuda") = true;
   bind_cuda(m);

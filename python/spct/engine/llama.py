@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from spct.ops import prefix_attention as pa
+from spct.ops.linear import Linear
 
 __all__ = ["ARCHITECTURES", "DecodeStep", "KVCache", "LlamaConfig", "LlamaRunner"]
 
@@ -138,18 +139,20 @@ class LlamaRunner:
         w = {name: t.to(device=device, dtype=dtype) for name, t in weights.items()}
         c = config
         self.embed = w["model.embed_tokens.weight"]
-        self.lm_head = self.embed if c.tie_word_embeddings or "lm_head.weight" not in w else w["lm_head.weight"]
+        head = w["model.embed_tokens.weight"] if c.tie_word_embeddings or "lm_head.weight" not in w else \
+            w["lm_head.weight"]
+        self.lm_head = Linear(head)
         self.norm = w["model.norm.weight"]
         self.layers = []
         for i in range(c.num_layers):
             p = f"model.layers.{i}."
-            qkv = torch.cat([w[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
-            bias = torch.cat([w[p + f"self_attn.{n}_proj.bias"] for n in "qkv"]) if c.qkv_bias else None
+            qkv = torch.cat([w.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+            bias = torch.cat([w.pop(p + f"self_attn.{n}_proj.bias") for n in "qkv"]) if c.qkv_bias else None
+            gate_up = torch.cat([w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")])
             self.layers.append({
                 "in_norm": w[p + "input_layernorm.weight"], "post_norm": w[p + "post_attention_layernorm.weight"],
-                "qkv": qkv, "qkv_bias": bias, "o": w[p + "self_attn.o_proj.weight"],
-                "gate_up": torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]]),
-                "down": w[p + "mlp.down_proj.weight"]})
+                "qkv": Linear(qkv, bias), "o": Linear(w.pop(p + "self_attn.o_proj.weight")),
+                "gate_up": Linear(gate_up), "down": Linear(w.pop(p + "mlp.down_proj.weight"))})
         positions = torch.arange(c.max_positions, dtype=torch.int64).float()
         freqs = positions[:, None] * inv_freq.float()[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -182,8 +185,7 @@ class LlamaRunner:
     def _qkv(self, layer: dict, h: torch.Tensor, positions: torch.Tensor):
         """h: (N, hidden) -> q (N, Hq, D), k (N, Hkv, D), v (N, Hkv, D), RoPE applied to q and k."""
         c = self.config
-        qkv = F.linear(h, layer["qkv"], layer["qkv_bias"]).view(h.shape[0], c.num_heads + 2 * c.num_kv_heads,
-                                                               c.head_dim)
+        qkv = layer["qkv"](h).view(h.shape[0], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
         qk, v = qkv[:, : c.num_heads + c.num_kv_heads], qkv[:, c.num_heads + c.num_kv_heads:]
         cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
         half = c.head_dim // 2
@@ -193,12 +195,12 @@ class LlamaRunner:
 
     def _mlp(self, layer: dict, x: torch.Tensor) -> torch.Tensor:
         h = self._rms_norm(x, layer["post_norm"])
-        gate, up = F.linear(h, layer["gate_up"]).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, layer["down"])
+        gate, up = layer["gate_up"](h).chunk(2, dim=-1)
+        return x + layer["down"](F.silu(gate) * up)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head: (N, hidden) -> (N, V) in the model dtype."""
-        return F.linear(self._rms_norm(x, self.norm), self.lm_head)
+        return self.lm_head(self._rms_norm(x, self.norm))
 
     # -- forward passes -----------------------------------------------------------------------------------------
 
@@ -223,7 +225,7 @@ class LlamaRunner:
                 attn = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask,
                                                       is_causal=mask is None, scale=self.scale,
                                                       enable_gqa=c.num_heads != c.num_kv_heads)
-                x = x + F.linear(attn[0].transpose(0, 1).reshape(hi - lo, -1), layer["o"])
+                x = x + layer["o"](attn[0].transpose(0, 1).reshape(hi - lo, -1))
                 x = self._mlp(layer, x)
             last = x[-1:]
         return self.logits(last)[0]
@@ -239,7 +241,7 @@ class LlamaRunner:
             own_k[step.slots, write] = k
             own_v[step.slots, write] = v
             attn = self._attend(q.contiguous(), kv.prompt[i, 0], kv.prompt[i, 1], kv.indptr, step, own_k, own_v)
-            x = x + F.linear(attn.view(x.shape[0], -1), layer["o"])
+            x = x + layer["o"](attn.view(x.shape[0], -1))
             x = self._mlp(layer, x)
         return self.logits(x)
 

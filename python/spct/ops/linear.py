@@ -1,0 +1,57 @@
+"""linear: y = x W^T (+ b) for the engine's runner, with a native bfloat16 kernel for CPUs with AVX-512 BF16.
+
+Decoding multiplies a handful of rows (one per live sample) by every weight matrix each step; torch's bf16 matmul
+is far from the memory and dot-product limits there (see csrc/cpu/gemm_bf16.cpp). `Linear` packs a bf16 weight
+once into the kernel's layout and runs it for any number of rows; elsewhere (float32, other CPUs, CUDA) it is
+`torch.nn.functional.linear`, which is also the reference the kernel is tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from spct import _native
+
+
+def native_bf16_available(device: torch.device) -> bool:
+    lib = _native._module
+    return device.type == "cpu" and lib is not None and bool(lib.gemm_bf16_supported())
+
+
+class Linear:
+    """weight: (N, K), bias: (N,) or None. __call__(x: (M, K)) -> (M, N) in the weight's dtype."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.out_features, self.in_features = weight.shape
+        self.native = weight.dtype == torch.bfloat16 and native_bf16_available(weight.device)
+        if not self.native:
+            self.weight, self.bias = weight, bias
+            return
+        n, k = weight.shape
+        n_pad, k_pad = -n % 16, k % 2
+        w = F.pad(weight, (0, k_pad, 0, n_pad))  # zero rows and columns: N a multiple of 16, K even
+        self.n, self.k = n + n_pad, k + k_pad
+        # (N/16, 16, K/2, 2) -> (N/16, K/2, 16, 2): pairs along K for 16 outputs at a time
+        self.packed = w.view(self.n // 16, 16, self.k // 2, 2).permute(0, 2, 1, 3).contiguous()
+        self.bias = None if bias is None else F.pad(bias, (0, n_pad)).contiguous()
+        self.weight = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.native or x.dtype != torch.bfloat16 or x.device.type != "cpu":
+            weight = self.weight if self.weight is not None else self.unpacked()
+            return F.linear(x, weight, self.bias if self.weight is not None else self._bias())
+        rows = x.shape[0]
+        x = x.contiguous() if self.k == self.in_features else F.pad(x, (0, self.k - self.in_features)).contiguous()
+        y = torch.empty((rows, self.n), dtype=torch.bfloat16)
+        _native._module.gemm_bf16(x.data_ptr(), rows, self.k, self.packed.data_ptr(), self.n,
+                                  0 if self.bias is None else self.bias.data_ptr(), y.data_ptr())
+        return y if self.n == self.out_features else y[:, : self.out_features]
+
+    def unpacked(self) -> torch.Tensor:
+        """The (N, K) weight back from the packed layout."""
+        w = self.packed.permute(0, 2, 1, 3).reshape(self.n, self.k)
+        return w[: self.out_features, : self.in_features]
+
+    def _bias(self):
+        return None if self.bias is None else self.bias[: self.out_features]

@@ -1,0 +1,49 @@
+"""linear: the packed bfloat16 kernel against torch.nn.functional.linear (the reference), rows independent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TOLERANCES
+
+from spct.ops.linear import Linear, native_bf16_available
+
+needs_native = pytest.mark.skipif(not native_bf16_available(torch.device("cpu")),
+                                  reason="this CPU has no AVX-512 BF16 (Linear is torch's there)")
+
+
+@needs_native
+@pytest.mark.parametrize(("n", "k"), [(960, 576), (576, 1536), (100, 30), (17, 7), (16, 2), (49152, 64)])
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 13, 64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_native_matches_torch(n, k, rows, bias):
+    g = torch.Generator().manual_seed(n * 7 + k + rows)
+    w = (torch.randn((n, k), generator=g) / k**0.5).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16() if bias else None
+    x = torch.randn((rows, k), generator=g).bfloat16()
+    lin = Linear(w, b)
+    assert lin.native
+    got = lin(x)
+    assert got.shape == (rows, n) and got.dtype == torch.bfloat16
+    want = F.linear(x.float(), w.float(), None if b is None else b.float()).bfloat16()
+    torch.testing.assert_close(got.float(), want.float(), **TOLERANCES[torch.bfloat16])
+    assert torch.equal(lin.unpacked(), w)
+
+
+@needs_native
+def test_a_row_does_not_depend_on_the_batch():
+    g = torch.Generator().manual_seed(0)
+    lin = Linear((torch.randn((300, 128), generator=g) / 11).bfloat16())
+    x = torch.randn((40, 128), generator=g).bfloat16()
+    full = lin(x)
+    for rows in range(1, 40):
+        assert torch.equal(lin(x[:rows]), full[:rows]), rows
+        assert torch.equal(lin(x[rows - 1: rows]), full[rows - 1: rows]), rows
+
+
+def test_float32_is_torch_linear():
+    w, b, x = torch.randn(8, 4), torch.randn(8), torch.randn(3, 4)
+    lin = Linear(w, b)
+    assert not lin.native
+    assert torch.equal(lin(x), F.linear(x, w, b))
