@@ -72,8 +72,14 @@ def _rss_kib(field: str) -> int:
 
 
 def peak_rise_mib(fn) -> tuple[object, float]:
-    """fn() and how far the process's peak RSS rose above its RSS before the call (MiB; Linux)."""
+    """fn() and how far the process's peak RSS rose above its RSS before the call (MiB; Linux). Freed heap memory
+    is handed back first (malloc_trim), or an earlier call's pages would hide this call's allocations."""
+    import ctypes
+    import gc
+
+    gc.collect()
     try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     except OSError:
         pass
@@ -115,8 +121,10 @@ def test_generate_throughput(benchmark, engines, model_dir, k, dtype):
     benchmark.pedantic(run, rounds=int(os.environ.get("SPCT_BENCH_ROUNDS", "3")), warmup_rounds=0)
     spct_s = benchmark.stats.stats.median
     info = {"k": k, "dtype": dtype, "prompt": source, "prompt_tokens": len(ids), "new_tokens": NEW_TOKENS,
-            "threads": torch.get_num_threads(), "spct_tokens_per_s": tokens / spct_s, "spct_peak_rise_mib": spct_peak}
-    line = f"\n{dtype:8s} k={k:2d} spct {tokens / spct_s:7.1f} tok/s (peak +{spct_peak:6.0f} MiB)"
+            "threads": torch.get_num_threads(), "spct_tokens_per_s": tokens / spct_s, "spct_peak_rise_mib": spct_peak,
+            "spct_kv_mib": engine.last_kv_bytes / 2**20}
+    line = (f"\n{dtype:8s} k={k:2d} spct {tokens / spct_s:7.1f} tok/s (peak +{spct_peak:6.0f} MiB, KV "
+            f"{engine.last_kv_bytes / 2**20:5.0f} MiB)")
     if os.environ.get("SPCT_BENCH_BASELINE", "1") != "0":
         import time
 

@@ -56,3 +56,20 @@ def test_cli_fetch_passes_a_checkpoint_through(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     proc = run_cli("fetch", str(tmp_path))
     assert proc.returncode == 0 and proc.stdout.strip() == str(tmp_path)
+
+
+def test_cli_generate(tmp_path, default_model_dir):
+    prompts = Path(__file__).resolve().parents[1] / "examples" / "prompts.jsonl"
+    out = tmp_path / "samples.jsonl"
+    proc = run_cli("generate", str(prompts), "-m", str(default_model_dir), "-k", "2", "--max-new-tokens", "6",
+                   "--temperature", "0", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["capital", "haiku"]
+    for r in rows:
+        assert len(r["samples"]) == 2 and r["samples"][0] == r["samples"][1]  # greedy: both samples agree
+        assert len(r["samples"][0]["token_ids"]) <= 6 and r["samples"][0]["finish_reason"] in ("stop", "length")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": 1}\n')
+    proc = run_cli("generate", str(bad), "-m", str(default_model_dir))
+    assert proc.returncode != 0 and "record 1 has neither 'prompt'" in proc.stderr

@@ -116,6 +116,7 @@ class Engine:
         self.max_batch = max_batch
         self.context = runner.config.max_positions
         self.vocab_size = runner.config.vocab_size
+        self.last_kv_bytes = 0
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str | torch.dtype = "bfloat16",
@@ -205,6 +206,7 @@ class Engine:
         multiple = _row_multiple(runner.dtype, device)
         spare = multiple - 1  # slots for padding rows
         kv = KVCache(runner.config, [len(p) for p in ids], len(live) + spare, st.max_new_tokens, runner.dtype, device)
+        self.last_kv_bytes = kv.nbytes  # the KV of the last group generated (prompt KV once + the samples' own)
         first = torch.stack([runner.prefill(torch.tensor(p, device=device), kv, i) for i, p in enumerate(ids)])
         logits = first[torch.tensor([s.prompt for s in live], device=device)]
         step = 0

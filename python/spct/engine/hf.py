@@ -27,6 +27,7 @@ class HFEngine(Engine):
         self.max_batch = 1  # one prompt at a time
         self.context = getattr(model.config, "max_position_embeddings", None) or 2048
         self.vocab_size = model.config.vocab_size
+        self.last_kv_bytes = 0  # transformers keeps its own cache
 
     @classmethod
     def load(cls, path: Path, tokenizer, dtype: torch.dtype, device: torch.device, why: str) -> HFEngine:
