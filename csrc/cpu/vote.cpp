@@ -178,7 +178,9 @@ inline __m128 load_floats(const float* s, int64_t g) {  // floats g*4 .. min(N, 
   s += g * 4;
   if (rem >= 4) return _mm_loadu_ps(s);
   if (rem == 1) return _mm_load_ss(s);
-  const __m128 lo = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)));
+  double pair;  // two floats; memcpy, as s need not be 8-byte aligned
+  memcpy(&pair, s, sizeof pair);
+  const __m128 lo = _mm_castpd_ps(_mm_set_sd(pair));
   if (rem == 2) return lo;
   return _mm_movelh_ps(lo, _mm_load_ss(s + 2));
 }
