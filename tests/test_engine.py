@@ -181,6 +181,13 @@ def test_constraints_allow_and_force(engine16, tokenizer):
     assert len(free[0]) == 3
 
 
+def test_k_per_prompt(engine16):
+    outs = engine16.generate(["Hello", "The sea"], k=[1, 3], max_new_tokens=4, temperature=0.8, seed=[3, 4])
+    assert [len(o) for o in outs] == [1, 3]
+    alone = engine16.generate(["The sea"], k=3, max_new_tokens=4, temperature=0.8, seed=4)[0]
+    assert [s.token_ids for s in outs[1]] == [s.token_ids for s in alone]
+
+
 def test_prompt_kv_is_stored_once(engine16):
     from spct.engine.llama import KVCache
 
@@ -197,6 +204,7 @@ def test_prompt_kv_is_stored_once(engine16):
     ("kwargs", "match"),
     [
         ({"k": 0}, "k must be an int >= 1, got 0"),
+        ({"k": [2, 3]}, r"k must be an int >= 1 or one per prompt \(1\), got \[2, 3\]"),
         ({"max_new_tokens": 0}, "max_new_tokens must be an int >= 1, got 0"),
         ({"temperature": -0.5}, r"temperature must be a finite number >= 0, got -0.5"),
         ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),

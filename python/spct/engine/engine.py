@@ -85,7 +85,6 @@ class _Live:
 
 @dataclass(frozen=True)
 class _Settings:
-    k: int
     max_new_tokens: int
     min_new_tokens: int
     temperature: float
@@ -145,27 +144,29 @@ class Engine:
 
     # -- public -------------------------------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[str | Sequence[int]], *, k: int = 1, max_new_tokens: int = 256,
-                 min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 min_p: float = 0.0, seed: int | Sequence[int] = 0, stop: str | Sequence[str] = (),
-                 return_logprobs: bool = False,
+    def generate(self, prompts: Sequence[str | Sequence[int]], *, k: int | Sequence[int] = 1,
+                 max_new_tokens: int = 256, min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, min_p: float = 0.0, seed: int | Sequence[int] = 0,
+                 stop: str | Sequence[str] = (), return_logprobs: bool = False,
                  constraints: Sequence[Constraint | None] | None = None) -> list[list[Sample]]:
         """k samples for each prompt (token-id lists or strings) -> outs[i][j], sample j of prompt i.
 
-        seed: one int for all prompts or one per prompt; stop: a string or strings that end a sample;
+        k: samples per prompt, one int or one per prompt; seed: one int for all prompts or one per prompt; stop: a
+        string or strings that end a sample;
         constraints: one per prompt (or None), see `Constraint`. Sampling as `spct.sample` (temperature 0 =
         greedy). Semantics of logprobs, stop strings, min_new_tokens and the context: module docstring."""
-        settings = _check_settings(k, max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
+        settings = _check_settings(max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
                                    return_logprobs)
         ids = self._token_ids(prompts)
+        ks = _ks(k, len(ids))
         seeds = _seeds(seed, len(ids))
         if constraints is not None and len(constraints) != len(ids):
             raise ValueError(f"constraints must have one entry per prompt ({len(ids)}), got {len(constraints)}")
         outs: list[list[Sample]] = []
         group: list[int] = []
         for i in range(len(ids) + 1):  # prompts in groups of at most max_batch samples (one prompt at least)
-            if i == len(ids) or (group and (len(group) + 1) * k > self.max_batch):
-                outs += self._generate_group([ids[g] for g in group], [seeds[g] for g in group],
+            if i == len(ids) or (group and sum(ks[g] for g in group) + ks[i] > self.max_batch):
+                outs += self._generate_group([ids[g] for g in group], [ks[g] for g in group], [seeds[g] for g in group],
                                              [None if constraints is None else constraints[g] for g in group],
                                              settings)
                 group = []
@@ -197,11 +198,14 @@ class Engine:
             ids.append(p)
         return ids
 
-    def _generate_group(self, ids: list[list[int]], seeds: list[int], constraints: list, st: _Settings):
+    def _generate_group(self, ids: list[list[int]], ks: list[int], seeds: list[int], constraints: list,
+                        st: _Settings):
         runner = self.runner
         device = runner.device
-        samples = [_Live(p, j, p * st.k + j, seeds[p], min(st.max_new_tokens, self.context - len(ids[p])))
-                   for p in range(len(ids)) for j in range(st.k)]
+        samples = []
+        for p in range(len(ids)):
+            limit = min(st.max_new_tokens, self.context - len(ids[p]))
+            samples += [_Live(p, j, len(samples) + j, seeds[p], limit) for j in range(ks[p])]
         live = samples
         multiple = _row_multiple(runner.dtype, device)
         spare = multiple - 1  # slots for padding rows
@@ -218,7 +222,10 @@ class Engine:
             step += 1
             logits = self._decode(live_next, ids, kv, step, multiple, spare)
             live = live_next
-        return [[self._output(s, st) for s in samples[p * st.k:(p + 1) * st.k]] for p in range(len(ids))]
+        outs: list[list[Sample]] = [[] for _ in ids]
+        for s in samples:
+            outs[s.prompt].append(self._output(s, st))
+        return outs
 
     def _decode(self, live: list[_Live], ids, kv: KVCache, step: int, multiple: int, spare: int) -> torch.Tensor:
         rows = len(live)
@@ -306,13 +313,24 @@ def _ends(text: str, x: str) -> list[int]:
     return ends
 
 
-def _check_settings(k, max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
-                    return_logprobs) -> _Settings:
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
-    if not is_int(k) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+
+def _ks(k, prompts: int) -> list[int]:
+    if _is_int(k):
+        if k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        return [k] * prompts
+    ks = list(k) if isinstance(k, Sequence) else [k]
+    if len(ks) != prompts or not all(_is_int(x) and x >= 1 for x in ks):
+        raise ValueError(f"k must be an int >= 1 or one per prompt ({prompts}), got {k!r}")
+    return ks
+
+
+def _check_settings(max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
+                    return_logprobs) -> _Settings:
+    is_int = _is_int
     if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if not is_int(min_new_tokens) or not 0 <= min_new_tokens <= max_new_tokens:
@@ -330,7 +348,7 @@ def _check_settings(k, max_new_tokens, min_new_tokens, temperature, top_k, top_p
     for x in stops:
         if not isinstance(x, str) or not x:
             raise ValueError(f"stop strings must be non-empty strings, got {x!r}")
-    return _Settings(k, max_new_tokens, min_new_tokens, float(temperature), top_k, float(top_p), float(min_p), stops,
+    return _Settings(max_new_tokens, min_new_tokens, float(temperature), top_k, float(top_p), float(min_p), stops,
                      bool(return_logprobs))
 
 

@@ -39,16 +39,18 @@ class HFEngine(Engine):
         return cls(model, tokenizer, _eos_ids(path, cfg, tokenizer), why)
 
     @torch.inference_mode()
-    def _generate_group(self, ids: list[list[int]], seeds: list[int], constraints: list, st: _Settings):
+    def _generate_group(self, ids: list[list[int]], ks: list[int], seeds: list[int], constraints: list,
+                        st: _Settings):
         dev = self.model.device
         outs = []
         for p, prompt in enumerate(ids):
+            k = ks[p]
             samples = [_Live(p, j, j, seeds[p], min(st.max_new_tokens, self.context - len(prompt)))
-                       for j in range(st.k)]
+                       for j in range(k)]
             out = self.model(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
             cache = out.past_key_values
-            cache.batch_repeat_interleave(st.k)  # the k copies of the prompt's KV: what the runner avoids
-            logits = out.logits[0, -1:].expand(st.k, -1)
+            cache.batch_repeat_interleave(k)  # the k copies of the prompt's KV: what the runner avoids
+            logits = out.logits[0, -1:].expand(k, -1)
             live = samples
             step = 0
             while True:
