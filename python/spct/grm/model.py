@@ -1,0 +1,177 @@
+"""`spct.GenerativeRewardModel`: rewards for responses from k sampled judgements, voted (grm-method.md section 3).
+
+    grm = spct.GenerativeRewardModel.from_pretrained("smollm2-135m")
+    j = grm.score("What is 2 + 2?", ["4", "5"], k=8)
+    j.rewards, j.best, j.num_valid, j.samples[0].text
+
+Each sample sees the responses in its own seeded order; samples that share an order share one prompt, so the engine
+prefills it once for all of them. Scores are extracted from the generated token ids natively and mapped back to the
+original order by `spct.vote`, which also sums the valid samples and breaks ties (seeded).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from spct.grm.templates import Template, messages
+from spct.ops.extract_scores import extract_scores
+from spct.ops.token_bytes import TokenBytes
+from spct.ops.vote import vote
+
+__all__ = ["GenerativeRewardModel", "Judgement", "SampleJudgement"]
+
+
+@dataclass
+class SampleJudgement:
+    """One sampled judgement. scores: per response in the ORIGINAL order (NaN when invalid); order[p]: the original
+    index of the response shown at position p; meta_score: set by Meta-RM guided voting."""
+
+    text: str
+    scores: list[float]
+    valid: bool
+    principles: list[tuple[str, float | None]]
+    critique: str
+    order: list[int]
+    meta_score: float | None = None
+
+
+@dataclass
+class Judgement:
+    """rewards: per response (original order), the sum over the valid samples (NaN when none is valid); best: the
+    argmax (-1 when no valid sample); num_valid: valid samples; samples: all k."""
+
+    rewards: list[float]
+    best: int
+    num_valid: int
+    samples: list[SampleJudgement] = field(default_factory=list)
+
+
+def _item(item, i: int) -> tuple[object, list[str]]:
+    if isinstance(item, dict):
+        query, responses = item.get("query"), item.get("responses")
+    elif isinstance(item, (tuple, list)) and len(item) == 2:
+        query, responses = item
+    else:
+        raise ValueError(f"items[{i}] must be a dict with 'query' and 'responses' or a (query, responses) pair")
+    if query is None or (isinstance(query, str) and not query.strip()) or (not isinstance(query, str) and not query):
+        raise ValueError(f"items[{i}] has an empty query")
+    if not isinstance(responses, (list, tuple)) or not responses:
+        raise ValueError(f"items[{i}] has no responses (need a list of at least one string)")
+    if not all(isinstance(r, str) for r in responses):
+        raise ValueError(f"items[{i}]: every response must be a string")
+    return query, list(responses)
+
+
+def orders(n: int, k: int, seed: int, item: int, shuffle: bool) -> list[list[int]]:
+    """The response order of each of the k samples of an item: order[p] = original index shown at position p.
+    Seeded by (seed, item, sample), so an item's orders do not depend on the rest of the batch."""
+    if not shuffle:
+        return [list(range(n)) for _ in range(k)]
+    return [np.random.default_rng([seed, item, j]).permutation(n).tolist() for j in range(k)]
+
+
+class GenerativeRewardModel:
+    """A GRM on the engine. format: "pointwise" (default), "single" or a `Template`; score_range: inclusive."""
+
+    def __init__(self, engine, *, format: str | Template = "pointwise", score_range: tuple[int, int] = (1, 10)):
+        self.engine, self.format = engine, format
+        self.score_range = (0, 1) if format == "single" else tuple(score_range)
+        self.tokenizer = engine.tokenizer
+        self._vocab = TokenBytes.from_tokenizer(self.tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "smollm2-135m", *, dtype: str = "bfloat16", device: str = "cpu",
+                        **kwargs) -> GenerativeRewardModel:
+        from spct.engine import Engine
+
+        return cls(Engine.from_pretrained(name_or_path, dtype=dtype, device=device), **kwargs)
+
+    def prompt_ids(self, query, shown: Sequence[str]) -> list[int]:
+        """Token ids of the GRM prompt for responses in the order shown, in the tokenizer's chat template."""
+        turns = messages(query, shown, format=self.format, score_range=self.score_range)
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return self.tokenizer(turns[0]["content"]).input_ids
+
+    def score(self, query, responses: Sequence[str], **kwargs) -> Judgement:
+        """One item; keyword arguments as `score_batch`."""
+        return self.score_batch([(query, responses)], **kwargs)[0]
+
+    def score_batch(self, items: Sequence, *, k: int = 1, temperature: float | None = None, seed: int = 0,
+                    max_new_tokens: int = 512, shuffle: bool | None = None) -> list[Judgement]:
+        """items: dicts {"query", "responses"} (design.md's item format) or (query, responses) pairs.
+        temperature: None = greedy for k = 1, 0.5 for k > 1; shuffle: None = shuffle the responses per sample when
+        k > 1 (seeded). All samples of all items are decoded together."""
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        temperature = (0.0 if k == 1 else 0.5) if temperature is None else temperature
+        shuffle = k > 1 if shuffle is None else shuffle
+        parsed = [_item(it, i) for i, it in enumerate(items)]
+        prompts, ks, seeds, where = [], [], [], []  # where[i][j] = (prompt, sample within it)
+        for i, (query, responses) in enumerate(parsed):
+            by_order: dict[tuple[int, ...], int] = {}
+            where.append([])
+            for j, order in enumerate(orders(len(responses), k, seed, i, shuffle)):
+                key = tuple(order)
+                if key not in by_order:
+                    ids = self.prompt_ids(query, [responses[o] for o in order])
+                    if len(ids) + max_new_tokens > self.engine.context:
+                        raise ValueError(f"items[{i}]: the prompt has {len(ids)} tokens; with max_new_tokens = "
+                                         f"{max_new_tokens} it needs {len(ids) + max_new_tokens}, but the model's "
+                                         f"context is {self.engine.context} tokens")
+                    by_order[key] = len(prompts)
+                    prompts.append(ids)
+                    ks.append(0)
+                    seeds.append(int(np.random.default_rng([seed, i, len(by_order)]).integers(2**63)))
+                p = by_order[key]
+                where[-1].append((p, ks[p]))
+                ks[p] += 1
+        outs = self.engine.generate(prompts, k=ks, temperature=temperature, max_new_tokens=max_new_tokens,
+                                    seed=seeds) if prompts else []
+        samples = [[outs[p][s] for p, s in w] for w in where]
+        all_orders = [orders(len(r), k, seed, i, shuffle) for i, (_, r) in enumerate(parsed)]
+        return self._judge(parsed, samples, all_orders, seed)
+
+    def _judge(self, parsed, samples, all_orders, seed: int) -> list[Judgement]:
+        """Extract every sample's scores from its token ids and vote per item."""
+        eos = set(self.engine.eos_token_ids)
+        rows = [s for item in samples for s in item]
+        if not rows:
+            return []
+        counts = [len(r) for _, r in parsed for _ in range(len(samples[0]))]
+        lengths = [len(s.token_ids) - (1 if s.token_ids and s.token_ids[-1] in eos else 0) for s in rows]
+        ids = torch.zeros((len(rows), max(1, max(lengths))), dtype=torch.int64)
+        for r, s in enumerate(rows):
+            ids[r, : lengths[r]] = torch.tensor(s.token_ids[: lengths[r]], dtype=torch.int64)
+        ex = extract_scores(token_ids=ids, lengths=torch.tensor(lengths), vocab=self._vocab, num_responses=counts,
+                            score_range=self.score_range)
+        n_max, k = max(len(r) for _, r in parsed), len(samples[0])
+        batch = len(parsed)
+        scores = ex.scores.reshape(batch, k, -1)
+        scores = torch.nn.functional.pad(scores, (0, n_max - scores.shape[2]), value=math.nan)
+        valid = ex.valid.reshape(batch, k)
+        perm = torch.tensor([[o + list(range(len(o), n_max)) for o in item] for item in all_orders])
+        n_items = torch.tensor([len(r) for _, r in parsed])
+        v = vote(scores, valid, perm=perm, num_responses=n_items, seed=seed)
+        out = []
+        for i, (_, responses) in enumerate(parsed):
+            n = len(responses)
+            judged = []
+            for j in range(k):
+                row = i * k + j
+                original = [math.nan] * n
+                for p, o in enumerate(all_orders[i][j]):
+                    original[o] = float(scores[i, j, p]) if bool(valid[i, j]) else math.nan
+                text = ex.texts[row]
+                b, e = (int(x) for x in ex.critique_span[row])
+                critique = ex.text_bytes(row)[b:e].decode("utf-8", "replace") if b >= 0 else ""
+                judged.append(SampleJudgement(text, original, bool(valid[i, j]), ex.principles[row], critique,
+                                              all_orders[i][j]))
+            out.append(Judgement(v.rewards[i, :n].tolist(), int(v.best[i]), int(v.num_used[i]), judged))
+        return out

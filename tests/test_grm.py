@@ -1,0 +1,73 @@
+"""GenerativeRewardModel: k samples with seeded shuffles through the engine, extraction from token ids, voting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import spct
+from spct.engine import Sample
+from spct.grm.model import orders
+
+
+@pytest.fixture(scope="module")
+def grm(default_model_dir):
+    return spct.GenerativeRewardModel.from_pretrained(str(default_model_dir))
+
+
+def test_orders_are_seeded_permutations():
+    a = orders(4, 8, seed=1, item=0, shuffle=True)
+    assert all(sorted(o) == [0, 1, 2, 3] for o in a) and len({tuple(o) for o in a}) > 1
+    assert a == orders(4, 8, seed=1, item=0, shuffle=True) and a != orders(4, 8, seed=2, item=0, shuffle=True)
+    assert orders(3, 2, seed=1, item=0, shuffle=False) == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_scores_are_mapped_back_and_voted(grm):
+    """Judgements written as a GRM would write them (tokenized by the real tokenizer): each sample's scores are in
+    the order it was shown; the rewards are per original response."""
+    tok = grm.tokenizer
+    shown = [[1, 0], [0, 1], [1, 0]]
+    texts = ["Specific Criteria:\n- Accuracy (Weight: 60%)\n\nAnalysis:\nResponse 1 is wrong.\n\nScores: \\boxed{2, 9}",
+             "Specific Criteria:\n- Accuracy\n\nAnalysis:\nFine.\n\nScores: \\boxed{8, 3}",
+             "Analysis: no group here"]
+    samples = [[Sample(tok(t, add_special_tokens=False).input_ids, t, "stop") for t in texts]]
+    (j,) = grm._judge([("q", ["right", "wrong"])], samples, [shown], seed=0)
+    assert j.num_valid == 2
+    assert j.rewards == [9.0 + 8.0, 2.0 + 3.0] and j.best == 0
+    assert j.samples[0].scores == [9.0, 2.0] and j.samples[0].order == [1, 0]
+    assert j.samples[0].principles == [("Accuracy", 0.6)] and "Response 1 is wrong." in j.samples[0].critique
+    assert not j.samples[2].valid and all(math.isnan(x) for x in j.samples[2].scores)
+
+
+def test_score_batch_end_to_end_is_seeded(grm):
+    items = [{"query": "What is 2 + 2?", "responses": ["4", "5"]}, ("Name a color.", ["Blue", "Seven", "Red"])]
+    a = grm.score_batch(items, k=3, max_new_tokens=24, seed=5)
+    b = grm.score_batch(items, k=3, max_new_tokens=24, seed=5)
+    assert [[s.text for s in j.samples] for j in a] == [[s.text for s in j.samples] for j in b]
+    for j, n in zip(a, (2, 3)):
+        assert len(j.rewards) == n and len(j.samples) == 3
+        assert all(sorted(s.order) == list(range(n)) for s in j.samples)
+        assert j.num_valid == sum(s.valid for s in j.samples)
+        if j.num_valid == 0:  # the 135M model rarely writes a score group: then no reward
+            assert all(math.isnan(r) for r in j.rewards) and j.best == -1
+    greedy = grm.score("What is 2 + 2?", ["4", "5"], max_new_tokens=16)
+    assert len(greedy.samples) == 1 and greedy.samples[0].order == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("items", "match"),
+    [([("", ["a"])], r"items\[0\] has an empty query"), ([("q", [])], r"items\[0\] has no responses"),
+     ([{"query": "q"}], r"items\[0\] has no responses"), (["q"], r"items\[0\] must be a dict")],
+)
+def test_bad_items(grm, items, match):
+    with pytest.raises(ValueError, match=match):
+        grm.score_batch(items)
+
+
+def test_a_prompt_that_cannot_fit_names_the_token_counts(grm):
+    with pytest.raises(ValueError, match=r"the prompt has \d+ tokens; with max_new_tokens = 8192 it needs \d+, but "
+                                         r"the model's context is 8192 tokens"):
+        grm.score("q", ["a", "b"], max_new_tokens=8192)
+    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
+        grm.score("q", ["a"], k=0)
