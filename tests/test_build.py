@@ -73,3 +73,41 @@ def test_cli_generate(tmp_path, default_model_dir):
     bad.write_text('{"text": 1}\n')
     proc = run_cli("generate", str(bad), "-m", str(default_model_dir))
     assert proc.returncode != 0 and "record 1 has neither 'prompt'" in proc.stderr
+
+
+def test_cli_score_resumes_without_duplicates(tmp_path, default_model_dir):
+    items = Path(__file__).resolve().parents[1] / "examples" / "items.jsonl"
+    out = tmp_path / "scores.jsonl"
+    args = ["score", "--input", str(items), "--output", str(out), "--model", str(default_model_dir), "--k", "2",
+            "--max-new-tokens", "8", "--batch-size", "2"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["math", "color", "capital"]
+    for r, n in zip(rows, (2, 3, 2)):
+        assert len(r["rewards"]) == n and r["k"] == 2 and 0 <= r["num_valid"] <= 2
+        assert (r["num_valid"] == 0) == all(x is None for x in r["rewards"])
+    # killed halfway: the first line whole, the second torn
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text(lines[0] + lines[1][:10])
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 already in" in proc.stderr
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert again == rows  # same samples (seeded per item), no line lost or doubled
+    proc = run_cli(*args)
+    assert "3 already in" in proc.stderr and out.read_text().count("\n") == 3
+
+
+def test_cli_score_bad_input(tmp_path, default_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "query": "q", "responses": ["a"]}\n{"id": 2, "query": "q"\n'
+                   '{"id": 3, "query": "q", "responses": []}\n')
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("score", "--input", str(bad), "--output", str(out), "--model", str(default_model_dir))
+    assert proc.returncode != 0 and "bad.jsonl:2:" in proc.stderr and not out.exists()
+    proc = run_cli("score", "--input", str(bad), "--output", str(out), "--model", str(default_model_dir),
+                   "--skip-invalid", "--max-new-tokens", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped" in proc.stderr and "bad.jsonl:2:" in proc.stderr and "bad.jsonl:3:" in proc.stderr
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [1]

@@ -3,6 +3,7 @@
   spct fetch smollm2-135m                  fetch + convert a model alias, print its directory
   spct extract generations.jsonl [-o out]  principles, critique spans and scores of GRM generations
   spct generate prompts.jsonl -k 4         k samples per prompt (one JSON line per prompt)
+  spct score --input items.jsonl --output out.jsonl --k 8    GRM rewards per item (resumable)
 """
 
 from __future__ import annotations
@@ -96,6 +97,87 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print("\n".join(lines))
 
 
+def _read_items(path: Path, skip_invalid: bool) -> list[tuple[int, dict]]:
+    """(line number, item) for each item line; a malformed line stops the job, or with skip_invalid is reported."""
+    items = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                if not isinstance(item, dict):
+                    raise ValueError("not a JSON object")
+                if not isinstance(item.get("responses"), list) or not item["responses"] or not item.get("query"):
+                    raise ValueError("needs a non-empty 'query' and a non-empty list 'responses'")
+            except ValueError as exc:
+                msg = f"{path}:{lineno}: {exc}"
+                if not skip_invalid:
+                    raise SystemExit(msg + " (--skip-invalid skips such lines)") from None
+                print(f"skipped {msg}", file=sys.stderr)
+                continue
+            items.append((lineno, item))
+    return items
+
+
+def _done_keys(path: Path) -> set[str]:
+    """Keys of the items already in an output file; a torn last line (the job was killed mid-write) is cut off."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return {json.loads(line)["key"] for line in data[:end].decode("utf-8").splitlines() if line.strip()}
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    """One write of whole lines, flushed to disk: a kill leaves at most a torn last line, cut off on resume."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, "".join(line + "\n" for line in lines).encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_float(x: float) -> float | None:
+    return None if x != x else x  # NaN -> null
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    import spct
+
+    items = _read_items(Path(args.input), args.skip_invalid)
+    out = Path(args.output)
+    done = _done_keys(out)
+    key = lambda lineno, item: str(item.get("id", f"line:{lineno}"))  # noqa: E731
+    todo = [(n, lineno, item) for n, (lineno, item) in enumerate(items) if key(lineno, item) not in done]
+    print(f"{len(items)} items, {len(items) - len(todo)} already in {out}, {len(todo)} to score", file=sys.stderr)
+    if not todo:
+        return
+    grm = spct.GenerativeRewardModel.from_pretrained(args.model, dtype=args.dtype)
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="item", file=sys.stderr)
+    except ImportError:
+        bar = None
+    for start in range(0, len(todo), args.batch_size):
+        chunk = todo[start: start + args.batch_size]
+        judged = grm.score_batch([item for _, _, item in chunk], k=args.k, seed=args.seed,
+                                 max_new_tokens=args.max_new_tokens, indices=[n for n, _, _ in chunk])
+        lines = [json.dumps({"key": key(lineno, item), **({"id": item["id"]} if "id" in item else {}),
+                             "rewards": [_json_float(r) for r in j.rewards], "best": j.best,
+                             "num_valid": j.num_valid, "k": args.k}) for (_, lineno, item), j in zip(chunk, judged)]
+        _append(out, lines)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     import spct
 
@@ -126,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("score", help="GRM rewards for the responses of each item (resumable)")
+    p.add_argument("--input", required=True, help="JSONL items: {'id', 'query', 'responses': [str, ...]}")
+    p.add_argument("--output", required=True, help="JSONL, one line per item (null reward: no valid sample); "
+                   "lines are appended per batch, and a rerun skips the items already there")
+    p.add_argument("--model", default="smollm2-135m", help="alias, checkpoint directory or .gguf")
+    p.add_argument("--k", type=int, default=1, help="samples per item (default 1: greedy)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=16, help="items decoded together (default 16)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--skip-invalid", action="store_true", help="report and skip malformed input lines")
+    p.set_defaults(func=cmd_score)
     return parser
 
 

@@ -104,20 +104,25 @@ class GenerativeRewardModel:
         return self.score_batch([(query, responses)], **kwargs)[0]
 
     def score_batch(self, items: Sequence, *, k: int = 1, temperature: float | None = None, seed: int = 0,
-                    max_new_tokens: int = 512, shuffle: bool | None = None) -> list[Judgement]:
+                    max_new_tokens: int = 512, shuffle: bool | None = None,
+                    indices: Sequence[int] | None = None) -> list[Judgement]:
         """items: dicts {"query", "responses"} (design.md's item format) or (query, responses) pairs.
         temperature: None = greedy for k = 1, 0.5 for k > 1; shuffle: None = shuffle the responses per sample when
-        k > 1 (seeded). All samples of all items are decoded together."""
+        k > 1 (seeded); indices: each item's number in the seeding (default its position), so a job split into
+        batches or resumed draws the same samples. All samples of all items are decoded together."""
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         temperature = (0.0 if k == 1 else 0.5) if temperature is None else temperature
         shuffle = k > 1 if shuffle is None else shuffle
         parsed = [_item(it, i) for i, it in enumerate(items)]
+        numbers = list(range(len(parsed))) if indices is None else [int(x) for x in indices]
+        if len(numbers) != len(parsed):
+            raise ValueError(f"indices must have one entry per item ({len(parsed)}), got {len(numbers)}")
         prompts, ks, seeds, where = [], [], [], []  # where[i][j] = (prompt, sample within it)
         for i, (query, responses) in enumerate(parsed):
             by_order: dict[tuple[int, ...], int] = {}
             where.append([])
-            for j, order in enumerate(orders(len(responses), k, seed, i, shuffle)):
+            for j, order in enumerate(orders(len(responses), k, seed, numbers[i], shuffle)):
                 key = tuple(order)
                 if key not in by_order:
                     ids = self.prompt_ids(query, [responses[o] for o in order])
@@ -128,14 +133,14 @@ class GenerativeRewardModel:
                     by_order[key] = len(prompts)
                     prompts.append(ids)
                     ks.append(0)
-                    seeds.append(int(np.random.default_rng([seed, i, len(by_order)]).integers(2**63)))
+                    seeds.append(int(np.random.default_rng([seed, numbers[i], len(by_order)]).integers(2**63)))
                 p = by_order[key]
                 where[-1].append((p, ks[p]))
                 ks[p] += 1
         outs = self.engine.generate(prompts, k=ks, temperature=temperature, max_new_tokens=max_new_tokens,
                                     seed=seeds) if prompts else []
         samples = [[outs[p][s] for p, s in w] for w in where]
-        all_orders = [orders(len(r), k, seed, i, shuffle) for i, (_, r) in enumerate(parsed)]
+        all_orders = [orders(len(r), k, seed, numbers[i], shuffle) for i, (_, r) in enumerate(parsed)]
         return self._judge(parsed, samples, all_orders, seed)
 
     def _judge(self, parsed, samples, all_orders, seed: int) -> list[Judgement]:
