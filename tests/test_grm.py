@@ -1,10 +1,13 @@
-"""GenerativeRewardModel: k samples with seeded shuffles through the engine, extraction from token ids, voting."""
+"""GenerativeRewardModel and MetaRewardModel: k samples with seeded shuffles through the engine, extraction from
+token ids, (Meta-RM guided) voting."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+import torch
+from conftest import TOLERANCES
 
 import spct
 from spct.engine import Sample
@@ -71,3 +74,31 @@ def test_a_prompt_that_cannot_fit_names_the_token_counts(grm):
         grm.score("q", ["a", "b"], max_new_tokens=8192)
     with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
         grm.score("q", ["a"], k=0)
+
+
+@pytest.fixture(scope="module")
+def meta_rm(default_model_dir):
+    return spct.MetaRewardModel.from_pretrained(str(default_model_dir), seed=3)
+
+
+def test_meta_rm_fresh_head_scores_and_round_trips(meta_rm, tmp_path):
+    shown = [["4", "5"], ["5", "4"]]
+    a = meta_rm.score("What is 2 + 2?", shown, ["Specific Criteria: accuracy. Analysis: 4 is right.", "Analysis: ?"])
+    assert a.shape == (2,) and a.dtype == torch.float32 and torch.isfinite(a).all() and a[0] != a[1]
+    meta_rm.save_pretrained(tmp_path / "meta")
+    again = spct.MetaRewardModel.from_pretrained(tmp_path / "meta")
+    assert torch.equal(again.weight, meta_rm.weight) and again.base == meta_rm.base
+    b = again.score("What is 2 + 2?", shown, ["Specific Criteria: accuracy. Analysis: 4 is right.", "Analysis: ?"])
+    # the same head on the same backbone; bf16 prefill matmuls may round differently between two loads (allocation
+    # alignment picks the BLAS kernel), so the scores agree to bf16 tolerance, not bit for bit
+    torch.testing.assert_close(a, b, **TOLERANCES[torch.bfloat16])
+    with pytest.raises(ValueError, match="one response order per judgement"):
+        meta_rm.score("q", shown, ["only one"])
+
+
+def test_meta_rm_guided_scoring(grm, meta_rm):
+    j = grm.score("What is 2 + 2?", ["4", "5"], k=4, max_new_tokens=12, seed=2, meta_rm=meta_rm)
+    assert all(s.meta_score is not None and math.isfinite(s.meta_score) for s in j.samples)
+    assert j.num_valid <= 2  # k_meta = k // 2
+    with pytest.raises(ValueError, match="k_meta must be an int >= 1 used with meta_rm"):
+        grm.score("q", ["a"], k=2, k_meta=1)

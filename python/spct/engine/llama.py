@@ -207,6 +207,10 @@ class LlamaRunner:
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, kv: KVCache, prompt: int) -> torch.Tensor:
         """tokens: (L,) int64, one prompt -> the last token's logits (V,); writes kv.prompt at the prompt's slot."""
+        return self.logits(self._prefill_last(tokens, kv, prompt))[0]
+
+    def _prefill_last(self, tokens: torch.Tensor, kv: KVCache, prompt: int) -> torch.Tensor:
+        """The prompt through every layer (KV written) -> the last token's hidden state (1, hidden)."""
         c, n = self.config, tokens.shape[0]
         base = kv.starts[prompt]
         last = None
@@ -228,7 +232,14 @@ class LlamaRunner:
                 x = x + layer["o"](attn[0].transpose(0, 1).reshape(hi - lo, -1))
                 x = self._mlp(layer, x)
             last = x[-1:]
-        return self.logits(last)[0]
+        return last
+
+    @torch.inference_mode()
+    def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (L,) int64 -> the last token's final hidden state (hidden,), after the final norm (what a value
+        head reads). Uses a throwaway KV for this one sequence."""
+        kv = KVCache(self.config, [tokens.shape[0]], 1, 1, self.dtype, self.device)
+        return self._rms_norm(self._prefill_last(tokens, kv, 0), self.norm)[0]
 
     @torch.inference_mode()
     def decode(self, step: DecodeStep, kv: KVCache) -> torch.Tensor:

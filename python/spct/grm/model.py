@@ -104,12 +104,15 @@ class GenerativeRewardModel:
         return self.score_batch([(query, responses)], **kwargs)[0]
 
     def score_batch(self, items: Sequence, *, k: int = 1, temperature: float | None = None, seed: int = 0,
-                    max_new_tokens: int = 512, shuffle: bool | None = None,
-                    indices: Sequence[int] | None = None) -> list[Judgement]:
+                    max_new_tokens: int = 512, shuffle: bool | None = None, indices: Sequence[int] | None = None,
+                    meta_rm=None, k_meta: int | None = None) -> list[Judgement]:
         """items: dicts {"query", "responses"} (design.md's item format) or (query, responses) pairs.
         temperature: None = greedy for k = 1, 0.5 for k > 1; shuffle: None = shuffle the responses per sample when
         k > 1 (seeded); indices: each item's number in the seeding (default its position), so a job split into
-        batches or resumed draws the same samples. All samples of all items are decoded together."""
+        batches or resumed draws the same samples; meta_rm: a `MetaRewardModel` whose k_meta (default k // 2, at
+        least 1) best-rated valid samples alone are voted. All samples of all items are decoded together."""
+        if k_meta is not None and (meta_rm is None or not isinstance(k_meta, int) or k_meta < 1):
+            raise ValueError(f"k_meta must be an int >= 1 used with meta_rm, got {k_meta!r}")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         temperature = (0.0 if k == 1 else 0.5) if temperature is None else temperature
@@ -141,9 +144,10 @@ class GenerativeRewardModel:
                                     seed=seeds) if prompts else []
         samples = [[outs[p][s] for p, s in w] for w in where]
         all_orders = [orders(len(r), k, seed, numbers[i], shuffle) for i, (_, r) in enumerate(parsed)]
-        return self._judge(parsed, samples, all_orders, seed)
+        k_meta = max(1, k // 2) if meta_rm is not None and k_meta is None else k_meta
+        return self._judge(parsed, samples, all_orders, seed, meta_rm, k_meta)
 
-    def _judge(self, parsed, samples, all_orders, seed: int) -> list[Judgement]:
+    def _judge(self, parsed, samples, all_orders, seed: int, meta_rm=None, k_meta=None) -> list[Judgement]:
         """Extract every sample's scores from its token ids and vote per item."""
         eos = set(self.engine.eos_token_ids)
         rows = [s for item in samples for s in item]
@@ -163,7 +167,13 @@ class GenerativeRewardModel:
         valid = ex.valid.reshape(batch, k)
         perm = torch.tensor([[o + list(range(len(o), n_max)) for o in item] for item in all_orders])
         n_items = torch.tensor([len(r) for _, r in parsed])
-        v = vote(scores, valid, perm=perm, num_responses=n_items, seed=seed)
+        meta = None
+        if meta_rm is not None:  # rate each judgement (principles + critique: the text before its score group)
+            meta = torch.stack([meta_rm.score(query, [[responses[o] for o in order] for order in all_orders[i]],
+                                              [self._judgement_text(ex, i * k + j) for j in range(k)])
+                                for i, (query, responses) in enumerate(parsed)])
+        v = vote(scores, valid, perm=perm, num_responses=n_items, seed=seed, meta_scores=meta,
+                 k_meta=k_meta if meta is not None else None)
         out = []
         for i, (_, responses) in enumerate(parsed):
             n = len(responses)
@@ -177,6 +187,13 @@ class GenerativeRewardModel:
                 b, e = (int(x) for x in ex.critique_span[row])
                 critique = ex.text_bytes(row)[b:e].decode("utf-8", "replace") if b >= 0 else ""
                 judged.append(SampleJudgement(text, original, bool(valid[i, j]), ex.principles[row], critique,
-                                              all_orders[i][j]))
+                                              all_orders[i][j], None if meta is None else float(meta[i, j])))
             out.append(Judgement(v.rewards[i, :n].tolist(), int(v.best[i]), int(v.num_used[i]), judged))
         return out
+
+    @staticmethod
+    def _judgement_text(ex, row: int) -> str:
+        """A generation up to the end of its critique (the whole text when no critique was found)."""
+        end = int(ex.critique_span[row][1])
+        raw = ex.text_bytes(row)
+        return (raw[:end] if end > 0 else raw).decode("utf-8", "replace")

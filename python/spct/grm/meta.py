@@ -1,0 +1,90 @@
+"""`spct.MetaRewardModel`: a Llama-family backbone plus a scalar head that rates GRM judgements (grm-method.md
+sections 2-3). Guided voting keeps the k_meta samples with the highest meta scores (`spct.vote`).
+
+A checkpoint directory holds `meta_rm.json` ({"base": the backbone's alias or directory, "hidden_size"}) and
+`meta_rm_head.safetensors` (the head in float32), written atomically. `from_pretrained` on a plain backbone (an alias
+or checkpoint directory without meta_rm.json) starts a fresh head (seeded), as training does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from spct.grm.templates import messages
+
+__all__ = ["MetaRewardModel"]
+
+CONFIG, HEAD = "meta_rm.json", "meta_rm_head.safetensors"
+
+
+class MetaRewardModel:
+    """backbone: an `spct.engine.llama.LlamaRunner`; head: weight (hidden,) and bias () in float32."""
+
+    def __init__(self, runner, tokenizer, weight: torch.Tensor, bias: torch.Tensor, base: str):
+        self.runner, self.tokenizer, self.base = runner, tokenizer, base
+        self.weight, self.bias = weight.float(), bias.float()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "smollm2-135m", *, dtype: str = "bfloat16",
+                        device: str = "cpu", seed: int = 0) -> MetaRewardModel:
+        from transformers import AutoTokenizer
+
+        from spct.engine.engine import DTYPES
+        from spct.engine.llama import LlamaRunner
+        from spct.engine.models import fetch
+
+        path = Path(name_or_path)
+        saved = path / CONFIG if path.is_dir() else None
+        if saved is not None and saved.is_file():
+            base = json.loads(saved.read_text())["base"]
+            head = load_file(path / HEAD)
+            weight, bias = head["weight"], head["bias"]
+        else:
+            base, weight, bias = str(name_or_path), None, None
+        model_dir = fetch(base)
+        runner = LlamaRunner.from_dir(model_dir, DTYPES[dtype], torch.device(device))
+        if weight is None:  # a fresh head: small random weights, zero bias
+            g = torch.Generator().manual_seed(seed)
+            hidden = runner.config.hidden_size
+            weight, bias = torch.randn(hidden, generator=g) / hidden**0.5, torch.zeros(())
+        return cls(runner, AutoTokenizer.from_pretrained(model_dir), weight, bias, base)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Writes meta_rm.json and the head into `path` (each to a temporary name, then renamed)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for name, write in ((HEAD, lambda f: save_file({"weight": self.weight.contiguous(),
+                                                         "bias": self.bias.reshape(())}, f)),
+                            (CONFIG, lambda f: Path(f).write_text(json.dumps(
+                                {"base": self.base, "hidden_size": int(self.weight.shape[0])}, indent=2)))):
+            fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
+            os.close(fd)
+            write(tmp)
+            os.replace(tmp, path / name)
+
+    def input_ids(self, query, shown: Sequence[str], judgement: str) -> list[int]:
+        turns = messages(query, shown, format="meta", judgement=judgement)
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(turns, tokenize=True)
+            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return self.tokenizer(turns[0]["content"] + "\n" + judgement).input_ids
+
+    def score(self, query, shown_orders: Sequence[Sequence[str]], judgements: Sequence[str]) -> torch.Tensor:
+        """Meta scores of k judgements of one item: shown_orders[j] the responses as sample j saw them,
+        judgements[j] its principles + critique. returns: (k,) float32, unbounded."""
+        if len(shown_orders) != len(judgements):
+            raise ValueError(f"one response order per judgement: {len(shown_orders)} orders, {len(judgements)} "
+                             "judgements")
+        out = torch.empty(len(judgements))
+        for j, (shown, text) in enumerate(zip(shown_orders, judgements)):
+            ids = torch.tensor(self.input_ids(query, shown, text), device=self.runner.device)
+            h = self.runner.last_hidden(ids).float().cpu()
+            out[j] = h @ self.weight + self.bias
+        return out
