@@ -111,3 +111,13 @@ def test_cli_score_bad_input(tmp_path, default_model_dir):
     assert proc.returncode == 0, proc.stderr
     assert "skipped" in proc.stderr and "bad.jsonl:2:" in proc.stderr and "bad.jsonl:3:" in proc.stderr
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [1]
+
+
+def test_cli_score_with_a_meta_rm(tmp_path, default_model_dir):
+    items = Path(__file__).resolve().parents[1] / "examples" / "items.jsonl"
+    out = tmp_path / "scores.jsonl"
+    proc = run_cli("score", "--input", str(items), "--output", str(out), "--model", str(default_model_dir), "--k", "2",
+                   "--max-new-tokens", "6", "--meta-rm", str(default_model_dir), "--k-meta", "1")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(r["num_valid"] <= 1 for r in rows)

@@ -158,6 +158,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     if not todo:
         return
     grm = spct.GenerativeRewardModel.from_pretrained(args.model, dtype=args.dtype)
+    meta_rm = None if args.meta_rm is None else spct.MetaRewardModel.from_pretrained(args.meta_rm, dtype=args.dtype)
     try:
         from tqdm import tqdm
 
@@ -167,7 +168,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     for start in range(0, len(todo), args.batch_size):
         chunk = todo[start: start + args.batch_size]
         judged = grm.score_batch([item for _, _, item in chunk], k=args.k, seed=args.seed,
-                                 max_new_tokens=args.max_new_tokens, indices=[n for n, _, _ in chunk])
+                                 max_new_tokens=args.max_new_tokens, indices=[n for n, _, _ in chunk],
+                                 meta_rm=meta_rm, k_meta=args.k_meta)
         lines = [json.dumps({"key": key(lineno, item), **({"id": item["id"]} if "id" in item else {}),
                              "rewards": [_json_float(r) for r in j.rewards], "best": j.best,
                              "num_valid": j.num_valid, "k": args.k}) for (_, lineno, item), j in zip(chunk, judged)]
@@ -219,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="items decoded together (default 16)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--skip-invalid", action="store_true", help="report and skip malformed input lines")
+    p.add_argument("--meta-rm", help="a Meta RM checkpoint (or a backbone, for a fresh head): guided voting")
+    p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
     p.set_defaults(func=cmd_score)
     return parser
 
