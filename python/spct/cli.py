@@ -4,6 +4,7 @@
   spct extract generations.jsonl [-o out]  principles, critique spans and scores of GRM generations
   spct generate prompts.jsonl -k 4         k samples per prompt (one JSON line per prompt)
   spct score --input items.jsonl --output out.jsonl --k 8    GRM rewards per item (resumable)
+  spct eval --data rmb_bon.jsonl.gz --format rmb-bon --k 1,4,16 --out DIR   accuracy vs k (JSON, table, plot)
 """
 
 from __future__ import annotations
@@ -180,6 +181,45 @@ def cmd_score(args: argparse.Namespace) -> None:
         bar.close()
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    import spct
+    from spct.eval import datasets, run
+
+    try:
+        ks = [int(x) for x in args.k.split(",")]
+    except ValueError:
+        raise SystemExit(f"--k must be comma-separated ints, got {args.k!r}") from None
+    if not ks or min(ks) < 1:
+        raise SystemExit(f"--k values must be >= 1, got {args.k!r}")
+    items = datasets.read(args.data, args.format, args.limit)
+    if not items:
+        raise SystemExit(f"no items in {args.data}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    grm = spct.GenerativeRewardModel.from_pretrained(args.model, dtype=args.dtype)
+    meta_rm = None if args.meta_rm is None else spct.MetaRewardModel.from_pretrained(args.meta_rm, dtype=args.dtype)
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items) * len(ks), unit="item", file=sys.stderr)
+        progress = bar.update
+    except ImportError:
+        bar, progress = None, None
+    results = run.evaluate(grm, items, ks, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                           batch_size=args.batch_size, meta_rm=meta_rm, k_meta=args.k_meta, progress=progress)
+    if bar is not None:
+        bar.close()
+    results["config"] = {"model": args.model, "data": Path(args.data).name, "format": args.format,
+                         "limit": args.limit, "items": len(items), "ks": ks, "seed": args.seed,
+                         "max_new_tokens": args.max_new_tokens, "meta_rm": args.meta_rm, "k_meta": args.k_meta,
+                         "dtype": args.dtype}
+    run.write_json(out / "results.json", results)
+    run.plot(results, out / "accuracy_vs_k.png", f"{Path(args.model).name} on {Path(args.data).name} "
+             f"({len(items)} items)")
+    print(run.table(results))
+    print(f"wrote {out / 'results.json'} and {out / 'accuracy_vs_k.png'}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import spct
 
@@ -224,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta-rm", help="a Meta RM checkpoint (or a backbone, for a fresh head): guided voting")
     p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
     p.set_defaults(func=cmd_score)
+    p = sub.add_parser("eval", help="GRM accuracy on a benchmark for several k (JSON, table, plot)")
+    p.add_argument("--data", required=True, help="the benchmark file (or LLMBar folder)")
+    p.add_argument("--format", required=True, choices=["rmb-bon", "rmb-pairwise", "llmbar", "rewardbench", "jsonl"])
+    p.add_argument("--k", default="1", help="comma-separated sample counts, e.g. 1,8,32 (default 1)")
+    p.add_argument("--out", required=True, help="folder for results.json and accuracy_vs_k.png")
+    p.add_argument("--model", default="smollm2-135m", help="alias, checkpoint directory or .gguf")
+    p.add_argument("--limit", type=int, help="the first N items only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--meta-rm", help="a Meta RM checkpoint for guided voting")
+    p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

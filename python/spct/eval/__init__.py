@@ -1,0 +1,1 @@
+"""Evaluation of GRMs on reward-model benchmarks."""
