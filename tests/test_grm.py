@@ -102,3 +102,17 @@ def test_meta_rm_guided_scoring(grm, meta_rm):
     assert j.num_valid <= 2  # k_meta = k // 2
     with pytest.raises(ValueError, match="k_meta must be an int >= 1 used with meta_rm"):
         grm.score("q", ["a"], k=2, k_meta=1)
+
+
+def test_forced_scores_make_every_sample_valid(grm):
+    items = [("What is 2 + 2?", ["4", "5"]), ("Name a color.", ["Blue", "Seven", "Red"])]
+    free = grm.score_batch(items, k=2, max_new_tokens=12, seed=1)
+    forced = grm.score_batch(items, k=2, max_new_tokens=12, seed=1, force_scores=True)
+    for f, j, n in zip(free, forced, (2, 3)):
+        assert j.num_valid == 2 and all(math.isfinite(r) for r in j.rewards) and 0 <= j.best < n
+        for a, b in zip(f.samples, j.samples):
+            assert b.valid and all(1 <= x <= 10 and x == int(x) for x in b.scores)
+            assert "Scores: \\boxed{" in b.text and b.text.rstrip().endswith("}")
+            if a.valid:  # a sample that already had a group is left alone
+                assert a.text == b.text
+        assert j.rewards == [sum(s.scores[r] for s in j.samples) for r in range(n)]

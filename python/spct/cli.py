@@ -170,7 +170,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         chunk = todo[start: start + args.batch_size]
         judged = grm.score_batch([item for _, _, item in chunk], k=args.k, seed=args.seed,
                                  max_new_tokens=args.max_new_tokens, indices=[n for n, _, _ in chunk],
-                                 meta_rm=meta_rm, k_meta=args.k_meta)
+                                 meta_rm=meta_rm, k_meta=args.k_meta, force_scores=args.force_scores)
         lines = [json.dumps({"key": key(lineno, item), **({"id": item["id"]} if "id" in item else {}),
                              "rewards": [_json_float(r) for r in j.rewards], "best": j.best,
                              "num_valid": j.num_valid, "k": args.k}) for (_, lineno, item), j in zip(chunk, judged)]
@@ -206,13 +206,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     except ImportError:
         bar, progress = None, None
     results = run.evaluate(grm, items, ks, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                           batch_size=args.batch_size, meta_rm=meta_rm, k_meta=args.k_meta, progress=progress)
+                           batch_size=args.batch_size, meta_rm=meta_rm, k_meta=args.k_meta, progress=progress,
+                           force_scores=args.force_scores)
     if bar is not None:
         bar.close()
     results["config"] = {"model": args.model, "data": Path(args.data).name, "format": args.format,
                          "limit": args.limit, "items": len(items), "ks": ks, "seed": args.seed,
                          "max_new_tokens": args.max_new_tokens, "meta_rm": args.meta_rm, "k_meta": args.k_meta,
-                         "dtype": args.dtype}
+                         "dtype": args.dtype, "force_scores": args.force_scores}
     run.write_json(out / "results.json", results)
     run.plot(results, out / "accuracy_vs_k.png", f"{Path(args.model).name} on {Path(args.data).name} "
              f"({len(items)} items)")
@@ -263,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-invalid", action="store_true", help="report and skip malformed input lines")
     p.add_argument("--meta-rm", help="a Meta RM checkpoint (or a backbone, for a fresh head): guided voting")
     p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
+    p.add_argument("--force-scores", action="store_true", help="append a grammar-constrained score group to "
+                   "samples that end without one")
     p.set_defaults(func=cmd_score)
     p = sub.add_parser("eval", help="GRM accuracy on a benchmark for several k (JSON, table, plot)")
     p.add_argument("--data", required=True, help="the benchmark file (or LLMBar folder)")
@@ -277,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--meta-rm", help="a Meta RM checkpoint for guided voting")
     p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
+    p.add_argument("--force-scores", action="store_true", help="force a score group where a sample has none")
     p.set_defaults(func=cmd_eval)
     return parser
 

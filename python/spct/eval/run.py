@@ -21,7 +21,8 @@ def correct(rewards: list[float], best: int) -> bool:
 
 
 def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_new_tokens: int = 512,
-             batch_size: int = 16, meta_rm=None, k_meta: int | None = None, progress=None) -> dict:
+             batch_size: int = 16, meta_rm=None, k_meta: int | None = None, progress=None,
+             force_scores: bool = False) -> dict:
     """{"k": {k: {"overall": acc, "categories": {name: acc}, "valid_rate": ..., "items": n}}}."""
     results = {}
     for k in ks:
@@ -31,7 +32,7 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
             chunk = items[start: start + batch_size]
             judged = grm.score_batch([(it.query, it.responses) for it in chunk], k=k, seed=seed,
                                      max_new_tokens=max_new_tokens, indices=range(start, start + len(chunk)),
-                                     meta_rm=meta_rm, k_meta=k_meta)
+                                     meta_rm=meta_rm, k_meta=k_meta, force_scores=force_scores)
             for it, j in zip(chunk, judged):
                 ok = correct(j.rewards, it.best)
                 for name in (it.category, "overall"):
