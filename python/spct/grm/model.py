@@ -29,7 +29,7 @@ __all__ = ["GenerativeRewardModel", "Judgement", "SampleJudgement"]
 @dataclass
 class SampleJudgement:
     """One sampled judgement. scores: per response in the ORIGINAL order (NaN when invalid); order[p]: the original
-    index of the response shown at position p; meta_score: set by Meta-RM guided voting."""
+    index of the response shown at position p; meta_score: set by Meta-RM guided voting; num_tokens: its length."""
 
     text: str
     scores: list[float]
@@ -38,6 +38,7 @@ class SampleJudgement:
     critique: str
     order: list[int]
     meta_score: float | None = None
+    num_tokens: int = 0  # generated tokens (a forced score group included)
 
 
 @dataclass
@@ -193,7 +194,8 @@ class GenerativeRewardModel:
                 b, e = (int(x) for x in ex.critique_span[row])
                 critique = ex.text_bytes(row)[b:e].decode("utf-8", "replace") if b >= 0 else ""
                 judged.append(SampleJudgement(text, original, bool(valid[i, j]), ex.principles[row], critique,
-                                              all_orders[i][j], None if meta is None else float(meta[i, j])))
+                                              all_orders[i][j], None if meta is None else float(meta[i, j]),
+                                              len(rows[row].token_ids)))
             out.append(Judgement(v.rewards[i, :n].tolist(), int(v.best[i]), int(v.num_used[i]), judged))
         return out
 
