@@ -258,7 +258,8 @@ class LlamaRunner:
 
     def _attend(self, q, prefix_k, prefix_v, indptr, step: DecodeStep, own_k, own_v) -> torch.Tensor:
         if q.device.type == "cpu" and pa._native.native("prefix_attention", "cpu") is not None:
-            # the layout was checked once per step (check_step); the kernel checks the indices itself
+            # the KVCache and DecodeStep built by the engine are contiguous and of one dtype, as the op's checks
+            # require; the kernel checks the index values itself
             return pa.run_native_cpu(q, prefix_k, prefix_v, indptr, step.prompt_index, own_k, own_v, step.slots,
                                      step.own_len, self.scale)
         return pa.prefix_attention(q, prefix_k, prefix_v, indptr, step.prompt_index, own_k, own_v, step.slots,
