@@ -1,0 +1,54 @@
+"""The score-group grammar of forced scores, as token masks from a tokenizer's byte table.
+
+After "\\boxed{" a forced group must read "a, b, ..., z}": exactly n integers in [lo, hi] (0 <= lo <= hi), written
+without leading zeros, separated by ", ", closed by "}".
+
+    allowed, viable, closed = score_group_allowed(vocab, group_ids, n=2, lo=1, hi=10)
+
+`allowed`: the token ids (int32, increasing) whose bytes keep the group text a prefix of a valid group, so a
+sampler restricted to them always completes the group; tokens without bytes (special tokens) are never allowed.
+`viable`: the group so far is such a prefix; `closed`: it is complete (nothing more is allowed). The native kernel
+runs the group through a state machine once and continues each candidate token from there (the tokens made
+only of the group's bytes, found once per byte table); the reference (`spct.ops.ref.score_group`) tests each
+candidate in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from spct import _native
+from spct.ops.ref import score_group as ref
+from spct.ops.token_bytes import TokenBytes
+
+__all__ = ["score_group_allowed"]
+
+
+def score_group_allowed(vocab: TokenBytes, group: Sequence[int], *, n: int, lo: int, hi: int,
+                        backend: str = "auto") -> tuple[np.ndarray, bool, bool]:
+    """(allowed ids, viable, closed) for the group ids generated so far; backend "auto", "native" or "reference"."""
+    if not isinstance(vocab, TokenBytes):
+        raise TypeError(f"vocab must be a TokenBytes, got {type(vocab).__name__}")
+    for name, v in (("n", n), ("lo", lo), ("hi", hi)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise ValueError(f"{name} must be an int, got {v!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0 <= lo <= hi < 10**18:
+        raise ValueError(f"the score range must have 0 <= lo <= hi < 10**18, got lo = {lo}, hi = {hi}")
+    ids = np.asarray(list(group), dtype=np.int64)
+    size = len(vocab)
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        bad = int(ids[(ids < 0) | (ids >= size)][0])
+        raise ValueError(f"group token id {bad} outside [0, {size})")
+    module = _native.native("score_group", "cpu", backend)
+    if module is None:
+        return ref.score_group_allowed(vocab.data, vocab.offsets, ids.tolist(), int(n), int(lo), int(hi))
+    candidates = getattr(vocab, "_score_group_candidates", None)  # found once per byte table
+    if candidates is None:
+        candidates = vocab._score_group_candidates = module.score_group_candidates(vocab.data, vocab.offsets)
+    allowed, viable, closed = module.score_group_allowed(vocab.data, vocab.offsets, candidates, ids, int(n),
+                                                         int(lo), int(hi))
+    return allowed, bool(viable), bool(closed)
