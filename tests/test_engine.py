@@ -181,6 +181,48 @@ def test_constraints_allow_and_force(engine16, tokenizer):
     assert len(free[0]) == 3
 
 
+class _Extend:
+    """A constraint that extends each sample once, when it ends, by forced ids."""
+
+    def __init__(self, extra, max_extra_tokens, eos_at=None, eos=None):
+        self.extra, self.max_extra_tokens, self.eos_at, self.eos = extra, max_extra_tokens, eos_at, eos
+        self.ended = []
+
+    def on_end(self, j, ids):
+        self.ended.append((j, list(ids)))
+        return self.extra
+
+    def __call__(self, j, ids):
+        return Force([self.eos]) if self.eos_at is not None and len(ids) == self.eos_at else None
+
+
+def test_on_end_continues_a_sample_with_its_kv(engine32, prompts):
+    free = engine32.generate([prompts[1]], max_new_tokens=8, min_new_tokens=8, temperature=0.0)[0][0]
+    extra = [28, 216]
+    c = _Extend(extra, max_extra_tokens=6)
+    got = engine32.generate([prompts[1]], max_new_tokens=8, min_new_tokens=8, temperature=0.0, constraints=[c])[0][0]
+    assert c.ended == [(0, free.token_ids)]  # called once, at the budget
+    assert got.token_ids[:10] == free.token_ids + extra and len(got.token_ids) == 14 and got.finish_reason == "length"
+    # the tokens after the forced ones are the greedy continuation of everything so far: the KV is right
+    cont = engine32.generate([prompts[1] + free.token_ids + extra], max_new_tokens=4, min_new_tokens=4,
+                             temperature=0.0)[0][0]
+    assert got.token_ids[10:] == cont.token_ids
+
+
+def test_on_end_replaces_the_eos(engine32, prompts):
+    eos = engine32.eos_token_ids[0]
+    c = _Extend([28, 216, 33], max_extra_tokens=3, eos_at=3, eos=eos)
+    got = engine32.generate([prompts[0]], k=2, max_new_tokens=10, temperature=0.0, constraints=[c])[0]
+    assert sorted(j for j, _ in c.ended) == [0, 1] and all(ids[-1] == eos and len(ids) == 4 for _, ids in c.ended)
+    for s in got:  # the EOS is gone; 3 free + 3 forced, then the budget (3 + 1 + 3 extra = max 13) or EOS
+        assert s.token_ids[3:6] == [28, 216, 33] and eos not in s.token_ids[:6]
+    none = _Extend(None, max_extra_tokens=3, eos_at=3, eos=eos)
+    kept = engine32.generate([prompts[0]], max_new_tokens=10, temperature=0.0, constraints=[none])[0][0]
+    assert kept.token_ids[-1] == eos and len(kept.token_ids) == 4 and kept.finish_reason == "stop"
+    with pytest.raises(ValueError, match="max_extra_tokens, an int >= 0"):
+        engine32.generate([prompts[0]], max_new_tokens=4, constraints=[_Extend([1], max_extra_tokens=None)])
+
+
 def test_k_per_prompt(engine16):
     outs = engine16.generate(["Hello", "The sea"], k=[1, 3], max_new_tokens=4, temperature=0.8, seed=[3, 4])
     assert [len(o) for o in outs] == [1, 3]

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from spct.engine.llama import DecodeStep, KVCache, LlamaRunner, supported
@@ -65,7 +66,23 @@ class Force:
 
 # A constraint is called before each token a sample chooses (not while forced tokens are pending) with the sample's
 # index j among its prompt's k and its generated ids so far; None leaves the choice free.
+# A constraint may also extend samples: with a method on_end(j, ids) -> ids | None and an int attribute
+# max_extra_tokens, it is called once per sample when the sample ends by EOS or by its token budget (not by a stop
+# string), with the ids so far (a final EOS included). Ids it returns are forced next, in place of that EOS, and
+# the sample may run max_extra_tokens tokens past max_new_tokens (within the context); the KV for them is reserved.
 Constraint = Callable[[int, Sequence[int]], "Allow | Force | None"]
+
+
+def _extra_tokens(constraints: Sequence) -> int:
+    """Tokens past max_new_tokens that the constraints' on_end may add to a sample."""
+    extra = 0
+    for c in constraints:
+        if c is not None and hasattr(c, "on_end"):
+            n = getattr(c, "max_extra_tokens", None)
+            if not _is_int(n) or n < 0:
+                raise ValueError(f"a constraint with on_end needs max_extra_tokens, an int >= 0; got {n!r}")
+            extra = max(extra, n)
+    return extra
 
 
 @dataclass
@@ -77,6 +94,8 @@ class _Live:
     slot: int  # own-KV slot
     seed: int
     limit: int  # max tokens (max_new_tokens, or fewer near the context)
+    room: int = 1 << 62  # positions left in the context after the prompt
+    extended: bool = False  # on_end was called
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     forced: deque = field(default_factory=deque)
@@ -204,12 +223,14 @@ class Engine:
         device = runner.device
         samples = []
         for p in range(len(ids)):
-            limit = min(st.max_new_tokens, self.context - len(ids[p]))
-            samples += [_Live(p, j, len(samples) + j, seeds[p], limit) for j in range(ks[p])]
+            room = self.context - len(ids[p])
+            samples += [_Live(p, j, len(samples) + j, seeds[p], min(st.max_new_tokens, room), room)
+                        for j in range(ks[p])]
         live = samples
         multiple = _row_multiple(runner.dtype, device)
         spare = multiple - 1  # slots for padding rows
-        kv = KVCache(runner.config, [len(p) for p in ids], len(live) + spare, st.max_new_tokens, runner.dtype, device)
+        own = st.max_new_tokens + _extra_tokens(constraints)
+        kv = KVCache(runner.config, [len(p) for p in ids], len(live) + spare, own, runner.dtype, device)
         self.last_kv_bytes = kv.nbytes  # the KV of the last group generated (prompt KV once + the samples' own)
         first = torch.stack([runner.prefill(torch.tensor(p, device=device), kv, i) for i, p in enumerate(ids)])
         logits = first[torch.tensor([s.prompt for s in live], device=device)]
@@ -259,7 +280,7 @@ class Engine:
                 if masked is logits:
                     masked = masked.clone()
                 keep = torch.full_like(masked[r], -math.inf)
-                allowed = torch.tensor(list(action.token_ids), dtype=torch.int64, device=masked.device)
+                allowed = torch.as_tensor(np.asarray(action.token_ids, dtype=np.int64), device=masked.device)
                 keep[allowed] = masked[r, allowed]
                 masked[r] = keep
             elif action is not None and not isinstance(action, Force):
@@ -275,6 +296,25 @@ class Engine:
             if logprobs is not None:
                 s.logprobs.append(float(logprobs[r, token]))
             s.finish = self._finish_reason(s, st)
+            if s.finish is not None and not s.extended and hasattr(constraints[s.prompt], "on_end"):
+                self._extend(s, constraints[s.prompt], logprobs, r, st)
+
+    def _extend(self, s: _Live, c, logprobs, r: int, st: _Settings) -> None:
+        """Calls c.on_end for a sample that ended by EOS or its budget; forced ids it returns continue it."""
+        eos = s.tokens[-1] in self.eos_token_ids
+        if not eos and s.finish == "stop":  # a stop string
+            return
+        s.extended = True
+        more = [int(t) for t in (c.on_end(s.j, tuple(s.tokens)) or ())]
+        if not more:
+            return
+        if eos:  # the first forced id takes the EOS's place
+            s.tokens[-1] = more.pop(0)
+            if logprobs is not None:
+                s.logprobs[-1] = float(logprobs[r, s.tokens[-1]])
+        s.forced.extend(more)
+        s.limit = min(s.limit + c.max_extra_tokens, s.room)
+        s.finish = self._finish_reason(s, st)
 
     def _finish_reason(self, s: _Live, st: _Settings) -> str | None:
         n = len(s.tokens)

@@ -45,8 +45,8 @@ class HFEngine(Engine):
         outs = []
         for p, prompt in enumerate(ids):
             k = ks[p]
-            samples = [_Live(p, j, j, seeds[p], min(st.max_new_tokens, self.context - len(prompt)))
-                       for j in range(k)]
+            room = self.context - len(prompt)
+            samples = [_Live(p, j, j, seeds[p], min(st.max_new_tokens, room), room) for j in range(k)]
             out = self.model(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
             cache = out.past_key_values
             cache.batch_repeat_interleave(k)  # the k copies of the prompt's KV: what the runner avoids
