@@ -1,82 +1,62 @@
-"""The score-group grammar for forced scores: `n` integers in [lo, hi] separated by ", ", closed by "}".
+"""Forced scores: an engine constraint that completes a judgement without a valid score group.
 
-`ScoreGroup(vocab, n, lo, hi)` is an engine constraint: before each token it allows exactly the tokens whose bytes
-keep the group text a prefix of a valid group (so the group always completes), EOS never. The candidate tokens
-(those made only of digits, ",", " " and "}") are found once per vocabulary with numpy over the byte table.
+`ForceScores` lets each sample of a prompt generate freely. When a sample ends (EOS or its token budget) and its
+text has no valid score group for the prompt's n responses, the engine forces "\\nScores: \\boxed{" in place of the
+EOS and the constraint then allows, before each token, only the tokens that keep the group a prefix of
+"a, b, ..., z}" (n integers in range; masks from `spct.ops.score_group_allowed`, native over the byte table), and
+EOS once the group is closed. The sample keeps its KV: nothing is prefilled again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
+import torch
 
-from spct.engine import Allow
+from spct.engine import Allow, Force
+from spct.ops.extract_scores import extract_scores
+from spct.ops.score_group import score_group_allowed
 from spct.ops.token_bytes import TokenBytes
 
-__all__ = ["ScoreGroup", "viable"]
+__all__ = ["ForceScores", "PREFIX"]
 
-_CHARS = b"0123456789, }"
-
-
-def _number_prefix(p: str, lo: int, hi: int) -> bool:
-    """Some integer in [lo, hi], written without leading zeros, starts with the digits p."""
-    if not p:
-        return True
-    if not p.isdigit() or (len(p) > 1 and p[0] == "0"):
-        return False
-    return any(str(v).startswith(p) for v in range(lo, hi + 1))
+PREFIX = "\nScores: \\boxed{"
 
 
-def _number(p: str, lo: int, hi: int) -> bool:
-    return p.isdigit() and (len(p) == 1 or p[0] != "0") and lo <= int(p) <= hi
+class ForceScores:
+    """Constraint for the samples of one prompt judging n responses with integer scores in [lo, hi]."""
 
+    def __init__(self, vocab: TokenBytes, prefix_ids: Sequence[int], eos_ids: Sequence[int], n: int, lo: int,
+                 hi: int, score_range: tuple[float, float] | None = None):
+        if not prefix_ids or not eos_ids:
+            raise ValueError("ForceScores needs the prefix's token ids and at least one EOS id")
+        self.vocab, self.prefix, self.n, self.lo, self.hi = vocab, list(prefix_ids), n, lo, hi
+        self.eos, self.eos_set = int(eos_ids[0]), set(eos_ids)
+        self.score_range = (lo, hi) if score_range is None else score_range
+        # the prefix, then per number its digits and ", " (at least one byte per token), "}", EOS
+        self.max_extra_tokens = len(self.prefix) + (len(str(hi)) + 2) * n + 1
+        self.start: dict[int, int] = {}  # sample j -> index of its group's first token
 
-def viable(s: str, n: int, lo: int, hi: int) -> bool:
-    """s is a prefix of "a, b, ..., z}" with n integers in [lo, hi]."""
-    closed = s.endswith("}")
-    body = s[:-1] if closed else s
-    if "}" in body:
-        return False
-    pending_space = body.endswith(",")  # "," arrived, its " " not yet
-    if pending_space:
-        body += " "
-    parts = body.split(", ")
-    if len(parts) > n or any(not _number(p, lo, hi) for p in parts[:-1]):
-        return False
-    last = parts[-1]
-    if closed:
-        return not pending_space and len(parts) == n and _number(last, lo, hi)
-    if pending_space:
-        return last == "" and len(parts) <= n
-    return _number_prefix(last, lo, hi)
+    def valid(self, ids: Sequence[int]) -> bool:
+        """The ids (EOS excluded) hold a valid score group for n responses."""
+        body = [t for t in ids if t not in self.eos_set] or [0]
+        n_body = sum(1 for t in ids if t not in self.eos_set)
+        ex = extract_scores(token_ids=torch.tensor([body]), lengths=torch.tensor([n_body]), vocab=self.vocab,
+                            num_responses=[self.n], score_range=self.score_range)
+        return bool(ex.valid[0])
 
+    def on_end(self, j: int, ids: Sequence[int]) -> list[int] | None:
+        if self.valid(ids):
+            return None
+        body = len(ids) - (1 if ids and ids[-1] in self.eos_set else 0)
+        self.start[j] = body + len(self.prefix)
+        return self.prefix
 
-class ScoreGroup:
-    """Constraint for the tokens after "\\boxed{": call(j, tokens) -> Allow(next tokens that keep the group viable)."""
-
-    _candidates: dict[int, np.ndarray] = {}
-
-    def __init__(self, vocab: TokenBytes, n: int, lo: int, hi: int):
-        self.vocab, self.n, self.lo, self.hi = vocab, n, int(lo), int(hi)
-        key = id(vocab)
-        if key not in ScoreGroup._candidates:
-            ScoreGroup._candidates[key] = self._find_candidates(vocab)
-        self.candidates = ScoreGroup._candidates[key]
-        self._texts = {int(t): vocab[int(t)].decode("ascii") for t in self.candidates}
-
-    @staticmethod
-    def _find_candidates(vocab: TokenBytes) -> np.ndarray:
-        data, offsets = np.asarray(vocab.data), np.asarray(vocab.offsets)
-        ok = np.isin(data, np.frombuffer(_CHARS, dtype=np.uint8))
-        bad_before = np.concatenate([[0], np.cumsum(~ok)])  # non-group bytes before each offset
-        bad = bad_before[offsets[1:]] - bad_before[offsets[:-1]]
-        nonempty = offsets[1:] > offsets[:-1]
-        return np.nonzero((bad == 0) & nonempty)[0]
-
-    def text(self, tokens: Sequence[int]) -> str:
-        return "".join(self._texts.get(t, "\x00") for t in tokens)
-
-    def __call__(self, j: int, tokens: Sequence[int]) -> Allow:
-        s = self.text(tokens)
-        return Allow([t for t, x in self._texts.items() if viable(s + x, self.n, self.lo, self.hi)])
+    def __call__(self, j: int, ids: Sequence[int]) -> Allow | Force | None:
+        start = self.start.get(j)
+        if start is None or len(ids) < start:
+            return None
+        allowed, viable, closed = score_group_allowed(self.vocab, ids[start:], n=self.n, lo=self.lo, hi=self.hi)
+        if closed or not viable:
+            return Force([self.eos])
+        return Allow(allowed)

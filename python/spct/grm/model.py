@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from spct.grm.grammar import PREFIX, ForceScores
 from spct.grm.templates import Template, messages
 from spct.ops.extract_scores import extract_scores
 from spct.ops.token_bytes import TokenBytes
@@ -113,7 +114,8 @@ class GenerativeRewardModel:
         batches or resumed draws the same samples; meta_rm: a `MetaRewardModel` whose k_meta (default k // 2, at
         least 1) best-rated valid samples alone are voted; force_scores: a sample that ends (or reaches
         max_new_tokens) without a valid score group gets "\nScores: \\boxed{" appended and its group decoded under
-        the score grammar (n integers in range, then "}"; up to 4n + 4 more tokens). All samples of all items are
+        the score grammar (n integers in range, then "}"), continuing the sample in place (`spct.grm.grammar`;
+        it may run past max_new_tokens by the few tokens that takes). All samples of all items are
         decoded together."""
         if k_meta is not None and (meta_rm is None or not isinstance(k_meta, int) or k_meta < 1):
             raise ValueError(f"k_meta must be an int >= 1 used with meta_rm, got {k_meta!r}")
@@ -144,12 +146,16 @@ class GenerativeRewardModel:
                 p = by_order[key]
                 where[-1].append((p, ks[p]))
                 ks[p] += 1
+        constraints = None
+        if force_scores and prompts:
+            lo, hi = int(math.ceil(self.score_range[0])), int(math.floor(self.score_range[1]))
+            prefix = self.tokenizer(PREFIX, add_special_tokens=False).input_ids
+            n_of = {p: len(parsed[i][1]) for i, w in enumerate(where) for p, _ in w}
+            constraints = [ForceScores(self._vocab, prefix, self._eos_ids(), n_of[p], lo, hi, self.score_range)
+                           for p in range(len(prompts))]
         outs = self.engine.generate(prompts, k=ks, temperature=temperature, max_new_tokens=max_new_tokens,
-                                    seed=seeds) if prompts else []
+                                    seed=seeds, constraints=constraints) if prompts else []
         samples = [[outs[p][s] for p, s in w] for w in where]
-        if force_scores:
-            self._force_scores(parsed, samples, [[prompts[p] for p, _ in w] for w in where], temperature, seed,
-                               numbers)
         all_orders = [orders(len(r), k, seed, numbers[i], shuffle) for i, (_, r) in enumerate(parsed)]
         k_meta = max(1, k // 2) if meta_rm is not None and k_meta is None else k_meta
         return self._judge(parsed, samples, all_orders, seed, meta_rm, k_meta)
@@ -199,34 +205,15 @@ class GenerativeRewardModel:
             out.append(Judgement(v.rewards[i, :n].tolist(), int(v.best[i]), int(v.num_used[i]), judged))
         return out
 
+    def _eos_ids(self) -> list[int]:
+        """The engine's EOS ids, the tokenizer's own first (the one a forced group ends with)."""
+        eos = list(self.engine.eos_token_ids)
+        own = self.tokenizer.eos_token_id
+        return ([own] if own in eos else []) + [t for t in eos if t != own]
+
     @staticmethod
     def _judgement_text(ex, row: int) -> str:
         """A generation up to the end of its critique (the whole text when no critique was found)."""
         end = int(ex.critique_span[row][1])
         raw = ex.text_bytes(row)
         return (raw[:end] if end > 0 else raw).decode("utf-8", "replace")
-
-    def _force_scores(self, parsed, samples, prompt_of, temperature: float, seed: int, numbers) -> None:
-        """Replaces each sample without a valid score group by itself + a forced, grammar-constrained group."""
-        from spct.engine import Sample
-        from spct.grm.grammar import ScoreGroup
-
-        eos = set(self.engine.eos_token_ids)
-        flat = [(i, j) for i in range(len(samples)) for j in range(len(samples[i]))]
-        body = {(i, j): [t for t in samples[i][j].token_ids if t not in eos] for i, j in flat}
-        ex = extract_scores([self.tokenizer.decode(body[f], skip_special_tokens=True) for f in flat],
-                            num_responses=[len(parsed[i][1]) for i, _ in flat], score_range=self.score_range)
-        todo = [f for f, ok in zip(flat, ex.valid.tolist()) if not ok]
-        if not todo:
-            return
-        lo, hi = (int(math.ceil(self.score_range[0])), int(math.floor(self.score_range[1])))
-        prefix = self.tokenizer("\nScores: \\boxed{", add_special_tokens=False).input_ids
-        prompts = [prompt_of[i][j] + body[(i, j)] + prefix for i, j in todo]
-        widest = max(len(parsed[i][1]) for i, _ in todo)
-        outs = self.engine.generate(
-            prompts, k=1, temperature=temperature, max_new_tokens=4 * widest + 4, stop=["}"],
-            seed=[int(np.random.default_rng([seed, numbers[i], 1000 + j]).integers(2**63)) for i, j in todo],
-            constraints=[ScoreGroup(self._vocab, len(parsed[i][1]), lo, hi) for i, _ in todo])
-        for (i, j), out in zip(todo, outs):
-            ids = body[(i, j)] + prefix + out[0].token_ids
-            samples[i][j] = Sample(ids, self.tokenizer.decode(ids, skip_special_tokens=True), out[0].finish_reason)
