@@ -41,3 +41,46 @@ def test_verl_compute_score(default_model_dir):
     assert isinstance(score, float) and math.isfinite(score)
     with pytest.raises(ValueError, match="needs the question"):
         compute_score("gsm8k", "4", "4", {})
+
+
+def test_trl_grpo_trainer_runs_two_steps_with_the_grm_reward(grm, smollm2_tokenizer, tmp_path):
+    """TRL's real GRPOTrainer, 2 optimizer steps on the CPU: a tiny Llama policy built here (the default model's
+    tokenizer), the default model as the listwise GRM reward with forced score groups."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = smollm2_tokenizer
+    policy = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                          max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+                                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    reward = GRMReward(grm, mode="listwise", k=2, max_new_tokens=16, force_scores=True)
+    calls = []
+
+    def logged(prompts, completions, **kwargs):
+        out = reward(prompts, completions, **kwargs)
+        calls.append((list(prompts), list(completions), out, list(reward.last_num_valid)))
+        return out
+
+    logged.__name__ = reward.__name__
+    data = Dataset.from_dict({"prompt": ["What is 2 + 2?", "Name a primary color.", "Say hello in French.",
+                                         "What is the capital of Italy?"]})
+    args = trl.GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, per_device_train_batch_size=2,
+                          num_generations=2, max_completion_length=8, learning_rate=1e-2, use_cpu=True,
+                          report_to="none", save_strategy="no", logging_steps=1, seed=0, bf16=False)
+    trainer = trl.GRPOTrainer(model=policy, reward_funcs=[logged], args=args, train_dataset=data,
+                              processing_class=tok)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert calls, "the trainer never called the reward function"
+    for prompts, completions, rewards, num_valid in calls:
+        assert len(rewards) == len(prompts) == len(completions)
+        assert all(math.isfinite(r) and r >= 2 for r in rewards)  # k = 2 forced samples, each score in 1..10
+        assert num_valid == [2] * (len(prompts) // 2)  # one listwise item per prompt's 2 completions
+    logged_rewards = [h for h in trainer.state.log_history if "reward" in h]
+    assert logged_rewards and all(math.isfinite(h["reward"]) for h in logged_rewards)
+    assert any(not torch.equal(before[n], p) for n, p in policy.named_parameters())  # it trained

@@ -30,14 +30,16 @@ class GRMReward:
 
     mode "single": each completion is its own item (one response, scored in the pointwise range);
     "listwise": the completions of one prompt (consecutive equal prompts, as GRPO groups them) form one item, so the
-    GRM compares them side by side. k, temperature, max_new_tokens, seed: as `score_batch`."""
+    GRM compares them side by side. k, temperature, max_new_tokens, seed, force_scores: as `score_batch` (each
+    call draws with seed + the call number)."""
 
     def __init__(self, grm, *, mode: str = "listwise", k: int = 1, temperature: float | None = None,
-                 max_new_tokens: int = 512, seed: int = 0, invalid_reward: float = 0.0):
+                 max_new_tokens: int = 512, seed: int = 0, invalid_reward: float = 0.0, force_scores: bool = False):
         if mode not in ("single", "listwise"):
             raise ValueError(f"mode must be 'single' or 'listwise', got {mode!r}")
         self.grm, self.mode, self.k, self.temperature = grm, mode, k, temperature
         self.max_new_tokens, self.seed, self.invalid_reward = max_new_tokens, seed, invalid_reward
+        self.force_scores = force_scores
         self.__name__ = f"spct_grm_{mode}"  # TRL logs reward functions by name
         self.last_num_valid: list[int] = []
         self._calls = 0
@@ -56,7 +58,8 @@ class GRMReward:
         items = [(queries[g[0]], [texts[i] for i in g]) for g in groups]
         self._calls += 1
         judged = self.grm.score_batch(items, k=self.k, temperature=self.temperature,
-                                      max_new_tokens=self.max_new_tokens, seed=self.seed + self._calls)
+                                      max_new_tokens=self.max_new_tokens, seed=self.seed + self._calls,
+                                      force_scores=self.force_scores)
         rewards = [self.invalid_reward] * len(texts)
         self.last_num_valid = []
         for g, j in zip(groups, judged):
