@@ -116,3 +116,17 @@ def test_forced_scores_make_every_sample_valid(grm):
             if a.valid:  # a sample that already had a group is left alone
                 assert a.text == b.text
         assert j.rewards == [sum(s.scores[r] for s in j.samples) for r in range(n)]
+
+
+def test_the_first_k_samples_are_a_run_with_that_k(grm, meta_rm):
+    from spct.eval.run import revote
+
+    items = [("What is 2 + 2?", ["4", "5", "22"]), ("Name a color.", ["Blue", "Seven"])]
+    four = grm.score_batch(items, k=4, max_new_tokens=16, seed=3, force_scores=True)
+    two = grm.score_batch(items, k=2, max_new_tokens=16, seed=3, force_scores=True)
+    for a, b in zip(four, two):
+        assert [(s.text, s.order) for s in a.samples[:2]] == [(s.text, s.order) for s in b.samples]
+    assert revote(four, 2, 3) == [j.rewards for j in two]
+    assert revote(four, 4, 3) == [j.rewards for j in four]
+    guided = grm.score_batch(items, k=4, max_new_tokens=16, seed=3, force_scores=True, meta_rm=meta_rm)
+    assert revote(guided, 4, 3, meta_rm) == [j.rewards for j in guided]  # k_meta = 2 on both sides

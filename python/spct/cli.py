@@ -201,7 +201,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     try:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(items) * len(ks), unit="item", file=sys.stderr)
+        passes = (1 in ks) + any(k > 1 for k in ks)  # greedy k = 1, then the largest k (smaller ks reuse its samples)
+        bar = tqdm(total=len(items) * passes, unit="item", file=sys.stderr)
         progress = bar.update
     except ImportError:
         bar, progress = None, None

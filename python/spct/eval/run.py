@@ -10,7 +10,10 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+
 from spct.eval.datasets import EvalItem
+from spct.ops.vote import vote
 
 __all__ = ["correct", "evaluate", "plot", "table"]
 
@@ -23,28 +26,60 @@ def correct(rewards: list[float], best: int) -> bool:
 def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_new_tokens: int = 512,
              batch_size: int = 16, meta_rm=None, k_meta: int | None = None, progress=None,
              force_scores: bool = False) -> dict:
-    """{"k": {k: {"overall": acc, "categories": {name: acc}, "valid_rate": ..., "items": n}}}."""
-    results = {}
-    for k in ks:
-        right, count = defaultdict(int), defaultdict(int)
-        valid = 0
+    """{"k": {k: {"overall": acc, "categories": {name: acc}, "valid_rate": ..., "items": n}}}.
+
+    k = 1 is one greedy sample. The sampled ks share their samples: each item is judged once with the largest k and
+    every smaller k votes over the first k of those samples, which are the samples a run with that k alone draws
+    (orders and seeds depend on the sample's number only). With meta_rm, k_meta defaults to k // 2 for each k.
+    progress(items) is called after each batch of each pass."""
+    ks = sorted(set(ks))
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be ints >= 1, got {ks!r}")
+    sampled = [k for k in ks if k > 1]
+    passes = ([1] if 1 in ks else []) + ([max(sampled)] if sampled else [])
+    right = {k: defaultdict(int) for k in ks}
+    count = defaultdict(int)
+    valid = defaultdict(int)
+    for kpass in passes:
         for start in range(0, len(items), batch_size):
             chunk = items[start: start + batch_size]
-            judged = grm.score_batch([(it.query, it.responses) for it in chunk], k=k, seed=seed,
+            judged = grm.score_batch([(it.query, it.responses) for it in chunk], k=kpass, seed=seed,
                                      max_new_tokens=max_new_tokens, indices=range(start, start + len(chunk)),
-                                     meta_rm=meta_rm, k_meta=k_meta, force_scores=force_scores)
-            for it, j in zip(chunk, judged):
-                ok = correct(j.rewards, it.best)
-                for name in (it.category, "overall"):
-                    right[name] += ok
-                    count[name] += 1
-                valid += sum(s.valid for s in j.samples)
+                                     meta_rm=meta_rm, k_meta=None if k_meta is None else min(k_meta, kpass),
+                                     force_scores=force_scores)
+            for k in ([1] if kpass == 1 else sampled):
+                rewards = [j.rewards for j in judged] if k == kpass else revote(judged, k, seed, meta_rm, k_meta)
+                for it, j, r in zip(chunk, judged, rewards):
+                    ok = correct(r, it.best)
+                    for name in (it.category, "overall"):
+                        right[k][name] += ok
+                        count[k, name] += 1
+                    valid[k] += sum(s.valid for s in j.samples[:k])
             if progress is not None:
                 progress(len(chunk))
-        cats = {c: right[c] / count[c] for c in sorted(count) if c != "overall"}
-        results[str(k)] = {"overall": right["overall"] / max(1, count["overall"]), "categories": cats,
-                           "valid_rate": valid / max(1, k * len(items)), "items": len(items)}
+    results = {}
+    for k in ks:
+        cats = {c: right[k][c] / count[k, c] for c in sorted(right[k]) if c != "overall"}
+        results[str(k)] = {"overall": right[k]["overall"] / max(1, count[k, "overall"]), "categories": cats,
+                           "valid_rate": valid[k] / max(1, k * len(items)), "items": len(items)}
     return {"k": results}
+
+
+def revote(judged, k: int, seed: int, meta_rm=None, k_meta: int | None = None) -> list[list[float]]:
+    """Rewards from the first k samples of each judgement, voted as score_batch votes them."""
+    n = max(len(j.rewards) for j in judged)
+    scores = torch.full((len(judged), k, n), math.nan)
+    for b, j in enumerate(judged):
+        for s, sample in enumerate(j.samples[:k]):
+            scores[b, s, : len(sample.scores)] = torch.tensor(sample.scores)
+    valid = torch.tensor([[s.valid for s in j.samples[:k]] for j in judged])
+    meta = None
+    if meta_rm is not None:
+        meta = torch.tensor([[s.meta_score for s in j.samples[:k]] for j in judged], dtype=torch.float32)
+        k_meta = max(1, k // 2) if k_meta is None else min(k_meta, k)
+    v = vote(scores, valid, num_responses=torch.tensor([len(j.rewards) for j in judged]), seed=seed,
+             meta_scores=meta, k_meta=k_meta if meta is not None else None)
+    return [v.rewards[b, : len(j.rewards)].tolist() for b, j in enumerate(judged)]
 
 
 def table(results: dict) -> str:
