@@ -223,6 +223,31 @@ def test_on_end_replaces_the_eos(engine32, prompts):
         engine32.generate([prompts[0]], max_new_tokens=4, constraints=[_Extend([1], max_extra_tokens=None)])
 
 
+def test_load_weights_generates_with_a_training_models_weights(default_model_dir, prompts):
+    """A policy changed in place (as an optimizer does): after load_weights the engine decodes as transformers
+    does with the changed model, and later in-place changes do not leak into the engine."""
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32).eval()
+    engine = spct.Engine.from_pretrained(default_model_dir, dtype="float32")
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in policy.model.layers[3].parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    engine.load_weights(policy.state_dict())
+    ids = prompts[2]
+    with torch.no_grad():
+        want = policy.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12, min_new_tokens=12,
+                               pad_token_id=2)[0, len(ids):].tolist()
+        got = engine.generate([ids], max_new_tokens=12, min_new_tokens=12, temperature=0.0)[0][0].token_ids
+        assert got == want
+        for p in policy.parameters():
+            p.zero_()
+    assert engine.generate([ids], max_new_tokens=12, min_new_tokens=12, temperature=0.0)[0][0].token_ids == got
+    with pytest.raises(ValueError, match="weights lack"):
+        engine.load_weights({"lm_head.weight": torch.zeros(2, 2)})
+
+
 def test_k_per_prompt(engine16):
     outs = engine16.generate(["Hello", "The sea"], k=[1, 3], max_new_tokens=4, temperature=0.8, seed=[3, 4])
     assert [len(o) for o in outs] == [1, 3]

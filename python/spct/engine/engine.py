@@ -163,6 +163,11 @@ class Engine:
 
     # -- public -------------------------------------------------------------------------------------------------
 
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Generate with new weights of the same model from now on, e.g. the policy's `state_dict()` between
+        reinforcement-learning steps (Hugging Face names; copied into the runner's dtype and layout)."""
+        self.runner = self.runner.with_weights(weights)
+
     def generate(self, prompts: Sequence[str | Sequence[int]], *, k: int | Sequence[int] = 1,
                  max_new_tokens: int = 256, min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, seed: int | Sequence[int] = 0,

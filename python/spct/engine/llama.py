@@ -136,6 +136,7 @@ class LlamaRunner:
     def __init__(self, config: LlamaConfig, weights: dict[str, torch.Tensor], inv_freq: torch.Tensor,
                  attention_factor: float, dtype: torch.dtype, device: torch.device):
         self.config, self.dtype, self.device = config, dtype, device
+        self._rope = (inv_freq, attention_factor)
         w = {name: t.to(device=device, dtype=dtype) for name, t in weights.items()}
         c = config
         self.embed = w["model.embed_tokens.weight"]
@@ -174,6 +175,15 @@ class LlamaRunner:
             weights.update(load_file(f))
         inv_freq, factor = _inv_freq(path, cfg, config)
         return cls(config, weights, inv_freq, factor, dtype, device)
+
+    def with_weights(self, weights: dict[str, torch.Tensor]) -> LlamaRunner:
+        """A runner of the same architecture on other weights (Hugging Face names, e.g. a training model's
+        state_dict()); copied, so later in-place updates of `weights` do not reach the runner."""
+        missing = {"model.embed_tokens.weight", "model.norm.weight"} - set(weights)
+        if missing:
+            raise ValueError(f"weights lack {sorted(missing)}: pass a Llama-family state_dict with Hugging Face names")
+        copied = {name: t.detach().to(device=self.device, dtype=self.dtype, copy=True) for name, t in weights.items()}
+        return LlamaRunner(self.config, copied, *self._rope, self.dtype, self.device)
 
     # -- pieces -------------------------------------------------------------------------------------------------
 
