@@ -1,0 +1,3 @@
+"""SPCT training: rejective fine-tuning, rule-based GRPO and the Meta RM."""
+
+__all__ = []
