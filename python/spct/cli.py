@@ -5,6 +5,7 @@
   spct generate prompts.jsonl -k 4         k samples per prompt (one JSON line per prompt)
   spct score --input items.jsonl --output out.jsonl --k 8    GRM rewards per item (resumable)
   spct eval --data rmb_bon.jsonl.gz --format rmb-bon --k 1,4,16 --out DIR   accuracy vs k (JSON, table, plot)
+  spct train rft|rl|meta-rm --config FILE [--resume] [--FIELD VALUE ...]   SPCT training stages
 """
 
 from __future__ import annotations
@@ -222,6 +223,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'results.json'} and {out / 'accuracy_vs_k.png'}", file=sys.stderr)
 
 
+TRAINERS = {"rft": "spct.train.rft", "rl": "spct.train.grpo", "meta-rm": "spct.train.meta_rm"}  # stage -> module with run(cfg, resume=...)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import importlib
+
+    from spct.train.config import config_overrides, load_config
+
+    cfg = load_config(args.stage, args.config, config_overrides(args, args.stage))
+    stats = importlib.import_module(TRAINERS[args.stage]).run(cfg, resume=args.resume)
+    print(json.dumps(stats))
+
+
 def build_parser() -> argparse.ArgumentParser:
     import spct
 
@@ -283,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
     p.add_argument("--force-scores", action="store_true", help="force a score group where a sample has none")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("train", help="SPCT training stages (rejective fine-tuning, GRPO, Meta RM)")
+    stages = p.add_subparsers(dest="stage", required=True)
+    from spct.train.config import add_config_arguments
+
+    helps = {"rft": "rejective fine-tuning: sample, reject, fine-tune on the kept judgements",
+             "rl": "rule-based online RL (GRPO) on the model's own judgements",
+             "meta-rm": "train a Meta RM head on labelled judgements, report held-out ROC-AUC"}
+    for stage in TRAINERS:
+        q = stages.add_parser(stage, help=helps[stage])
+        q.add_argument("--config", help="a .toml or .yaml file of config fields (the command line overrides it)")
+        q.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+        add_config_arguments(q, stage)
+        q.set_defaults(func=cmd_train)
     return parser
 
 

@@ -77,6 +77,25 @@ def orders(n: int, k: int, seed: int, item: int, shuffle: bool) -> list[list[int
     return [np.random.default_rng([seed, item, j]).permutation(n).tolist() for j in range(k)]
 
 
+def prompt_ids(tokenizer, query, shown: Sequence[str], *, format: str | Template = "pointwise",
+               score_range: tuple[int, int] = (1, 10), hint: int | None = None) -> list[int]:
+    """Token ids of a GRM prompt (`spct.grm.templates.messages`) in the tokenizer's chat template, ready for the
+    judgement to follow (the generation prompt added); without a chat template, the bare text."""
+    turns = messages(query, shown, format=format, score_range=score_range, hint=hint)
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return tokenizer(turns[0]["content"]).input_ids
+
+
+def judgement_text(ex, row: int) -> str:
+    """What the Meta RM rates: a generation up to the end of its critique (the whole text when no critique was
+    found). ex: the `Extraction` of the generations."""
+    end = int(ex.critique_span[row][1])
+    raw = ex.text_bytes(row)
+    return (raw[:end] if end > 0 else raw).decode("utf-8", "replace")
+
+
 class GenerativeRewardModel:
     """A GRM on the engine. format: "pointwise" (default), "single" or a `Template`; score_range: inclusive."""
 
@@ -93,13 +112,10 @@ class GenerativeRewardModel:
 
         return cls(Engine.from_pretrained(name_or_path, dtype=dtype, device=device), **kwargs)
 
-    def prompt_ids(self, query, shown: Sequence[str]) -> list[int]:
-        """Token ids of the GRM prompt for responses in the order shown, in the tokenizer's chat template."""
-        turns = messages(query, shown, format=self.format, score_range=self.score_range)
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        return self.tokenizer(turns[0]["content"]).input_ids
+    def prompt_ids(self, query, shown: Sequence[str], *, hint: int | None = None) -> list[int]:
+        """Token ids of the GRM prompt for responses in the order shown, in the tokenizer's chat template.
+        hint: the 1-based position of the best response, named in the prompt (hinted sampling for RFT)."""
+        return prompt_ids(self.tokenizer, query, shown, format=self.format, score_range=self.score_range, hint=hint)
 
     def score(self, query, responses: Sequence[str], **kwargs) -> Judgement:
         """One item; keyword arguments as `score_batch`."""
@@ -183,7 +199,7 @@ class GenerativeRewardModel:
         meta = None
         if meta_rm is not None:  # rate each judgement (principles + critique: the text before its score group)
             meta = torch.stack([meta_rm.score(query, [[responses[o] for o in order] for order in all_orders[i]],
-                                              [self._judgement_text(ex, i * k + j) for j in range(k)])
+                                              [judgement_text(ex, i * k + j) for j in range(k)])
                                 for i, (query, responses) in enumerate(parsed)])
         v = vote(scores, valid, perm=perm, num_responses=n_items, seed=seed, meta_scores=meta,
                  k_meta=k_meta if meta is not None else None)
@@ -211,9 +227,3 @@ class GenerativeRewardModel:
         own = self.tokenizer.eos_token_id
         return ([own] if own in eos else []) + [t for t in eos if t != own]
 
-    @staticmethod
-    def _judgement_text(ex, row: int) -> str:
-        """A generation up to the end of its critique (the whole text when no critique was found)."""
-        end = int(ex.critique_span[row][1])
-        raw = ex.text_bytes(row)
-        return (raw[:end] if end > 0 else raw).decode("utf-8", "replace")

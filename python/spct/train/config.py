@@ -144,6 +144,9 @@ class RFTConfig(TrainConfig):
     """Stage 1, rejective fine-tuning: N_RFT unhinted samples per item (+1 hinted), keep the correct ones, drop
     items the model always gets right. Paper: lr 5e-6, batch 1024, 900 steps; here the TrainConfig defaults."""
 
+    # "policy": the model being trained samples its own trajectories (the method, with a strong base model);
+    # "teacher": spct.train.data.teacher_judgement writes them from the gold solution (a small model's cold start).
+    sampler: str = _field("policy", _choice("policy", "teacher"), "who writes the RFT trajectories")
     n_rft: int = _field(3, _POSITIVE_INT, "unhinted samples per item (N_RFT)")
     hinted: bool = _field(True, _BOOL, "also sample once with the best response hinted; keep it if correct")
     # 0.5: the temperature GRM scoring samples k > 1 judgements at, so the kept trajectories look like the ones
@@ -186,6 +189,8 @@ class MetaRMConfig(TrainConfig):
 
     learning_rate: float = _field(2e-5, _float("> 0", lambda x: x > 0), "peak learning rate")
     samples_per_item: int = _field(3, _POSITIVE_INT, "GRM generations sampled per item (N)")
+    force_scores: bool = _field(False, _BOOL, "complete judgements without a score group under the score grammar "
+                                "(GenerativeRewardModel.score_batch's force_scores), for models that rarely write one")
     eval_fraction: float = _field(0.2, _float("in [0, 1)", lambda x: 0 <= x < 1), "items held out for evaluation")
 
 

@@ -1,0 +1,94 @@
+"""The model being trained: loaded with transformers (optionally wrapped in LoRA adapters), saved as a Hugging Face
+checkpoint that `spct.Engine` and `spct.GenerativeRewardModel` load; and atomic writes of the stage outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["collate", "load_policy", "save_policy", "write_json", "write_jsonl"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def load_policy(cfg, device: torch.device, name_or_path: str | None = None):
+    """(model in train mode, tokenizer) from cfg.model (or name_or_path); LoRA adapters when cfg.lora."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spct.engine.models import fetch
+
+    path = fetch(name_or_path or cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype]).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if getattr(cfg, "lora", False):
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise RuntimeError("lora = true needs peft: pip install 'spct[train]'") from None
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                                 target_modules=LORA_TARGETS, lora_dropout=0.0))
+    model.train()
+    return model, tokenizer
+
+
+def save_policy(model, tokenizer, path: str | os.PathLike, *, lora: bool = False) -> Path:
+    """A Hugging Face checkpoint directory (safetensors), written beside `path` and renamed into place; LoRA
+    adapters are merged into a copy of the weights first."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}."))
+    try:
+        to_save = model.merge_and_unload() if lora else model
+        to_save.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        old = path.parent / f".tmp-old-{path.name}"
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def collate(examples, pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """examples: (token ids, index of the first generated token) -> input_ids (B, T) right-padded with `pad`,
+    attention mask (B, T) bool, completion mask (B, T) bool (the generated tokens)."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad, dtype=torch.int64)
+    attention = torch.zeros((len(examples), width), dtype=torch.bool)
+    completion = torch.zeros((len(examples), width), dtype=torch.bool)
+    for r, (seq, start) in enumerate(examples):
+        ids[r, : len(seq)] = torch.tensor(seq)
+        attention[r, : len(seq)] = True
+        completion[r, start: len(seq)] = True
+    return ids.to(device), attention.to(device), completion.to(device)
+
+
+def _atomic_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_jsonl(path: str | os.PathLike, records) -> Path:
+    return _atomic_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_json(path: str | os.PathLike, record: dict) -> Path:
+    return _atomic_text(Path(path), json.dumps(record, indent=2) + "\n")
