@@ -163,3 +163,18 @@ def test_policy_sampling_counts_every_outcome(tiny, tmp_path):
     # a random tiny model never writes a valid score group: every sample is rejected as wrong (and invalid)
     assert kept == [] and stats == {"items": 3, "sampled": 6, "kept": 0, "invalid": 6, "wrong": 6,
                                     "too_easy_items": 0, "hinted_sampled": 3, "hinted_kept": 0, "hinted_wrong": 3}
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(tiny, items, tmp_path):
+    out = tmp_path / "lora"
+    proc = _spct("train", "rft", *_args(tiny, items, out, lora="true", lora_rank=4, learning_rate="1e-2",
+                                        max_steps=2, save_every=2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base, tuned = load_file(tiny / "model.safetensors"), _weights(out)
+    assert base.keys() == tuned.keys()  # merged: plain Llama weights, no adapter tensors
+    changed = {n for n in base if not torch.equal(base[n], tuned[n])}
+    assert changed and all(n.endswith("_proj.weight") for n in changed)  # only the adapted projections
+    import spct
+
+    engine = spct.Engine.from_pretrained(out / "model", dtype="float32")
+    assert len(engine.generate(["2 + 2 ="], max_new_tokens=3)[0][0].token_ids) == 3
