@@ -307,3 +307,21 @@ def test_rmb_pairwise_train_real(shared_data):
 def test_teacher_real_gsm8k(gsm8k):
     items = gsm8k[:200]
     _check_judgements(items, [data.teacher_judgement(item, seed=7) for item in items])
+
+
+def test_arithmetic_pairs_are_seeded_correct_and_taught():
+    arithmetic_pairs = data.arithmetic_pairs
+    items = arithmetic_pairs(200, seed=3)
+    assert items == arithmetic_pairs(200, seed=3) and items != arithmetic_pairs(200, seed=4)
+    assert len({it["query"] for it in items}) > 150 and 70 <= sum(it["best"] for it in items) <= 130
+    for it in items:
+        expr, gold = it["solution"].split("\n#### ")
+        a, op, b, _, c = expr.split()
+        assert int(c) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] == int(gold) >= 0
+        assert it["responses"][it["best"]].rstrip(".").endswith(gold)
+        assert not it["responses"][1 - it["best"]].rstrip(".").endswith(" " + gold)
+        ex = extract_scores([data.teacher_judgement(it)], num_responses=2, backend="reference")
+        s = ex.scores[0].tolist()
+        assert bool(ex.valid[0]) and s[it["best"]] > s[1 - it["best"]]
+    with pytest.raises(ValueError, match="max_operand = 1"):
+        arithmetic_pairs(3, max_operand=1)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from spct.eval.datasets import _jsonl, _turns
 
-__all__ = ["SOURCES", "gsm8k_pairs", "last_boxed", "math_pairs", "perturb_answer", "read_items",
+__all__ = ["SOURCES", "arithmetic_pairs", "gsm8k_pairs", "last_boxed", "math_pairs", "perturb_answer", "read_items",
            "rmb_pairwise_train", "teacher_judgement", "write_items"]
 
 Item = dict
@@ -179,6 +179,38 @@ def gsm8k_pairs(path: str | Path, *, seed: int = 0, limit: int | None = None) ->
             yield _answer_pair(f"gsm8k-{lineno}", r["question"], gold, solution, seed)
 
     return list(itertools.islice(items(), limit))
+
+
+_STORIES = [  # (question, operator): one-step word problems a small model can check in one line
+    ("{name} has {a} marbles and wins {b} more. How many marbles does {name} have now?", "+"),
+    ("A shelf holds {a} books. {name} adds {b} books. How many books are on the shelf?", "+"),
+    ("{name} had {a} stickers and gave away {b}. How many stickers are left?", "-"),
+    ("A bus carries {a} people; {b} get off at the first stop. How many are still on the bus?", "-"),
+    ("{name} buys {a} boxes with {b} pencils in each. How many pencils is that?", "*"),
+    ("There are {a} rows of {b} chairs. How many chairs are there?", "*"),
+]
+_NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jun", "Kofi", "Lena"]
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def arithmetic_pairs(n: int, *, seed: int = 0, max_operand: int = 20) -> list[Item]:
+    """n generated one-step word problems (add, subtract, multiply numbers up to max_operand; no negative
+    results), each with its gold short answer against a perturbed one, and a one-line "solution" ("a + b = c",
+    then "#### c") for the teacher: the demonstration's task, within a small model's reach."""
+    if n < 0 or max_operand < 2:
+        raise ValueError(f"need n >= 0 and max_operand >= 2, got n = {n}, max_operand = {max_operand}")
+    items = []
+    for i in range(n):
+        id_ = f"arith-{i}"
+        rng = _rng(seed, id_ + ":problem")
+        story, op = rng.choice(_STORIES)
+        a, b = rng.randint(2, max_operand), rng.randint(2, max_operand)
+        if op == "-" and b > a:
+            a, b = b, a
+        gold = _OPS[op](a, b)
+        question = story.format(name=rng.choice(_NAMES), a=a, b=b)
+        items.append(_answer_pair(id_, question, str(gold), f"{a} {op} {b} = {gold}\n#### {gold}", seed))
+    return items
 
 
 def last_boxed(text: str) -> str | None:
