@@ -90,3 +90,12 @@ def test_cli_eval(tmp_path, fixtures, default_model_dir):
     proc = subprocess.run([sys.executable, "-m", "spct", "eval", "--data", str(fixtures["own"]), "--format",
                            "jsonl", "--k", "1,x", "--out", str(out)], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "--k must be comma-separated ints" in proc.stderr
+
+
+def test_wilson_interval():
+    from spct.eval.run import wilson
+
+    lo, hi = wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    assert wilson(0, 20)[0] == 0.0 and 0.13 < wilson(0, 20)[1] < 0.17  # not the degenerate (0, 0)
+    assert wilson(20, 20)[1] == 1.0 and all(math.isnan(x) for x in wilson(0, 0))

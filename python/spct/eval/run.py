@@ -15,7 +15,17 @@ import torch
 from spct.eval.datasets import EvalItem
 from spct.ops.vote import vote
 
-__all__ = ["correct", "evaluate", "plot", "table"]
+__all__ = ["correct", "evaluate", "plot", "revote", "table", "wilson"]
+
+
+def wilson(right: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy of right / n (valid near 0 and 1, unlike the normal one)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = right / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def correct(rewards: list[float], best: int) -> bool:
@@ -26,7 +36,8 @@ def correct(rewards: list[float], best: int) -> bool:
 def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_new_tokens: int = 512,
              batch_size: int = 16, meta_rm=None, k_meta: int | None = None, progress=None,
              force_scores: bool = False) -> dict:
-    """{"k": {k: {"overall": acc, "categories": {name: acc}, "valid_rate": ..., "items": n}}}.
+    """{"k": {k: {"overall": acc, "overall_ci95": (lo, hi), "categories": {name: acc}, "valid_rate": ...,
+    "items": n}}}.
 
     k = 1 is one greedy sample. The sampled ks share their samples: each item is judged once with the largest k and
     every smaller k votes over the first k of those samples, which are the samples a run with that k alone draws
@@ -60,7 +71,8 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
     results = {}
     for k in ks:
         cats = {c: right[k][c] / count[k, c] for c in sorted(right[k]) if c != "overall"}
-        results[str(k)] = {"overall": right[k]["overall"] / max(1, count[k, "overall"]), "categories": cats,
+        results[str(k)] = {"overall": right[k]["overall"] / max(1, count[k, "overall"]),
+                           "overall_ci95": wilson(right[k]["overall"], count[k, "overall"]), "categories": cats,
                            "valid_rate": valid[k] / max(1, k * len(items)), "items": len(items)}
     return {"k": results}
 
@@ -90,6 +102,9 @@ def table(results: dict) -> str:
         get = {"overall": lambda r: r["overall"], "valid samples": lambda r: r["valid_rate"]}.get(
             c, lambda r, c=c: r["categories"].get(c, math.nan))
         rows.append([c, *(f"{100 * get(results['k'][k]):.1f}%" for k in ks)])
+        if c == "overall" and all("overall_ci95" in results["k"][k] for k in ks):
+            rows.append(["  95% interval", *("{:.1f}-{:.1f}%".format(*(100 * x for x in results["k"][k]["overall_ci95"]))
+                                            for k in ks)])
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, width)) for r in rows)
 
