@@ -127,7 +127,12 @@ def plot(results: dict, path: Path, title: str) -> None:
         raise RuntimeError("the plot needs matplotlib: pip install 'spct[eval]'") from None
     ks = [int(k) for k in results["k"]]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ks, [100 * results["k"][str(k)]["overall"] for k in ks], marker="o", linewidth=2, label="overall")
+    overall = [100 * results["k"][str(k)]["overall"] for k in ks]
+    ax.plot(ks, overall, marker="o", linewidth=2, label="overall")
+    if all("overall_ci95" in results["k"][str(k)] for k in ks):  # the 95% intervals as a band
+        ci = [results["k"][str(k)]["overall_ci95"] for k in ks]
+        ax.fill_between(ks, [100 * lo for lo, _ in ci], [100 * hi for _, hi in ci], alpha=0.15,
+                        label="overall, 95% interval")
     for c in sorted({c for r in results["k"].values() for c in r["categories"]}):
         ax.plot(ks, [100 * results["k"][str(k)]["categories"].get(c, math.nan) for k in ks], marker=".",
                 linestyle="--", label=c)
