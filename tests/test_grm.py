@@ -130,3 +130,18 @@ def test_the_first_k_samples_are_a_run_with_that_k(grm, meta_rm):
     assert revote(four, 4, 3) == [j.rewards for j in four]
     guided = grm.score_batch(items, k=4, max_new_tokens=16, seed=3, force_scores=True, meta_rm=meta_rm)
     assert revote(guided, 4, 3, meta_rm) == [j.rewards for j in guided]  # k_meta = 2 on both sides
+
+
+def test_evaluate_with_a_meta_rm_reports_guided_and_plain_votes(grm, meta_rm):
+    from spct.eval.datasets import EvalItem
+    from spct.eval.run import evaluate
+
+    items = [EvalItem("a", "What is 2 + 2?", ["4", "5"], 0, "math"),
+             EvalItem("b", "Name a color.", ["Seven", "Blue", "Dog"], 1, "words")]
+    guided = evaluate(grm, items, [2, 4], max_new_tokens=12, seed=5, meta_rm=meta_rm, force_scores=True)
+    plain = evaluate(grm, items, [2, 4], max_new_tokens=12, seed=5, force_scores=True)
+    assert set(guided) == {"k", "k_plain"} and set(plain) == {"k"}
+    assert guided["k_plain"] == plain["k"]  # the same samples, voted without the Meta RM
+    for k in ("2", "4"):
+        lo, hi = guided["k"][k]["overall_ci95"]
+        assert 0 <= lo <= guided["k"][k]["overall"] <= hi <= 1 and guided["k"][k]["items"] == 2

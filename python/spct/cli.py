@@ -220,10 +220,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run.plot(results, out / "accuracy_vs_k.png", f"{Path(args.model).name} on {Path(args.data).name} "
              f"({len(items)} items)")
     print(run.table(results))
+    if "k_plain" in results:
+        print("without the Meta RM (plain voting over the same samples):")
+        print(run.table({"k": results["k_plain"]}))
     print(f"wrote {out / 'results.json'} and {out / 'accuracy_vs_k.png'}", file=sys.stderr)
 
 
-TRAINERS = {"rft": "spct.train.rft", "rl": "spct.train.grpo", "meta-rm": "spct.train.meta_rm"}  # stage -> module with run(cfg, resume=...)
+# stage -> the module whose run(cfg, resume=...) trains it
+TRAINERS = {"rft": "spct.train.rft", "rl": "spct.train.grpo", "meta-rm": "spct.train.meta_rm"}
 
 
 def cmd_train(args: argparse.Namespace) -> None:

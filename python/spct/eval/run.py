@@ -37,7 +37,8 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
              batch_size: int = 16, meta_rm=None, k_meta: int | None = None, progress=None,
              force_scores: bool = False) -> dict:
     """{"k": {k: {"overall": acc, "overall_ci95": (lo, hi), "categories": {name: acc}, "valid_rate": ...,
-    "items": n}}}.
+    "items": n}}}; with meta_rm, "k" holds the Meta-RM guided votes and "k_plain" the plain votes over the same
+    samples.
 
     k = 1 is one greedy sample. The sampled ks share their samples: each item is judged once with the largest k and
     every smaller k votes over the first k of those samples, which are the samples a run with that k alone draws
@@ -48,7 +49,8 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
         raise ValueError(f"ks must be ints >= 1, got {ks!r}")
     sampled = [k for k in ks if k > 1]
     passes = ([1] if 1 in ks else []) + ([max(sampled)] if sampled else [])
-    right = {k: defaultdict(int) for k in ks}
+    kinds = ["k"] + (["k_plain"] if meta_rm is not None else [])
+    right = {(kind, k): defaultdict(int) for kind in kinds for k in ks}
     count = defaultdict(int)
     valid = defaultdict(int)
     for kpass in passes:
@@ -59,22 +61,28 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
                                      meta_rm=meta_rm, k_meta=None if k_meta is None else min(k_meta, kpass),
                                      force_scores=force_scores)
             for k in ([1] if kpass == 1 else sampled):
-                rewards = [j.rewards for j in judged] if k == kpass else revote(judged, k, seed, meta_rm, k_meta)
-                for it, j, r in zip(chunk, judged, rewards):
-                    ok = correct(r, it.best)
-                    for name in (it.category, "overall"):
-                        right[k][name] += ok
-                        count[k, name] += 1
-                    valid[k] += sum(s.valid for s in j.samples[:k])
+                votes = {"k": [j.rewards for j in judged] if k == kpass else revote(judged, k, seed, meta_rm, k_meta)}
+                if meta_rm is not None:
+                    votes["k_plain"] = revote(judged, k, seed)
+                for kind, rewards in votes.items():
+                    for it, r in zip(chunk, rewards):
+                        ok = correct(r, it.best)
+                        for name in (it.category, "overall"):
+                            right[kind, k][name] += ok
+                            count[kind, k, name] += 1
+                valid[k] += sum(s.valid for j in judged for s in j.samples[:k])
             if progress is not None:
                 progress(len(chunk))
-    results = {}
-    for k in ks:
-        cats = {c: right[k][c] / count[k, c] for c in sorted(right[k]) if c != "overall"}
-        results[str(k)] = {"overall": right[k]["overall"] / max(1, count[k, "overall"]),
-                           "overall_ci95": wilson(right[k]["overall"], count[k, "overall"]), "categories": cats,
-                           "valid_rate": valid[k] / max(1, k * len(items)), "items": len(items)}
-    return {"k": results}
+    results = {kind: {} for kind in kinds}
+    for kind in kinds:
+        for k in ks:
+            tally = right[kind, k]
+            n = count[kind, k, "overall"]
+            cats = {c: tally[c] / count[kind, k, c] for c in sorted(tally) if c != "overall"}
+            results[kind][str(k)] = {"overall": tally["overall"] / max(1, n),
+                                     "overall_ci95": wilson(tally["overall"], n), "categories": cats,
+                                     "valid_rate": valid[k] / max(1, k * len(items)), "items": len(items)}
+    return results
 
 
 def revote(judged, k: int, seed: int, meta_rm=None, k_meta: int | None = None) -> list[list[float]]:
@@ -103,8 +111,8 @@ def table(results: dict) -> str:
             c, lambda r, c=c: r["categories"].get(c, math.nan))
         rows.append([c, *(f"{100 * get(results['k'][k]):.1f}%" for k in ks)])
         if c == "overall" and all("overall_ci95" in results["k"][k] for k in ks):
-            rows.append(["  95% interval", *("{:.1f}-{:.1f}%".format(*(100 * x for x in results["k"][k]["overall_ci95"]))
-                                            for k in ks)])
+            ci = [results["k"][k]["overall_ci95"] for k in ks]
+            rows.append(["  95% interval", *(f"{100 * lo:.1f}-{100 * hi:.1f}%" for lo, hi in ci)])
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, width)) for r in rows)
 
