@@ -178,3 +178,24 @@ def test_lora_trains_adapters_and_saves_a_merged_model(tiny, items, tmp_path):
 
     engine = spct.Engine.from_pretrained(out / "model", dtype="float32")
     assert len(engine.generate(["2 + 2 ="], max_new_tokens=3)[0][0].token_ids) == 3
+
+
+def test_window_logits_give_the_full_sequence_losses(tiny):
+    from transformers import AutoModelForCausalLM
+
+    from spct.train.losses import sft_loss, token_logprobs
+    from spct.train.policy import collate, window_logits
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    examples = [(torch.randint(0, 1000, (n,), generator=g).tolist(), start)
+                for n, start in ((30, 12), (21, 9), (40, 25))]
+    ids, attention, completion = collate(examples, 0, torch.device("cpu"))
+    full = model(input_ids=ids, attention_mask=attention).logits
+    window, wids, wcompletion = window_logits(model, examples, 0, torch.device("cpu"))
+    assert window.shape[1] == ids.shape[1] - 9 + 1 and torch.equal(wids, ids[:, -window.shape[1]:])
+    torch.testing.assert_close(sft_loss(window, wids, wcompletion), sft_loss(full, ids, completion),
+                               **TOLERANCES[torch.float32])
+    lp_full, lp_window = token_logprobs(full, ids), token_logprobs(window, wids)
+    mask = completion[:, 1:]
+    torch.testing.assert_close(lp_window[wcompletion[:, 1:]], lp_full[mask], **TOLERANCES[torch.float32])

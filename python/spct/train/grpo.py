@@ -29,7 +29,7 @@ from spct.train import loop
 from spct.train.config import RLConfig, save_config
 from spct.train.data import read_items
 from spct.train.losses import group_advantages, grpo_loss, token_logprobs
-from spct.train.policy import collate, load_policy, save_policy
+from spct.train.policy import load_policy, save_policy, window_logits
 from spct.train.rules import is_correct
 
 __all__ = ["Rollouts", "rollouts", "run"]
@@ -104,12 +104,13 @@ def run(cfg: RLConfig, *, resume: bool = False, progress: bool = True) -> dict:
         return r.examples
 
     def micro_loss(m, batch):
-        ids, attention, completion = collate([(x[0], x[1]) for x in batch], pad, d.device)
-        lp = token_logprobs(m(input_ids=ids, attention_mask=attention).logits, ids)
+        examples = [(x[0], x[1]) for x in batch]
+        logits, ids, completion = window_logits(m, examples, pad, d.device)
+        lp = token_logprobs(logits, ids)
         ref_lp = None
         if ref is not None:
             with torch.no_grad():
-                ref_lp = token_logprobs(ref(input_ids=ids, attention_mask=attention).logits, ids)
+                ref_lp = token_logprobs(window_logits(ref, examples, pad, d.device)[0], ids)
         advantages = torch.tensor([x[2] for x in batch], dtype=lp.dtype, device=lp.device)
         loss, metrics = grpo_loss(lp, lp.detach(), ref_lp, advantages, completion[:, 1:], clip_eps=cfg.clip_eps,
                                   beta=cfg.beta, aggregation=cfg.aggregation)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["collate", "load_policy", "save_policy", "write_json", "write_jsonl"]
+__all__ = ["collate", "load_policy", "save_policy", "window_logits", "write_json", "write_jsonl"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -69,6 +69,16 @@ def collate(examples, pad: int, device) -> tuple[torch.Tensor, torch.Tensor, tor
         attention[r, : len(seq)] = True
         completion[r, start: len(seq)] = True
     return ids.to(device), attention.to(device), completion.to(device)
+
+
+def window_logits(model, examples, pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, input_ids, completion mask) over the window from the token before the earliest generated token to
+    the end: the model computes the LM head only there (`logits_to_keep`), which is what the losses read. The
+    prompt before it costs no (B, T, vocabulary) logits. Shapes: (B, W, V), (B, W), (B, W)."""
+    ids, attention, completion = collate(examples, pad, device)
+    keep = ids.shape[1] - min(start for _, start in examples) + 1
+    logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=keep).logits
+    return logits, ids[:, -keep:], completion[:, -keep:]
 
 
 def _atomic_text(path: Path, text: str) -> Path:

@@ -30,7 +30,7 @@ from spct.train import loop
 from spct.train.config import RFTConfig, save_config
 from spct.train.data import read_items, teacher_judgement
 from spct.train.losses import sft_loss
-from spct.train.policy import collate, load_policy, save_policy, write_json, write_jsonl
+from spct.train.policy import load_policy, save_policy, window_logits, write_json, write_jsonl
 from spct.train.rules import is_correct
 
 __all__ = ["build_rft_set", "run", "sft_examples"]
@@ -161,8 +161,7 @@ def run(cfg: RFTConfig, *, resume: bool = False, progress: bool = True) -> dict:
         return [examples[i] for i in loop.batch_indices(len(examples), step, cfg.batch_size, cfg.seed)]
 
     def micro_loss(m, batch):
-        ids, attention, completion = collate(batch, pad, d.device)
-        logits = m(input_ids=ids, attention_mask=attention).logits
+        logits, ids, completion = window_logits(m, batch, pad, d.device)
         return sft_loss(logits, ids, completion), {"tokens": float(completion[:, 1:].sum())}
 
     loop.train(cfg, model, make_batch, micro_loss, d=d, resume=resume, progress=progress)
