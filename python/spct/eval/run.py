@@ -3,7 +3,6 @@ above every other response's (a tie, or no valid sample, is wrong). Results by t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -12,10 +11,11 @@ from pathlib import Path
 
 import torch
 
+from spct._atomic import write_json
 from spct.eval.datasets import EvalItem
 from spct.ops.vote import vote
 
-__all__ = ["correct", "evaluate", "plot", "revote", "table", "wilson"]
+__all__ = ["correct", "evaluate", "plot", "revote", "table", "wilson", "write_json"]
 
 
 def wilson(right: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -115,13 +115,6 @@ def table(results: dict) -> str:
             rows.append(["  95% interval", *(f"{100 * lo:.1f}-{100 * hi:.1f}%" for lo, hi in ci)])
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, width)) for r in rows)
-
-
-def write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def plot(results: dict, path: Path, title: str) -> None:

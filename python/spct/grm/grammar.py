@@ -39,9 +39,10 @@ class ForceScores:
 
     def valid(self, ids: Sequence[int]) -> bool:
         """The ids (EOS excluded) hold a valid score group for n responses."""
-        body = [t for t in ids if t not in self.eos_set] or [0]
-        n_body = sum(1 for t in ids if t not in self.eos_set)
-        ex = extract_scores(token_ids=torch.tensor([body]), lengths=torch.tensor([n_body]), vocab=self.vocab,
+        body = [t for t in ids if t not in self.eos_set]
+        if not body:
+            return False
+        ex = extract_scores(token_ids=torch.tensor([body]), lengths=torch.tensor([len(body)]), vocab=self.vocab,
                             num_responses=[self.n], score_range=self.score_range)
         return bool(ex.valid[0])
 

@@ -19,16 +19,16 @@ global batches of 16 instead of 512-1024, and 200 steps instead of 900.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+from spct._atomic import write_json
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -275,17 +275,4 @@ def config_overrides(args: argparse.Namespace, stage: str) -> dict:
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     """Write `cfg` as JSON, atomically (a temporary file beside `path`, then rename). Read it back with
     load_config(stage, overrides=json.load(f))."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(asdict(cfg), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, asdict(cfg))

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
+from spct._atomic import write_json, write_jsonl
 from spct.grm.model import judgement_text
 from spct.ops.extract_scores import extract_scores
 from spct.train import loop
 from spct.train.config import MetaRMConfig, save_config
 from spct.train.data import read_items
 from spct.train.losses import meta_rm_loss, roc_auc
-from spct.train.policy import write_json, write_jsonl
 from spct.train.rules import is_correct
 
 __all__ = ["label_judgements", "run"]

@@ -1,9 +1,8 @@
-"""The model being trained: loaded with transformers (optionally wrapped in LoRA adapters), saved as a Hugging Face
-checkpoint that `spct.Engine` and `spct.GenerativeRewardModel` load; and atomic writes of the stage outputs."""
+"""The model being trained: loaded with transformers (optionally wrapped in LoRA adapters), batched for the
+losses, saved as a Hugging Face checkpoint that `spct.Engine` and `spct.GenerativeRewardModel` load."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["collate", "load_policy", "save_policy", "window_logits", "write_json", "write_jsonl"]
+__all__ = ["collate", "load_policy", "save_policy", "window_logits"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -79,26 +78,3 @@ def window_logits(model, examples, pad: int, device) -> tuple[torch.Tensor, torc
     keep = ids.shape[1] - min(start for _, start in examples) + 1
     logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=keep).logits
     return logits, ids[:, -keep:], completion[:, -keep:]
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_jsonl(path: str | os.PathLike, records) -> Path:
-    return _atomic_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def write_json(path: str | os.PathLike, record: dict) -> Path:
-    return _atomic_text(Path(path), json.dumps(record, indent=2) + "\n")

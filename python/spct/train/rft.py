@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spct._atomic import write_json, write_jsonl
 from spct.grm.model import orders, prompt_ids
 from spct.train import loop
 from spct.train.config import RFTConfig, save_config
 from spct.train.data import read_items, teacher_judgement
 from spct.train.losses import sft_loss
-from spct.train.policy import load_policy, save_policy, window_logits, write_json, write_jsonl
+from spct.train.policy import load_policy, save_policy, window_logits
 from spct.train.rules import is_correct
 
 __all__ = ["build_rft_set", "run", "sft_examples"]
