@@ -115,6 +115,22 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(request, prompts, dtyp
     assert [s.token_ids for s in other] != [s.token_ids for s in alone]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lo, rows", [(0, 1), (0, 256), (300, 256), (512, 37)])
+def test_native_chunk_attention_equals_sdpa(engine32, dtype, lo, rows):
+    """Prefill's causal chunk attention through the native kernel equals torch's SDPA with the same mask."""
+    if spct.ops.prefix_attention._native.native("prefix_attention", "cpu") is None:
+        pytest.skip("the native CPU module is not built")
+    runner, c = engine32.runner, engine32.runner.config
+    g = torch.Generator().manual_seed(lo + rows)
+    q = torch.randn(rows, c.num_heads, c.head_dim, generator=g).to(dtype)
+    keys = torch.randn(lo + rows, c.num_kv_heads, c.head_dim, generator=g).to(dtype)
+    values = torch.randn(lo + rows, c.num_kv_heads, c.head_dim, generator=g).to(dtype)
+    got = runner._chunk_attention_native(q, keys, values, lo)
+    want = runner._chunk_attention_sdpa(q.float(), keys.float(), values.float(), lo)
+    torch.testing.assert_close(got.float(), want, **TOLERANCES[dtype])
+
+
 def test_logprobs_match_transformers_log_softmax(engine32, hf_model, prompts):
     ids = prompts[2]
     out = engine32.generate([ids], max_new_tokens=12, temperature=0.7, seed=3, return_logprobs=True)[0][0]

@@ -99,3 +99,32 @@ def test_wilson_interval():
     assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
     assert wilson(0, 20)[0] == 0.0 and 0.13 < wilson(0, 20)[1] < 0.17  # not the degenerate (0, 0)
     assert wilson(20, 20)[1] == 1.0 and all(math.isnan(x) for x in wilson(0, 0))
+
+
+def test_evaluate_resumes_from_its_sample_cache(tmp_path, fixtures, default_model_dir):
+    """An interrupted evaluation keeps its judged batches: a rerun scores only what is missing (a torn last line
+    included) and gives the same results; a cache made with other settings is refused by name."""
+    import spct
+    from spct.eval.run import evaluate
+
+    grm = spct.GenerativeRewardModel.from_pretrained(default_model_dir)
+    items = datasets.read(fixtures["bon"], "rmb-bon")
+    calls = []
+
+    class Counting:
+        def score_batch(self, batch, **kw):
+            calls.append(len(batch))
+            return grm.score_batch(batch, **kw)
+
+    cache = tmp_path / "samples"
+    kw = dict(seed=3, max_new_tokens=6, batch_size=1, force_scores=True, cache_dir=cache, settings={"model": "m"})
+    first = evaluate(Counting(), items, [1, 2], **kw)
+    assert calls == [1] * 6  # 3 items, greedy pass and k = 2 pass
+    lines = (cache / "k2.jsonl").read_text().splitlines()
+    (cache / "k2.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # killed mid-write
+    calls.clear()
+    again = evaluate(Counting(), items, [1, 2], **kw)
+    assert calls == [1, 1] and again == first  # items 1 and 2 of the k = 2 pass, nothing else
+    assert len((cache / "k2.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(ValueError, match=r"other settings \(max_new_tokens, model\)"):
+        evaluate(Counting(), items, [1, 2], **{**kw, "max_new_tokens": 7, "settings": {"model": "other"}})

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_json", "write_jsonl", "write_text"]
+__all__ = ["append_lines", "complete_lines", "write_json", "write_jsonl", "write_text"]
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -33,3 +33,27 @@ def write_json(path: str | os.PathLike, record) -> Path:
 
 def write_jsonl(path: str | os.PathLike, records) -> Path:
     return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def append_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    """One write of whole lines, fsynced: a kill leaves at most a torn last line, which `complete_lines` cuts off."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, "".join(line + "\n" for line in lines).encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def complete_lines(path: str | os.PathLike) -> list[str]:
+    """The whole, non-empty lines of an append-only file (none if it does not exist); a torn last line (the writer
+    was killed mid-write) is truncated away so that appends continue on a line boundary."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return [line for line in data[:end].decode("utf-8").splitlines() if line.strip()]

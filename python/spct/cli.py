@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from spct._atomic import append_lines, complete_lines
+
 TEXT_KEYS = ("generation", "text", "output")
 
 
@@ -124,24 +126,7 @@ def _read_items(path: Path, skip_invalid: bool) -> list[tuple[int, dict]]:
 
 def _done_keys(path: Path) -> set[str]:
     """Keys of the items already in an output file; a torn last line (the job was killed mid-write) is cut off."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(end)
-    return {json.loads(line)["key"] for line in data[:end].decode("utf-8").splitlines() if line.strip()}
-
-
-def _append(path: Path, lines: list[str]) -> None:
-    """One write of whole lines, flushed to disk: a kill leaves at most a torn last line, cut off on resume."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, "".join(line + "\n" for line in lines).encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return {json.loads(line)["key"] for line in complete_lines(path)}
 
 
 def _json_float(x: float) -> float | None:
@@ -175,7 +160,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         lines = [json.dumps({"key": key(lineno, item), **({"id": item["id"]} if "id" in item else {}),
                              "rewards": [_json_float(r) for r in j.rewards], "best": j.best,
                              "num_valid": j.num_valid, "k": args.k}) for (_, lineno, item), j in zip(chunk, judged)]
-        _append(out, lines)
+        append_lines(out, lines)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
@@ -209,7 +194,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         bar, progress = None, None
     results = run.evaluate(grm, items, ks, seed=args.seed, max_new_tokens=args.max_new_tokens,
                            batch_size=args.batch_size, meta_rm=meta_rm, k_meta=args.k_meta, progress=progress,
-                           force_scores=args.force_scores)
+                           force_scores=args.force_scores, cache_dir=out / "samples",
+                           settings={"model": args.model, "dtype": args.dtype, "data": Path(args.data).name,
+                                     "format": args.format, "meta_rm": args.meta_rm})
     if bar is not None:
         bar.close()
     results["config"] = {"model": args.model, "data": Path(args.data).name, "format": args.format,
@@ -290,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the benchmark file (or LLMBar folder)")
     p.add_argument("--format", required=True, choices=["rmb-bon", "rmb-pairwise", "llmbar", "rewardbench", "jsonl"])
     p.add_argument("--k", default="1", help="comma-separated sample counts, e.g. 1,8,32 (default 1)")
-    p.add_argument("--out", required=True, help="folder for results.json and accuracy_vs_k.png")
+    p.add_argument("--out", required=True, help="folder for results.json, accuracy_vs_k.png and samples/ (the judged batches, so a rerun resumes)")
     p.add_argument("--model", default="smollm2-135m", help="alias, checkpoint directory or .gguf")
     p.add_argument("--limit", type=int, help="the first N items only")
     p.add_argument("--seed", type=int, default=0)

@@ -28,6 +28,7 @@ __all__ = ["ARCHITECTURES", "DecodeStep", "KVCache", "LlamaConfig", "LlamaRunner
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass: bounds the activations of long prompts
+NATIVE_PREFILL_CHUNK = 256  # the native kernel's best chunk on an AVX-512 CPU (measured at 1,500-token prompts)
 STATIC_ROPE = ("default", "linear", "llama3", "yarn", "longrope")  # position-independent inverse frequencies
 
 
@@ -221,28 +222,49 @@ class LlamaRunner:
 
     def _prefill_last(self, tokens: torch.Tensor, kv: KVCache, prompt: int) -> torch.Tensor:
         """The prompt through every layer (KV written) -> the last token's hidden state (1, hidden)."""
-        c, n = self.config, tokens.shape[0]
+        n = tokens.shape[0]
         base = kv.starts[prompt]
+        native = self.device.type == "cpu" and pa._native.native("prefix_attention", "cpu") is not None
+        chunk = NATIVE_PREFILL_CHUNK if native else PREFILL_CHUNK
         last = None
-        for lo in range(0, n, PREFILL_CHUNK):
-            hi = min(n, lo + PREFILL_CHUNK)
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
             positions = torch.arange(lo, hi, device=self.device)
             x = self.embed[tokens[lo:hi]]
-            # chunk rows see every earlier token and themselves
-            mask = None if lo == 0 else (torch.arange(hi, device=self.device)[None, :] <= positions[:, None])
             for i, layer in enumerate(self.layers):
                 q, k, v = self._qkv(layer, self._rms_norm(x, layer["in_norm"]), positions)
                 kv.prompt[i, 0, base + lo: base + hi] = k
                 kv.prompt[i, 1, base + lo: base + hi] = v
-                keys = kv.prompt[i, 0, base: base + hi].transpose(0, 1)[None]  # (1, Hkv, hi, D)
-                values = kv.prompt[i, 1, base: base + hi].transpose(0, 1)[None]
-                attn = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys, values, attn_mask=mask,
-                                                      is_causal=mask is None, scale=self.scale,
-                                                      enable_gqa=c.num_heads != c.num_kv_heads)
-                x = x + layer["o"](attn[0].transpose(0, 1).reshape(hi - lo, -1))
+                attend = self._chunk_attention_native if native else self._chunk_attention_sdpa
+                attn = attend(q, kv.prompt[i, 0, base: base + hi], kv.prompt[i, 1, base: base + hi], lo)
+                x = x + layer["o"](attn.reshape(hi - lo, -1))
                 x = self._mlp(layer, x)
             last = x[-1:]
         return last
+
+    def _chunk_attention_sdpa(self, q, keys, values, lo: int) -> torch.Tensor:
+        """Causal attention of chunk rows q (C, Hq, D) at positions lo.. over keys/values (lo + C, Hkv, D), which
+        hold every earlier token and the chunk itself -> (C, Hq, D)."""
+        hi = keys.shape[0]
+        mask = None
+        if lo:  # chunk row r (position lo + r) sees keys 0..lo + r
+            mask = torch.arange(hi, device=self.device)[None, :] <= torch.arange(lo, hi, device=self.device)[:, None]
+        attn = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys.transpose(0, 1)[None],
+                                              values.transpose(0, 1)[None], attn_mask=mask, is_causal=mask is None,
+                                              scale=self.scale,
+                                              enable_gqa=self.config.num_heads != self.config.num_kv_heads)
+        return attn[0].transpose(0, 1)
+
+    def _chunk_attention_native(self, q, keys, values, lo: int) -> torch.Tensor:
+        """The same attention through the decode kernel: the earlier tokens are one shared prefix, and the chunk is
+        one own slot that row r sees up to r (own_len r + 1). About 1.8x torch's CPU flash attention here."""
+        rows, dev = q.shape[0], self.device
+        zeros = torch.zeros(rows, dtype=torch.int64, device=dev)
+        indptr = torch.tensor([0, lo], dtype=torch.int64, device=dev)
+        own_len = torch.arange(1, rows + 1, dtype=torch.int64, device=dev)
+        own_k, own_v = keys[lo:][None], values[lo:][None]  # (1, C, Hkv, D), contiguous slices of kv.prompt
+        return pa.run_native_cpu(q.contiguous(), keys[:lo], values[:lo], indptr, zeros, own_k, own_v, zeros,
+                                 own_len, self.scale)
 
     @torch.inference_mode()
     def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -3,15 +3,17 @@ above every other response's (a tie, or no valid sample, is wrong). Results by t
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from spct._atomic import write_json
+from spct._atomic import append_lines, complete_lines, write_json
 from spct.eval.datasets import EvalItem
 from spct.ops.vote import vote
 
@@ -35,7 +37,8 @@ def correct(rewards: list[float], best: int) -> bool:
 
 def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_new_tokens: int = 512,
              batch_size: int = 16, meta_rm=None, k_meta: int | None = None, progress=None,
-             force_scores: bool = False) -> dict:
+             force_scores: bool = False, cache_dir: str | os.PathLike | None = None,
+             settings: dict | None = None) -> dict:
     """{"k": {k: {"overall": acc, "overall_ci95": (lo, hi), "categories": {name: acc}, "valid_rate": ...,
     "items": n}}}; with meta_rm, "k" holds the Meta-RM guided votes and "k_plain" the plain votes over the same
     samples.
@@ -43,7 +46,12 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
     k = 1 is one greedy sample. The sampled ks share their samples: each item is judged once with the largest k and
     every smaller k votes over the first k of those samples, which are the samples a run with that k alone draws
     (orders and seeds depend on the sample's number only). With meta_rm, k_meta defaults to k // 2 for each k.
-    progress(items) is called after each batch of each pass."""
+    progress(items) is called after each batch of each pass (batches resumed from the cache included).
+
+    cache_dir: each batch's sample scores are appended there (one JSONL file per pass) as soon as they are judged,
+    and a rerun with the same settings reuses them, so an interrupted evaluation resumes where it stopped. settings
+    (what else decides the samples: model, data, dtype) is stored beside them; a cache made with other settings is
+    an error naming the ones that differ."""
     ks = sorted(set(ks))
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"ks must be ints >= 1, got {ks!r}")
@@ -53,13 +61,23 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
     right = {(kind, k): defaultdict(int) for kind in kinds for k in ks}
     count = defaultdict(int)
     valid = defaultdict(int)
+    settings = {**(settings or {}), "seed": seed, "max_new_tokens": max_new_tokens, "force_scores": force_scores,
+                "k_meta": k_meta, "guided": meta_rm is not None,
+                "items": [it.id for it in items]}
+    cache = None if cache_dir is None else _SampleCache(Path(cache_dir), settings)
     for kpass in passes:
+        done = {} if cache is None else cache.load(kpass)
         for start in range(0, len(items), batch_size):
             chunk = items[start: start + batch_size]
-            judged = grm.score_batch([(it.query, it.responses) for it in chunk], k=kpass, seed=seed,
-                                     max_new_tokens=max_new_tokens, indices=range(start, start + len(chunk)),
-                                     meta_rm=meta_rm, k_meta=None if k_meta is None else min(k_meta, kpass),
-                                     force_scores=force_scores)
+            judged = [done.get(start + i) for i in range(len(chunk))]
+            if any(j is None for j in judged):
+                scored = grm.score_batch([(it.query, it.responses) for it in chunk], k=kpass, seed=seed,
+                                         max_new_tokens=max_new_tokens, indices=range(start, start + len(chunk)),
+                                         meta_rm=meta_rm, k_meta=None if k_meta is None else min(k_meta, kpass),
+                                         force_scores=force_scores)
+                judged = [_record(j) for j in scored]
+                if cache is not None:
+                    cache.append(kpass, start, judged)
             for k in ([1] if kpass == 1 else sampled):
                 votes = {"k": [j.rewards for j in judged] if k == kpass else revote(judged, k, seed, meta_rm, k_meta)}
                 if meta_rm is not None:
@@ -83,6 +101,43 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
                                      "overall_ci95": wilson(tally["overall"], n), "categories": cats,
                                      "valid_rate": valid[k] / max(1, k * len(items)), "items": len(items)}
     return results
+
+
+def _record(judgement) -> SimpleNamespace:
+    """What voting reads from a Judgement: rewards, and per sample its scores, validity and meta score."""
+    return SimpleNamespace(rewards=list(judgement.rewards), samples=[
+        SimpleNamespace(scores=list(s.scores), valid=bool(s.valid), meta_score=s.meta_score)
+        for s in judgement.samples])
+
+
+class _SampleCache:
+    """Per-pass JSONL files of judged batches under one directory, with the settings that produced them."""
+
+    def __init__(self, root: Path, settings: dict):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        stored = root / "settings.json"
+        if stored.exists():
+            old = json.loads(stored.read_text(encoding="utf-8"))
+            differ = sorted(key for key in old.keys() | settings.keys() if old.get(key) != settings.get(key))
+            if differ:
+                raise ValueError(f"{root} holds samples made with other settings ({', '.join(differ)}); "
+                                 f"remove it or evaluate into another --out directory")
+        else:
+            write_json(stored, settings)
+
+    def load(self, kpass: int) -> dict[int, SimpleNamespace]:
+        out = {}
+        for line in complete_lines(self.root / f"k{kpass}.jsonl"):
+            row = json.loads(line)
+            out[row["index"]] = SimpleNamespace(rewards=row["rewards"], samples=[
+                SimpleNamespace(**s) for s in row["samples"]])
+        return out
+
+    def append(self, kpass: int, start: int, judged: list[SimpleNamespace]) -> None:
+        append_lines(self.root / f"k{kpass}.jsonl", [json.dumps(
+            {"index": start + i, "rewards": j.rewards, "samples": [vars(s) for s in j.samples]})
+            for i, j in enumerate(judged)])
 
 
 def revote(judged, k: int, seed: int, meta_rm=None, k_meta: int | None = None) -> list[list[float]]:
