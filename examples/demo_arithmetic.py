@@ -1,14 +1,21 @@
 """SPCT at small scale on this machine: teach the default model to judge which of two short answers to a one-step
 arithmetic word problem is right, then scale it with votes.
 
-    python examples/demo_arithmetic.py --out runs/demo [--train 400] [--test 200] [--rft-steps 150] [--rl-steps 20]
+    python examples/demo_arithmetic.py --out runs/demo
 
-1. Items: `spct.train.data.arithmetic_pairs` (generated, seeded): the first --train for training, the next --test
-   held out. 2. The untrained model judges the held-out items (greedy; invalid counts as wrong). 3. Rejective
-   fine-tuning on teacher judgements (the cold start: a 135M model writes no score groups on its own).
-   4. GRPO on the model's own judgements. 5. A Meta RM head on its labelled judgements. 6. The trained GRM on the
-   held-out items: voting@1 (greedy), @4, @16 ("k_plain") and Meta-RM voting (k_meta = k // 2, "k") over the same
+1. Items: `spct.train.data.arithmetic_pairs` (generated, seeded; operands up to --max-operand): the first --train
+   for training, the next --test held out.
+2. The untrained model judges the held-out items (greedy; a judgement without a valid score group counts as wrong).
+3. Cold start: supervised fine-tuning on brief teacher judgements written from each item's solution
+   (`RFTConfig(sampler="teacher", teacher_brief=True)`): a 135M model writes no score groups on its own.
+4. Rejective fine-tuning on the model's own samples (the method): N_RFT = 3 samples per item plus one hinted,
+   incorrect ones rejected, items it always gets right dropped as too easy; then fine-tuning on the kept ones.
+5. GRPO on the model's own judgements, reward +1 / -1 by the correctness rule.
+6. A Meta RM head on the trained GRM's labelled judgements.
+7. The trained GRM on the held-out items: voting@1 (greedy), @4, @16 and Meta-RM voting@16 (k_meta = 8) over the same
    samples, each with its 95% interval.
+
+Training runs in bfloat16 (about 2.2x fp32 on an AVX-512 BF16 CPU) at learning rates large enough for bf16 weights.
 Every stage resumes (rerun the command); the results go to OUT/results.json.
 """
 
@@ -20,19 +27,20 @@ import time
 from pathlib import Path
 
 import spct
+from spct._atomic import write_json
 from spct.eval.datasets import EvalItem
 from spct.eval.run import evaluate
 from spct.train import grpo, meta_rm, rft
 from spct.train.config import MetaRMConfig, RFTConfig, RLConfig
 from spct.train.data import arithmetic_pairs, write_items
-from spct.train.policy import write_json
 
 
-def held_out_accuracy(model: str, items: list[dict], ks: list[int], max_new_tokens: int, meta=None) -> dict:
-    """{"k": ...} (with meta: the Meta-RM guided votes, and "k_plain" the plain ones over the same samples)."""
+def held_out(model: str, items: list[dict], ks: list[int], max_new_tokens: int, out: Path, meta=None) -> dict:
+    """{"k": ...} accuracies (with meta: the Meta-RM guided votes under "k", the plain ones under "k_plain")."""
     grm = spct.GenerativeRewardModel.from_pretrained(model)
     eval_items = [EvalItem(it["id"], it["query"], it["responses"], it["best"], "arithmetic") for it in items]
-    return evaluate(grm, eval_items, ks, max_new_tokens=max_new_tokens, meta_rm=meta)
+    return evaluate(grm, eval_items, ks, max_new_tokens=max_new_tokens, meta_rm=meta, batch_size=50,
+                    cache_dir=out, settings={"model": model})
 
 
 def main() -> None:
@@ -40,16 +48,20 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--train", type=int, default=400)
     p.add_argument("--test", type=int, default=200)
-    p.add_argument("--rft-steps", type=int, default=150)
-    p.add_argument("--rl-steps", type=int, default=20)
-    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--max-operand", type=int, default=12)
+    p.add_argument("--warmup-steps", type=int, default=60)
+    p.add_argument("--rft-items", type=int, default=200, help="training items the policy samples for RFT")
+    p.add_argument("--rft-steps", type=int, default=20)
+    p.add_argument("--rl-steps", type=int, default=10)
+    p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    items = arithmetic_pairs(args.train + args.test, seed=args.seed)
+    items = arithmetic_pairs(args.train + args.test, seed=args.seed, max_operand=args.max_operand)
     train, test = items[: args.train], items[args.train:]
     write_items(out / "train.jsonl", train)
+    write_items(out / "rft_items.jsonl", train[: args.rft_items])
     results: dict = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     clock = results.setdefault("seconds", {})
 
@@ -59,25 +71,31 @@ def main() -> None:
             results[name] = fn()
             clock[name] = round(time.perf_counter() - began, 1)
             write_json(out / "results.json", results)
+            print(f"{name}: {json.dumps(results[name])} ({clock[name]} s)", flush=True)
         return results[name]
 
-    common = dict(data=str(out / "train.jsonl"), seed=args.seed, max_new_tokens=args.max_new_tokens,
-                  batch_size=8, micro_batch_size=4, log_every=5)
-    stage("untrained", lambda: held_out_accuracy("smollm2-135m", test, [1], args.max_new_tokens))
-    stage("rft", lambda: rft.run(RFTConfig(output_dir=str(out / "rft"), sampler="teacher", hinted=False,
-                                           max_steps=args.rft_steps, save_every=50, learning_rate=5e-5, **common),
-                                 resume=True))
-    rft_model = str(out / "rft" / "model")
-    stage("rl", lambda: grpo.run(RLConfig(output_dir=str(out / "rl"), model=rft_model, group_size=4,
-                                          max_steps=args.rl_steps, save_every=5, learning_rate=1e-6, **common),
-                                 resume=True))
+    common = dict(seed=args.seed, max_new_tokens=args.max_new_tokens, dtype="bfloat16", log_every=5)
+    stage("untrained", lambda: held_out("smollm2-135m", test, [1], args.max_new_tokens, out / "eval-untrained"))
+    stage("warmup", lambda: rft.run(RFTConfig(
+        data=str(out / "train.jsonl"), output_dir=str(out / "warmup"), sampler="teacher", teacher_brief=True,
+        hinted=False, max_steps=args.warmup_steps, batch_size=8, micro_batch_size=8, save_every=20,
+        learning_rate=1e-4, **common), resume=True))
+    stage("rft", lambda: rft.run(RFTConfig(
+        data=str(out / "rft_items.jsonl"), output_dir=str(out / "rft"), model=str(out / "warmup" / "model"),
+        sampler="policy", n_rft=3, hinted=True, max_steps=args.rft_steps, batch_size=8, micro_batch_size=8,
+        save_every=10, learning_rate=5e-5, **common), resume=True))
+    stage("rl", lambda: grpo.run(RLConfig(
+        data=str(out / "train.jsonl"), output_dir=str(out / "rl"), model=str(out / "rft" / "model"), group_size=4,
+        max_steps=args.rl_steps, batch_size=16, micro_batch_size=8, save_every=5, learning_rate=2e-5, **common),
+        resume=True))
     grm_model = str(out / "rl" / "model")
-    stage("meta_rm", lambda: meta_rm.run(MetaRMConfig(output_dir=str(out / "meta"), model=grm_model,
-                                                      samples_per_item=3, max_steps=100, save_every=50,
-                                                      **{**common, "batch_size": 32, "micro_batch_size": 32}),
-                                         resume=True))
+    stage("meta_rm", lambda: meta_rm.run(MetaRMConfig(
+        data=str(out / "rft_items.jsonl"), output_dir=str(out / "meta"), model=grm_model, samples_per_item=4,
+        max_steps=100, save_every=50, batch_size=32, micro_batch_size=32, learning_rate=1e-3,
+        **{**common, "dtype": "float32"}), resume=True))
     meta = spct.MetaRewardModel.from_pretrained(out / "meta" / "meta_rm")
-    stage("trained", lambda: held_out_accuracy(grm_model, test, [1, 4, 16], args.max_new_tokens, meta=meta))
+    stage("trained", lambda: held_out(grm_model, test, [1, 4, 16], args.max_new_tokens, out / "eval-trained",
+                                      meta=meta))
     print(json.dumps(results, indent=2))
 
 

@@ -214,7 +214,7 @@ def test_orders_follow_the_seed(tmp_path):
 # ---------------------------------------------------------------------------------------------- teacher
 
 
-def _check_judgements(items, texts, score_range=(1, 10)):
+def _check_judgements(items, texts, score_range=(1, 10), criteria=(2, 3)):
     ex = extract_scores(texts, num_responses=[len(i["responses"]) for i in items], score_range=score_range,
                         backend="reference")
     assert bool(ex.valid.all()), [t for t, v in zip(texts, ex.valid.tolist()) if not v][:1]
@@ -223,7 +223,7 @@ def _check_judgements(items, texts, score_range=(1, 10)):
         best = item["best"]
         assert all(scores[best] > s for i, s in enumerate(scores) if i != best), (item["id"], scores)
         principles = ex.principles[row]
-        assert 2 <= len(principles) <= 3 and all(w is not None for _, w in principles), principles
+        assert criteria[0] <= len(principles) <= criteria[1] and all(w is not None for _, w in principles), principles
         assert sum(w for _, w in principles) == pytest.approx(1.0)
         assert int(ex.principle_span[row, 0]) >= 0 and int(ex.critique_span[row, 0]) >= 0
 
@@ -238,6 +238,11 @@ def test_teacher_on_fixtures(tmp_path):
     assert texts == [data.teacher_judgement(item, seed=3) for item in items]
     assert texts != [data.teacher_judgement(item, seed=4) for item in items]
     _check_judgements(items, [data.teacher_judgement(item, score_range=(0, 1)) for item in items], (0, 1))
+    brief = [data.teacher_judgement(item, seed=3, brief=True) for item in items]
+    _check_judgements(items, brief, criteria=(1, 1))
+    assert all(len(b) < len(t) / 2 for b, t in zip(brief, texts))
+    assert all(f"{data._final_number(r)}, {'correct' if i == item['best'] else 'wrong'}." in b
+               for item, b in zip(items, brief) for i, r in enumerate(item["responses"]))
 
 
 def test_teacher_rejects_what_it_cannot_judge():

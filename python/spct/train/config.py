@@ -122,7 +122,9 @@ class TrainConfig:
     save_every: int = _field(50, _POSITIVE_INT, "steps between checkpoints")
     log_every: int = _field(10, _POSITIVE_INT, "steps between log lines")
     max_new_tokens: int = _field(512, _POSITIVE_INT, "generated tokens per sample (as GRM scoring)")
-    # float32: bf16 weights lose AdamW updates at these learning rates, and CPU bf16 matmuls are slow.
+    # float32: bf16 weights lose AdamW updates smaller than their rounding step at these learning rates. bfloat16
+    # trains about 2.2x faster on a CPU with AVX-512 BF16 (measured: SFT step on 8 x 515 tokens, 16.5 s vs 36 s);
+    # give it a larger learning rate.
     dtype: str = _field("float32", _choice("float32", "bfloat16"), "parameter dtype")
     keep_checkpoints: int = _field(2, _POSITIVE_INT, "newest checkpoints kept on disk")
     grad_clip: float = _field(1.0, _float(">= 0", lambda x: x >= 0), "max global grad norm (0: no clipping)")
@@ -147,6 +149,8 @@ class RFTConfig(TrainConfig):
     # "policy": the model being trained samples its own trajectories (the method, with a strong base model);
     # "teacher": spct.train.data.teacher_judgement writes them from the gold solution (a small model's cold start).
     sampler: str = _field("policy", _choice("policy", "teacher"), "who writes the RFT trajectories")
+    teacher_brief: bool = _field(False, _BOOL, "sampler teacher: the brief judgements (one criterion, one line "
+                                 "per response) instead of the full ones")
     n_rft: int = _field(3, _POSITIVE_INT, "unhinted samples per item (N_RFT)")
     hinted: bool = _field(True, _BOOL, "also sample once with the best response hinted; keep it if correct")
     # 0.5: the temperature GRM scoring samples k > 1 judgements at, so the kept trajectories look like the ones

@@ -370,11 +370,15 @@ def _verdict(rng: random.Random, i: int, final: int | None, gold: int, right: bo
     return rng.choice(_WRONG).format(i=i + 1, x=x, gold=gold, why=_why(final, gold))
 
 
-def teacher_judgement(item: Item, *, seed: int = 0, score_range: tuple[int, int] = (1, 10)) -> str:
+def teacher_judgement(item: Item, *, seed: int = 0, score_range: tuple[int, int] = (1, 10),
+                      brief: bool = False) -> str:
     """A GRM judgement of a GSM8K / MATH pair item written from its known solution, in the output format of the
     pointwise template: "Specific Criteria:" (2-3 weighted criteria), "Analysis:" (the solution's steps, then each
     response's final number against the gold), "Scores: \\boxed{a, b}" with the best response strictly highest.
-    Wording, weights and scores vary with (seed, item id); the same seed gives the same text."""
+    Wording, weights and scores vary with (seed, item id); the same seed gives the same text.
+
+    brief: the same three parts in about a third of the tokens (one criterion, the steps, one line per response):
+    what a small model can learn to write in a short fine-tune, and cheaper to sample k times."""
     id_ = item.get("id")
     lo, hi = score_range
     if type(lo) is not int or type(hi) is not int or lo >= hi:
@@ -391,6 +395,13 @@ def teacher_judgement(item: Item, *, seed: int = 0, score_range: tuple[int, int]
     rng = random.Random(f"{seed}:teacher:{id_}")
     span = hi - lo
     good, bad = (hi - span // 4, hi), (lo, lo + span // 3)  # disjoint for every span >= 1: good wins strictly
+    if brief:
+        scores = [rng.randint(*good) if i == best else rng.randint(*bad) for i in range(len(responses))]
+        lines = [f"Response {i + 1}: {'no number' if x is None else x}, {'correct' if i == best else 'wrong'}."
+                 for i, x in enumerate(finals)]
+        return (f"Specific Criteria:\n1. Correctness (Weight: 100%): {_band(*good)} if the final number is the true "
+                f"result; {_band(*bad)} if not.\n\nAnalysis:\n" + "\n".join(_solution_steps(solution)) + "\n"
+                + "\n".join(lines) + "\n\nScores: \\boxed{" + ", ".join(map(str, scores)) + "}")
     criteria = _criteria(rng, good, bad)
     steps = [f"Step {k}: {s}" for k, s in enumerate(_solution_steps(solution), 1)]
     verdicts = [_verdict(rng, i, x, gold, i == best) for i, x in enumerate(finals)]

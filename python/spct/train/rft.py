@@ -89,7 +89,7 @@ def _hinted_samples(grm, items: list[dict], cfg: RFTConfig, stats: Counter) -> l
 def _teacher_samples(items: list[dict], cfg: RFTConfig, stats: Counter) -> list[dict]:
     kept = []
     for it in items:
-        text = teacher_judgement(it, seed=cfg.seed)
+        text = teacher_judgement(it, seed=cfg.seed, brief=cfg.teacher_brief)
         stats["sampled"] += 1
         kept.append(_trajectory(it, list(range(len(it["responses"]))), text, "teacher"))
         stats["kept"] += 1
