@@ -5,7 +5,8 @@ arithmetic word problem is right, then scale it with votes.
 
 1. Items: `spct.train.data.arithmetic_pairs` (generated, seeded; operands up to --max-operand): the first --train
    for training, the next --test held out.
-2. The untrained model judges the held-out items (greedy; a judgement without a valid score group counts as wrong).
+2. The untrained model judges the held-out items (greedy; a judgement without a valid score group counts as wrong),
+   and again with forced score groups (`force_scores`): its judging ability apart from the output format.
 3. Cold start: supervised fine-tuning on brief teacher judgements written from each item's solution
    (`RFTConfig(sampler="teacher", teacher_brief=True)`): a 135M model writes no score groups on its own.
 4. Rejective fine-tuning on the model's own samples (the method): N_RFT = 3 samples per item plus one hinted,
@@ -35,12 +36,13 @@ from spct.train.config import MetaRMConfig, RFTConfig, RLConfig
 from spct.train.data import arithmetic_pairs, write_items
 
 
-def held_out(model: str, items: list[dict], ks: list[int], max_new_tokens: int, out: Path, meta=None) -> dict:
+def held_out(model: str, items: list[dict], ks: list[int], max_new_tokens: int, out: Path, meta=None,
+             force_scores: bool = False) -> dict:
     """{"k": ...} accuracies (with meta: the Meta-RM guided votes under "k", the plain ones under "k_plain")."""
     grm = spct.GenerativeRewardModel.from_pretrained(model)
     eval_items = [EvalItem(it["id"], it["query"], it["responses"], it["best"], "arithmetic") for it in items]
     return evaluate(grm, eval_items, ks, max_new_tokens=max_new_tokens, meta_rm=meta, batch_size=50,
-                    cache_dir=out, settings={"model": model})
+                    force_scores=force_scores, cache_dir=out, settings={"model": model})
 
 
 def main() -> None:
@@ -76,6 +78,9 @@ def main() -> None:
 
     common = dict(seed=args.seed, max_new_tokens=args.max_new_tokens, dtype="bfloat16", log_every=5)
     stage("untrained", lambda: held_out("smollm2-135m", test, [1], args.max_new_tokens, out / "eval-untrained"))
+    # the same model made to end every judgement in a score group: its judging ability without the format
+    stage("untrained_forced", lambda: held_out("smollm2-135m", test, [1], args.max_new_tokens,
+                                               out / "eval-untrained-forced", force_scores=True))
     stage("warmup", lambda: rft.run(RFTConfig(
         data=str(out / "train.jsonl"), output_dir=str(out / "warmup"), sampler="teacher", teacher_brief=True,
         hinted=False, max_steps=args.warmup_steps, batch_size=8, micro_batch_size=8, save_every=20,
@@ -91,8 +96,8 @@ def main() -> None:
     grm_model = str(out / "rl" / "model")
     stage("meta_rm", lambda: meta_rm.run(MetaRMConfig(
         data=str(out / "rft_items.jsonl"), output_dir=str(out / "meta"), model=grm_model, samples_per_item=4,
-        max_steps=100, save_every=50, batch_size=32, micro_batch_size=32, learning_rate=1e-3,
-        **{**common, "dtype": "float32"}), resume=True))
+        max_steps=100, save_every=50, batch_size=32, micro_batch_size=32, learning_rate=1e-3, **common),
+        resume=True))
     meta = spct.MetaRewardModel.from_pretrained(out / "meta" / "meta_rm")
     stage("trained", lambda: held_out(grm_model, test, [1, 4, 16], args.max_new_tokens, out / "eval-trained",
                                       meta=meta))

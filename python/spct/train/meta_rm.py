@@ -34,7 +34,7 @@ from spct.train.rules import is_correct
 
 __all__ = ["label_judgements", "run"]
 
-CHUNK = 16  # items sampled together
+CHUNK = 64  # items sampled together: 64 x k rows keep the decode batch large (samples do not depend on it)
 
 
 def label_judgements(grm, items: list[dict], cfg: MetaRMConfig) -> list[dict]:
@@ -87,7 +87,8 @@ def run(cfg: MetaRMConfig, *, resume: bool = False, progress: bool = True) -> di
     train_rows = [r for r in rows if not r["held_out"]]
     if not train_rows:
         raise ValueError(f"no training judgements in {set_path}: lower eval_fraction or add items")
-    meta = MetaRewardModel.from_pretrained(cfg.model, dtype="float32", device=str(d.device), seed=cfg.seed)
+    # the frozen backbone runs in cfg.dtype (bfloat16: the features scoring will see); the head trains in float32
+    meta = MetaRewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=str(d.device), seed=cfg.seed)
     with torch.inference_mode():
         feats = _features(meta, rows)
     labels = torch.tensor([float(r["label"]) for r in rows])

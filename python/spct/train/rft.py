@@ -36,7 +36,7 @@ from spct.train.rules import is_correct
 
 __all__ = ["build_rft_set", "run", "sft_examples"]
 
-CHUNK = 16  # items sampled together
+CHUNK = 64  # items sampled together: 64 x k rows keep the decode batch large (samples do not depend on it)
 
 
 def _policy_samples(grm, items: list[dict], cfg: RFTConfig, stats: Counter) -> list[dict]:
