@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--train", type=int, default=400)
     p.add_argument("--test", type=int, default=200)
     p.add_argument("--max-operand", type=int, default=12)
-    p.add_argument("--warmup-steps", type=int, default=60)
+    p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--rft-items", type=int, default=200, help="training items the policy samples for RFT")
     p.add_argument("--rft-steps", type=int, default=20)
     p.add_argument("--rl-steps", type=int, default=10)
