@@ -4,8 +4,9 @@ Numerics follow `transformers` op for op (RMSNorm in float32 then the weight in 
 float32 cast to the model dtype, residual adds in the model dtype), so fp32 greedy decoding reproduces it token for
 token. Two entry points:
 
-- `prefill(tokens, kv, prompt, start)`: one prompt, causal attention over itself (chunks of `PREFILL_CHUNK` tokens
-  attend to everything before them), its keys and values written ONCE into the packed prompt KV.
+- `prefill(tokens, kv, prompt, start)`: one prompt, causal attention over itself (chunks of `PREFILL_CHUNK` tokens,
+  `NATIVE_PREFILL_CHUNK` through the native kernel, attend to everything before them), its keys and values
+  written ONCE into the packed prompt KV.
 - `decode(step)`: one new token for each of S sample rows; each row attends to its prompt's KV plus its own KV
   through `spct.prefix_attention`.
 """
@@ -257,7 +258,8 @@ class LlamaRunner:
 
     def _chunk_attention_native(self, q, keys, values, lo: int) -> torch.Tensor:
         """The same attention through the decode kernel: the earlier tokens are one shared prefix, and the chunk is
-        one own slot that row r sees up to r (own_len r + 1). About 1.8x torch's CPU flash attention here."""
+        one own slot that row r sees up to r (own_len r + 1). Measured over the layers of a 1,400-token bf16 prompt:
+        0.59 s vs 0.76 s for SDPA (about 1.3x); the whole prefill about 7% faster."""
         rows, dev = q.shape[0], self.device
         zeros = torch.zeros(rows, dtype=torch.int64, device=dev)
         indptr = torch.tensor([0, lo], dtype=torch.int64, device=dev)
