@@ -145,3 +145,18 @@ def test_evaluate_with_a_meta_rm_reports_guided_and_plain_votes(grm, meta_rm):
     for k in ("2", "4"):
         lo, hi = guided["k"][k]["overall_ci95"]
         assert 0 <= lo <= guided["k"][k]["overall"] <= hi <= 1 and guided["k"][k]["items"] == 2
+
+
+def test_meta_rm_features_share_the_prompt_and_equal_one_by_one(default_model_dir):
+    # fp32 so that the shared-prompt path and the one-by-one path are compared at the tight tolerance
+    meta = spct.MetaRewardModel.from_pretrained(str(default_model_dir), dtype="float32", seed=3)
+    shown = [["4", "5"], ["5", "4"], ["4", "5"], ["4", "5"]]  # order ("4", "5") shared by three, one alone
+    judgements = ["Analysis: 4 is right.", "Analysis: 5 is wrong, 4 is right.", "Analysis: 4 is", "A"]
+    got = meta.features("What is 2 + 2?", shown, judgements)
+    want = torch.stack([meta.runner.last_hidden(torch.tensor(meta.input_ids("What is 2 + 2?", s, j))).float()
+                        for s, j in zip(shown, judgements)])
+    torch.testing.assert_close(got, want, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(meta.score("What is 2 + 2?", shown, judgements), want @ meta.weight + meta.bias,
+                               **TOLERANCES[torch.float32])
+    with pytest.raises(ValueError, match="every prefix and suffix needs at least one token"):
+        meta.runner.last_hidden_shared([torch.tensor([1, 2])], [torch.tensor([], dtype=torch.int64)], [0])

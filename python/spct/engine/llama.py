@@ -276,8 +276,39 @@ class LlamaRunner:
         return self._rms_norm(self._prefill_last(tokens, kv, 0), self.norm)[0]
 
     @torch.inference_mode()
+    def last_hidden_shared(self, prefixes: list[torch.Tensor], suffixes: list[torch.Tensor],
+                           prefix_index: list[int]) -> torch.Tensor:
+        """The last token's final hidden state (after the final norm) of each sequence prefixes[prefix_index[r]] +
+        suffixes[r] -> (R, hidden): what `last_hidden` gives for each, with every prefix run once and shared by the
+        rows that extend it (the k judgements of one prompt a Meta RM rates). Each suffix needs at least one token;
+        all suffix tokens of all rows go through the layers together, as one decode step of many rows."""
+        if len(suffixes) != len(prefix_index) or not suffixes:
+            raise ValueError(f"one prefix index per suffix: {len(suffixes)} suffixes, {len(prefix_index)} indices")
+        lengths = [int(s.shape[0]) for s in suffixes]
+        if min(lengths) < 1 or min(int(p.shape[0]) for p in prefixes) < 1:
+            raise ValueError("every prefix and suffix needs at least one token")
+        kv = KVCache(self.config, [int(p.shape[0]) for p in prefixes], len(suffixes), max(lengths), self.dtype,
+                     self.device)
+        for j, p in enumerate(prefixes):
+            self._prefill_last(p.to(self.device), kv, j)
+        dev = self.device
+        rows = torch.repeat_interleave(torch.arange(len(suffixes), device=dev), torch.tensor(lengths, device=dev))
+        own_len = torch.cat([torch.arange(1, n + 1, device=dev) for n in lengths])
+        index = torch.tensor(prefix_index, dtype=torch.int64, device=dev)
+        prompt_len = (kv.indptr[1:] - kv.indptr[:-1])[index]
+        step = DecodeStep(torch.cat(list(suffixes)).to(dev), prompt_len[rows] + own_len - 1, index[rows], rows,
+                          own_len)
+        last = torch.tensor(lengths, device=dev).cumsum(0) - 1
+        return self._rms_norm(self._hidden(step, kv)[last], self.norm)
+
+    @torch.inference_mode()
     def decode(self, step: DecodeStep, kv: KVCache) -> torch.Tensor:
         """One token per row -> logits (S, V); appends each row's key and value to its own slot first."""
+        return self.logits(self._hidden(step, kv))
+
+    def _hidden(self, step: DecodeStep, kv: KVCache) -> torch.Tensor:
+        """The rows of `step` through every layer (each row's key and value written to its slot at own_len - 1 first,
+        so a row sees its slot up to itself) -> hidden states before the final norm (S, hidden)."""
         x = self.embed[step.tokens]
         write = step.own_len - 1
         for i, layer in enumerate(self.layers):
@@ -288,7 +319,7 @@ class LlamaRunner:
             attn = self._attend(q.contiguous(), kv.prompt[i, 0], kv.prompt[i, 1], kv.indptr, step, own_k, own_v)
             x = x + layer["o"](attn.view(x.shape[0], -1))
             x = self._mlp(layer, x)
-        return self.logits(x)
+        return x
 
     def _attend(self, q, prefix_k, prefix_v, indptr, step: DecodeStep, own_k, own_v) -> torch.Tensor:
         if q.device.type == "cpu" and pa._native.native("prefix_attention", "cpu") is not None:

@@ -76,15 +76,35 @@ class MetaRewardModel:
             return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         return self.tokenizer(turns[0]["content"] + "\n" + judgement).input_ids
 
-    def score(self, query, shown_orders: Sequence[Sequence[str]], judgements: Sequence[str]) -> torch.Tensor:
-        """Meta scores of k judgements of one item: shown_orders[j] the responses as sample j saw them,
-        judgements[j] its principles + critique. returns: (k,) float32, unbounded."""
+    def features(self, query, shown_orders: Sequence[Sequence[str]], judgements: Sequence[str]) -> torch.Tensor:
+        """The backbone's final hidden state at the end of each Meta RM input (query, responses as shown, judgement):
+        (k, hidden) float32. The judgements of one response order share their prompt: it runs once
+        (`LlamaRunner.last_hidden_shared`), and only each judgement's own tokens run per judgement."""
         if len(shown_orders) != len(judgements):
             raise ValueError(f"one response order per judgement: {len(shown_orders)} orders, {len(judgements)} "
                              "judgements")
-        out = torch.empty(len(judgements))
-        for j, (shown, text) in enumerate(zip(shown_orders, judgements)):
-            ids = torch.tensor(self.input_ids(query, shown, text), device=self.runner.device)
-            h = self.runner.last_hidden(ids).float().cpu()
-            out[j] = h @ self.weight + self.bias
-        return out
+        ids = [self.input_ids(query, shown, text) for shown, text in zip(shown_orders, judgements)]
+        groups: dict[tuple, list[int]] = {}
+        for j, shown in enumerate(shown_orders):
+            groups.setdefault(tuple(shown), []).append(j)
+        prefixes, suffixes, index = [], [None] * len(ids), [0] * len(ids)
+        for members in groups.values():
+            # the tokens every judgement of this order starts with, leaving each at least one token of its own
+            n = min(len(ids[j]) for j in members) - 1
+            first = ids[members[0]]
+            for j in members[1:]:
+                n = next((t for t in range(n) if ids[j][t] != first[t]), n)
+            if n == 0:  # nothing shared: each judgement is its own prefix (its first token) and suffix
+                for j in members:
+                    suffixes[j], index[j] = torch.tensor(ids[j][1:]), len(prefixes)
+                    prefixes.append(torch.tensor(ids[j][:1]))
+                continue
+            for j in members:
+                suffixes[j], index[j] = torch.tensor(ids[j][n:]), len(prefixes)
+            prefixes.append(torch.tensor(first[:n]))
+        return self.runner.last_hidden_shared(prefixes, suffixes, index).float().cpu()
+
+    def score(self, query, shown_orders: Sequence[Sequence[str]], judgements: Sequence[str]) -> torch.Tensor:
+        """Meta scores of k judgements of one item: shown_orders[j] the responses as sample j saw them,
+        judgements[j] its principles + critique. returns: (k,) float32, unbounded."""
+        return self.features(query, shown_orders, judgements) @ self.weight + self.bias

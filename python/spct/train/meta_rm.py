@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -61,10 +62,11 @@ def _split(num_items: int, fraction: float, seed: int) -> set[int]:
 
 
 def _features(meta, rows: list[dict]) -> torch.Tensor:
-    """(N, hidden) float32: the frozen backbone's final hidden state of each Meta RM input."""
-    feats = [meta.runner.last_hidden(torch.tensor(meta.input_ids(r["query"], r["shown"], r["judgement"]),
-                                                  device=meta.runner.device)).float().cpu() for r in rows]
-    return torch.stack(feats) if feats else torch.zeros((0, meta.weight.shape[0]))
+    """(N, hidden) float32: the frozen backbone's final hidden state of each Meta RM input, the judgements of one
+    query (consecutive rows) rated together so that their shared prompt runs once."""
+    feats = [meta.features(query, [r["shown"] for r in group], [r["judgement"] for r in group])
+             for query, group in itertools.groupby(rows, key=lambda r: r["query"])]
+    return torch.cat(feats) if feats else torch.zeros((0, meta.weight.shape[0]))
 
 
 def run(cfg: MetaRMConfig, *, resume: bool = False, progress: bool = True) -> dict:
