@@ -64,8 +64,8 @@ def _split(num_items: int, fraction: float, seed: int) -> set[int]:
 def _features(meta, rows: list[dict]) -> torch.Tensor:
     """(N, hidden) float32: the frozen backbone's final hidden state of each Meta RM input, the judgements of one
     query (consecutive rows) rated together so that their shared prompt runs once."""
-    feats = [meta.features(query, [r["shown"] for r in group], [r["judgement"] for r in group])
-             for query, group in itertools.groupby(rows, key=lambda r: r["query"])]
+    groups = [list(group) for _, group in itertools.groupby(rows, key=lambda r: r["query"])]
+    feats = [meta.features(g[0]["query"], [r["shown"] for r in g], [r["judgement"] for r in g]) for g in groups]
     return torch.cat(feats) if feats else torch.zeros((0, meta.weight.shape[0]))
 
 
