@@ -12,12 +12,14 @@ arithmetic word problem is right, then scale it with votes.
 4. Rejective fine-tuning on the model's own samples (the method): N_RFT = 3 samples per item plus one hinted,
    incorrect ones rejected, items it always gets right dropped as too easy; then fine-tuning on the kept ones.
 5. GRPO on the model's own judgements, reward +1 / -1 by the correctness rule.
-6. A Meta RM head on the trained GRM's labelled judgements.
+6. A Meta RM head on the trained GRM's labelled judgements of the first --meta-items training items.
 7. The trained GRM on the held-out items: voting@1 (greedy), @4, @16 and Meta-RM voting@16 (k_meta = 8) over the same
    samples, each with its 95% interval.
 
 Training runs in bfloat16 (about 2.2x fp32 on an AVX-512 BF16 CPU) at learning rates large enough for bf16 weights.
-Every stage resumes (rerun the command); the results go to OUT/results.json.
+Every stage resumes (rerun the command); the results go to OUT/results.json, the voting curve to OUT/voting.png,
+and the README's table is printed at the end. The defaults ran in about 40 minutes on a 2-core AVX-512 CPU
+(150 held-out items: 71% greedy, 77% Meta-RM voting@16; README, Training).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 import spct
 from spct._atomic import write_json
 from spct.eval.datasets import EvalItem
-from spct.eval.run import evaluate
+from spct.eval.run import evaluate, plot
 from spct.train import grpo, meta_rm, rft
 from spct.train.config import MetaRMConfig, RFTConfig, RLConfig
 from spct.train.data import arithmetic_pairs, write_items
@@ -45,14 +47,34 @@ def held_out(model: str, items: list[dict], ks: list[int], max_new_tokens: int, 
                     force_scores=force_scores, cache_dir=out, settings={"model": model})
 
 
+def summary(results: dict) -> str:
+    """The README's table: held-out accuracy with 95% intervals, before and after training."""
+    def row(name: str, r: dict) -> str:
+        lo, hi = r["overall_ci95"]
+        return f"| {name} | {100 * r['overall']:.1f}% | {100 * lo:.1f}-{100 * hi:.1f}% | {100 * r['valid_rate']:.0f}% |"
+
+    n = results["untrained"]["k"]["1"]["items"]
+    lines = [f"| held-out ({n} items, chance 50%) | accuracy | 95% interval | valid samples |", "|---|---|---|---|",
+             row("untrained, greedy", results["untrained"]["k"]["1"]),
+             row("untrained, greedy, forced score groups", results["untrained_forced"]["k"]["1"])]
+    trained = results["trained"]
+    for k in trained["k_plain"]:
+        row_name = "trained, greedy" if k == "1" else f"trained, voting@{k}"
+        lines.append(row(row_name, trained["k_plain"][k]))
+    top = max(trained["k"], key=int)
+    lines.append(row(f"trained, Meta-RM voting@{top} (k_meta = {int(top) // 2})", trained["k"][top]))
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--train", type=int, default=400)
-    p.add_argument("--test", type=int, default=200)
+    p.add_argument("--test", type=int, default=150)
     p.add_argument("--max-operand", type=int, default=12)
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--rft-items", type=int, default=200, help="training items the policy samples for RFT")
+    p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--rft-items", type=int, default=150, help="training items the policy samples for RFT")
+    p.add_argument("--meta-items", type=int, default=100, help="training items the trained GRM judges for the Meta RM")
     p.add_argument("--rft-steps", type=int, default=20)
     p.add_argument("--rl-steps", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=96)
@@ -64,6 +86,7 @@ def main() -> None:
     train, test = items[: args.train], items[args.train:]
     write_items(out / "train.jsonl", train)
     write_items(out / "rft_items.jsonl", train[: args.rft_items])
+    write_items(out / "meta_items.jsonl", train[: args.meta_items])
     results: dict = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     clock = results.setdefault("seconds", {})
 
@@ -95,13 +118,21 @@ def main() -> None:
         resume=True))
     grm_model = str(out / "rl" / "model")
     stage("meta_rm", lambda: meta_rm.run(MetaRMConfig(
-        data=str(out / "rft_items.jsonl"), output_dir=str(out / "meta"), model=grm_model, samples_per_item=4,
+        data=str(out / "meta_items.jsonl"), output_dir=str(out / "meta"), model=grm_model, samples_per_item=4,
         max_steps=100, save_every=50, batch_size=32, micro_batch_size=32, learning_rate=1e-3, **common),
         resume=True))
     meta = spct.MetaRewardModel.from_pretrained(out / "meta" / "meta_rm")
     stage("trained", lambda: held_out(grm_model, test, [1, 4, 16], args.max_new_tokens, out / "eval-trained",
                                       meta=meta))
-    print(json.dumps(results, indent=2))
+    trained = results["trained"]
+    # the plain votes as "overall" (with their interval), the Meta-RM guided votes over the same samples beside them
+    curve = {"k": {k: {**r, "categories": {"Meta-RM voting, k_meta = k/2": trained["k"][k]["overall"]}}
+                   for k, r in trained["k_plain"].items()}}
+    plot(curve, out / "voting.png", "trained GRM, held-out arithmetic pairs: voting@k")
+    print(summary(results))
+    print(f"RFT: {json.dumps(results['rft'])}")
+    print(f"Meta RM: {json.dumps(results['meta_rm'])}")
+    print(f"seconds: {json.dumps(clock)} (total {sum(clock.values()):.0f})")
 
 
 if __name__ == "__main__":
