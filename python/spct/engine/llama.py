@@ -187,6 +187,18 @@ class LlamaRunner:
         copied = {name: t.detach().to(device=self.device, dtype=self.dtype, copy=True) for name, t in weights.items()}
         return LlamaRunner(self.config, copied, *self._rope, self.dtype, self.device)
 
+    @property
+    def row_multiple(self) -> int:
+        """Decode steps are padded to a multiple of this many rows. On the CPU, float32 matmuls give a row
+        different bits when it is one of the last M % 4 rows of a small batch (MKL's small-M kernels), so padding
+        to a multiple of 4 makes each row's logits independent of the batch; bfloat16 needs none (checked in the
+        tests)."""
+        return 4 if self.dtype == torch.float32 and self.device.type == "cpu" else 1
+
+    def new_kv(self, prompt_lengths: list[int], slots: int, capacity: int) -> KVCache:
+        """An empty KV for prompts of these lengths and `slots` own slots of `capacity` tokens (the engine's)."""
+        return KVCache(self.config, list(prompt_lengths), slots, capacity, self.dtype, self.device)
+
     # -- pieces -------------------------------------------------------------------------------------------------
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
