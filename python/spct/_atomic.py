@@ -1,30 +1,65 @@
-"""Atomic file writes: a temporary file beside the target, flushed and fsynced, then renamed over it, so a reader
-(or a resumed run) sees the old content or the new, never half of it."""
+"""Atomic writes, the only place in the package that creates temporary files or renames: every file (or directory)
+is written under a temporary name beside its target, flushed and fsynced, then renamed over the target and the
+folder fsynced, so a reader (or a resumed run) sees the old content or the new, never half of it. A writer that
+raises leaves no temporary behind.
+
+Temporary names start with ``.tmp-`` (``.tmp-{name}.{random}{suffix}``, the target's suffix kept so that writers
+which pick a format from the extension still work); a directory that holds them may remove any ``.tmp-*`` entry
+left by a killed process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["append_lines", "complete_lines", "write_json", "write_jsonl", "write_text"]
+__all__ = ["TMP_PREFIX", "append_lines", "atomic_dir", "atomic_file", "complete_lines", "fsync_path", "remove_tree",
+           "write_bytes", "write_json", "write_jsonl", "write_text"]
+
+TMP_PREFIX = ".tmp-"
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data (or a directory's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path` for a writer that takes a file name (safetensors, savefig); when the
+    block ends it is fsynced and renamed over `path`; when the block raises it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the result is as readable as any other output
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike, record) -> Path:
@@ -33,6 +68,47 @@ def write_json(path: str | os.PathLike, record) -> Path:
 
 def write_jsonl(path: str | os.PathLike, records) -> Path:
     return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Rename a directory out of sight first (atomic), then delete it: a process killed while deleting leaves only a
+    ``.tmp-`` directory, never a half-deleted one under the real name."""
+    path = Path(path)
+    hidden = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}old-{path.name}."))
+    os.replace(path, hidden / path.name)  # into a fresh hidden folder: never collides with a leftover
+    shutil.rmtree(hidden)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fsync_path(os.path.join(folder, name))
+        fsync_path(folder)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields an empty temporary directory beside `path` (mode 0755) to fill; when the block ends, every file in it
+    is fsynced and it is renamed to `path` (an existing `path` is first renamed out of sight, then deleted); when
+    the block raises it is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}."))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the result is as readable as any other output
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}old-{path.name}."))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_path(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def append_lines(path: str | os.PathLike, lines: list[str]) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from spct._atomic import append_lines, complete_lines, write_json
+from spct._atomic import append_lines, atomic_file, complete_lines, write_json
 from spct.eval.datasets import EvalItem
 from spct.ops.vote import vote
 
@@ -200,8 +199,6 @@ def plot(results: dict, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
