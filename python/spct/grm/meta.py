@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from spct._atomic import atomic_file, write_text
 from spct.grm.templates import messages
 
 __all__ = ["MetaRewardModel"]
@@ -57,17 +57,12 @@ class MetaRewardModel:
         return cls(runner, AutoTokenizer.from_pretrained(model_dir), weight, bias, base)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Writes meta_rm.json and the head into `path` (each to a temporary name, then renamed)."""
+        """Writes meta_rm.json and the head into `path`, each atomically (`spct._atomic`)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        for name, write in ((HEAD, lambda f: save_file({"weight": self.weight.contiguous(),
-                                                         "bias": self.bias.reshape(())}, f)),
-                            (CONFIG, lambda f: Path(f).write_text(json.dumps(
-                                {"base": self.base, "hidden_size": int(self.weight.shape[0])}, indent=2)))):
-            fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
-            os.close(fd)
-            write(tmp)
-            os.replace(tmp, path / name)
+        with atomic_file(path / HEAD) as tmp:
+            save_file({"weight": self.weight.contiguous(), "bias": self.bias.reshape(())}, str(tmp))
+        write_text(path / CONFIG, json.dumps({"base": self.base, "hidden_size": int(self.weight.shape[0])}, indent=2))
 
     def input_ids(self, query, shown: Sequence[str], judgement: str) -> list[int]:
         turns = messages(query, shown, format="meta", judgement=judgement)

@@ -13,9 +13,9 @@ Layout of ``output_dir``::
                               the python and numpy RNG states and `extra`; a tensor appears as {"__tensor__": key}
     .tmp-*                    a save in progress, or one killed mid-way: ignored, and removed by the next save
 
-A save writes everything into a ``.tmp-`` directory, fsyncs each file, renames the directory into place and only
-then replaces ``latest``: a run killed at any moment leaves the previous checkpoint intact and findable. One
-process writes to an output_dir at a time.
+A save writes everything into a ``.tmp-`` directory (`spct._atomic.atomic_dir`: each file fsynced, the directory
+renamed into place) and only then replaces ``latest``: a run killed at any moment leaves the previous checkpoint
+intact and findable. One process writes to an output_dir at a time.
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from spct._atomic import TMP_PREFIX, atomic_dir, remove_tree, write_text
+
 __all__ = ["NonFiniteLossError", "check_finite", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
-_TMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"checkpoint-(\d+)")
 _FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer_state.json")
 # Markers in trainer_state.json for what JSON lacks: tensors, tuples, dicts with non-string keys.
@@ -108,15 +108,6 @@ def _set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state(cuda_state, device)
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's (or a directory's entries') data to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_files(tmp: Path, step: int, model, optimizer, scheduler, extra: dict | None) -> None:
     save_model(model, str(tmp / "model.safetensors"))  # drops the duplicate names of tied tensors
     train_tensors, rng_tensors = {}, {}
@@ -127,35 +118,15 @@ def _write_files(tmp: Path, step: int, model, optimizer, scheduler, extra: dict 
              "rng": _encode(_rng_state(), "", rng_tensors)}
     save_file(train_tensors, str(tmp / "optimizer.safetensors"))
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
-    for name in _FILES:
-        _fsync(tmp / name)
-    _fsync(tmp)
-
-
-def _remove(path: Path) -> None:
-    """Rename out of sight first (atomic), then delete: a run killed while deleting leaves only a .tmp- dir."""
-    hidden = path.with_name(f"{_TMP_PREFIX}old-{path.name}")
-    os.replace(path, hidden)
-    shutil.rmtree(hidden)
+    (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")  # in the temporary directory
 
 
 def _remove_leftovers(output_dir: Path) -> None:
-    for path in output_dir.glob(f"{_TMP_PREFIX}*"):
+    for path in output_dir.glob(f"{TMP_PREFIX}*"):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()
-
-
-def _write_latest(output_dir: Path, name: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=f"{_TMP_PREFIX}latest-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, output_dir / "latest")
-    _fsync(output_dir)
 
 
 def _step(path: Path) -> int:
@@ -182,21 +153,12 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, model: torch.nn.Mo
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(output_dir)
     final = output_dir / f"checkpoint-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=f"{_TMP_PREFIX}{final.name}-"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a checkpoint is as readable as any other output
-    try:
+    with atomic_dir(final) as tmp:  # replaces the same step saved before, e.g. by a resumed run
         _write_files(tmp, step, model, optimizer, scheduler, extra)
-        if final.exists():  # the same step saved again, e.g. by a resumed run
-            _remove(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync(output_dir)
-    _write_latest(output_dir, final.name)
+    write_text(output_dir / "latest", final.name + "\n")
     others = [p for p in _checkpoints(output_dir) if p != final]  # oldest first
     for old in others[:max(len(others) - (keep - 1), 0)]:
-        _remove(old)
+        remove_tree(old)
     return final
 
 

@@ -17,78 +17,33 @@ Every random choice of an item is drawn from a generator seeded by (seed, item i
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
-import os
 import random
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from spct.eval.datasets import _jsonl, _turns
+import spct.items
+from spct.items import iter_jsonl, turns
 
 __all__ = ["SOURCES", "arithmetic_pairs", "gsm8k_pairs", "last_boxed", "math_pairs", "perturb_answer", "read_items",
            "rmb_pairwise_train", "teacher_judgement", "write_items"]
 
-Item = dict
+Item = dict  # a training item as a JSON record (`spct.items.Item.to_dict()`)
 
 # ---------------------------------------------------------------------------------------------- reading, writing
 
 
-def _check_item(item: object, where: str) -> Item:
-    """The item, its id made a string; a ValueError naming `where` and the item's id when it is malformed."""
-    if not isinstance(item, dict):
-        raise ValueError(f"{where}: an item must be a JSON object, got {type(item).__name__}")
-    id_ = item.get("id")
-    if not isinstance(id_, (str, int)) or isinstance(id_, bool) or id_ == "":
-        raise ValueError(f"{where}: an item needs a string 'id', got {id_!r}")
-    name = f"{where}: item {str(id_)!r}"
-    query, responses = item.get("query"), item.get("responses")
-    turns_ok = isinstance(query, list) and all(isinstance(t, dict) and "role" in t and "content" in t for t in query)
-    if not (isinstance(query, str) or turns_ok):
-        raise ValueError(f"{name}: 'query' must be a string or a list of {{'role', 'content'}} turns")
-    if not isinstance(responses, list) or not responses or not all(isinstance(r, str) for r in responses):
-        raise ValueError(f"{name}: 'responses' must be a non-empty list of strings")
-    n = len(responses)
-    if n >= 2:
-        best = item.get("best")
-        if best is None:
-            raise ValueError(f"{name} has no label: an item with {n} responses needs 'best' (an int in [0, {n}))")
-        if type(best) is not int or not 0 <= best < n:
-            raise ValueError(f"{name}: 'best' = {best!r} is out of range; it must be an int in [0, {n})")
-    elif type(item.get("label")) is not int or item["label"] not in (0, 1):
-        raise ValueError(f"{name} has no label: an item with one response needs 'label' 0 or 1, "
-                         f"got {item.get('label')!r}")
-    if not isinstance(item.get("solution", ""), str):
-        raise ValueError(f"{name}: 'solution' must be a string")
-    return {**item, "id": str(id_)}
-
-
 def read_items(path: str | Path) -> list[Item]:
-    """Labelled items from a .jsonl or .jsonl.gz file; ValueError with the line number (and item id) on a bad line."""
-    path = Path(path)
-    return [_check_item(r, f"{path}:{lineno}") for lineno, r in _jsonl(path)]
+    """Labelled items from a .jsonl or .jsonl.gz file (`spct.items.check`, require="label": an id, and "best" or a
+    0/1 "label"); ValueError with the line number (and item id) on a bad line."""
+    return [item.to_dict() for _, item in spct.items.read_items(path, require="label")]
 
 
 def write_items(path: str | Path, items: Iterable[Item]) -> Path:
-    """Write items as JSONL (gzipped when the name ends in .gz), atomically: a temporary file in the same folder,
-    then os.replace, so readers never see half a file. Every item is checked before anything is written."""
-    path = Path(path)
-    items = [_check_item(item, f"items[{i}]") for i, item in enumerate(items)]
-    text = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(gzip.compress(text, mtime=0) if path.suffix == ".gz" else text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    """Write labelled items as JSONL (gzipped when the name ends in .gz), atomically. Every item is checked
+    (require="label") before anything is written."""
+    return spct.items.write_items(path, items, require="label")
 
 
 # ---------------------------------------------------------------------------------------------- wrong answers
@@ -171,7 +126,7 @@ def gsm8k_pairs(path: str | Path, *, seed: int = 0, limit: int | None = None) ->
     path = Path(path)
 
     def items():
-        for lineno, r in _jsonl(path):
+        for lineno, r in iter_jsonl(path):
             if _GSM8K_GOLD not in r.get("answer", ""):
                 raise ValueError(f"{path}:{lineno}: a GSM8K answer must end in '#### <gold>'")
             solution = _CALCULATOR.sub("", r["answer"])
@@ -233,10 +188,10 @@ def math_pairs(path: str | Path, *, exclude_path: str | Path, seed: int = 0, lim
     """MATH problems whose "problem" is not in `exclude_path` (MATH-500) and whose last \\boxed{...} answer is a plain
     integer -> pair items like `gsm8k_pairs` (the others are skipped); "solution" is the MATH solution."""
     path = Path(path)
-    excluded = {r["problem"].strip() for _, r in _jsonl(Path(exclude_path))}
+    excluded = {r["problem"].strip() for _, r in iter_jsonl(Path(exclude_path))}
 
     def items():
-        for lineno, r in _jsonl(path):
+        for lineno, r in iter_jsonl(path):
             gold = last_boxed(r["solution"])
             if r["problem"].strip() in excluded or gold is None or not _PLAIN_INT.fullmatch(gold.strip()):
                 continue
@@ -254,15 +209,15 @@ def rmb_pairwise_train(pairwise_path: str | Path, bon_path: str | Path, *, seed:
     """RMB pairwise pairs whose first user turn occurs in no BoN item (the rest are evaluation data) -> pair items.
     The query is the conversation as chat turns, as `spct.eval.datasets` reads RMB (the last user turn is the
     question); chosen and reject appear in a seeded order."""
-    bon_prompts = {_first_user_turn(r["conversation_input"]) for _, r in _jsonl(Path(bon_path))}
+    bon_prompts = {_first_user_turn(r["conversation_input"]) for _, r in iter_jsonl(Path(bon_path))}
 
     def items():
-        for _, r in _jsonl(Path(pairwise_path)):
+        for _, r in iter_jsonl(Path(pairwise_path)):
             conversation = r["conversation_input"]
             if _first_user_turn(conversation) in bon_prompts:
                 continue
             id_ = f"rmb-{r['pair_uid']}"
-            yield _pair(id_, _turns(conversation), r["chosen"]["answer"], r["reject"]["answer"], _rng(seed, id_))
+            yield _pair(id_, turns(conversation), r["chosen"]["answer"], r["reject"]["answer"], _rng(seed, id_))
 
     return list(itertools.islice(items(), limit))
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from spct._atomic import append_lines, write_text
 from spct.train.checkpoint import check_finite, latest_checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = ["Dist", "barrier", "batch_indices", "init_distributed", "train"]
@@ -82,16 +82,10 @@ class MetricsLog:
         self.path = path
         if path.exists():
             keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-metrics.")
-            with os.fdopen(fd, "w") as f:
-                f.write("".join(line + "\n" for line in keep))
-            os.replace(tmp, path)
+            write_text(path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_lines(self.path, [json.dumps(record)])
 
 
 def _mean_metrics(parts: Sequence[dict], d: Dist) -> dict:

@@ -4,11 +4,11 @@ losses, saved as a Hugging Face checkpoint that `spct.Engine` and `spct.Generati
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from spct._atomic import atomic_dir
 
 __all__ = ["collate", "load_policy", "save_policy", "window_logits"]
 
@@ -40,19 +40,10 @@ def save_policy(model, tokenizer, path: str | os.PathLike, *, lora: bool = False
     """A Hugging Face checkpoint directory (safetensors), written beside `path` and renamed into place; LoRA
     adapters are merged into a copy of the weights first."""
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}."))
-    try:
+    with atomic_dir(path) as tmp:
         to_save = model.merge_and_unload() if lora else model
         to_save.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        old = path.parent / f".tmp-old-{path.name}"
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
