@@ -6,7 +6,7 @@
 
 #include <omp.h>
 
-#include "spct/extract_cpu.h"
+#include "spct/extract_scores_cpu.h"
 
 namespace spct {
 namespace cpu {

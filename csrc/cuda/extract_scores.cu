@@ -1,9 +1,9 @@
-// CUDA kernels of extract_scores: one thread per row runs the same parsing code (spct/extract.h) as the CPU.
+// CUDA kernels of extract_scores: one thread per row runs the same parsing code (spct/extract_scores.h) as the CPU.
 // Numbers off the exact fast path set `slow` for the row; the Python launcher re-parses those rows on the host.
 #include <cuda_runtime.h>
 
-#include "spct/extract.h"
-#include "spct/extract_cuda.h"
+#include "spct/extract_scores.h"
+#include "spct/extract_scores_cuda.h"
 
 namespace spct {
 namespace cuda {

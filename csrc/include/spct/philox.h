@@ -6,13 +6,7 @@
 
 #include <cstdint>
 
-#ifndef SPCT_HD
-#if defined(__CUDACC__)
-#define SPCT_HD __host__ __device__ __forceinline__
-#else
-#define SPCT_HD inline
-#endif
-#endif
+#include "spct/common.h"
 
 namespace spct {
 namespace philox {

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "spct/extract.h"  // SPCT_HD, quiet_nan
+#include "spct/common.h"
 #include "spct/philox.h"
 
 namespace spct {
@@ -59,7 +59,7 @@ SPCT_HD bool ranks_in(const Item& it, int64_t j) {
 // by Philox(seed, item index), -1 when no sample is used.
 SPCT_HD void finish_item(const Item& it, int32_t used, uint64_t seed, int64_t item_index, float* rewards,
                          int64_t* best) {
-  const float nan = float(extract::quiet_nan());
+  const float nan = float(quiet_nan());
   for (int64_t i = 0; i < it.n; ++i) {
     if (used == 0 || i >= it.n_item) rewards[i] = nan;
   }

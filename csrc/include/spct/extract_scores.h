@@ -7,11 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define SPCT_HD __host__ __device__ __forceinline__
-#else
-#define SPCT_HD inline
-#endif
+#include "spct/common.h"
 
 namespace spct {
 namespace extract {
@@ -19,13 +15,6 @@ namespace extract {
 // A decimal that the fast path below cannot convert exactly (more significant digits than a double holds, or
 // more than 22 fractional digits). The host converts it with std::from_chars; the device flags the row.
 constexpr int kNeedsSlowPath = 2;
-
-SPCT_HD double quiet_nan() {
-  const uint64_t bits = 0x7ff8000000000000ull;
-  double d;
-  memcpy(&d, &bits, sizeof d);
-  return d;
-}
 
 SPCT_HD bool is_space(uint8_t c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';

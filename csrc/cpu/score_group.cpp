@@ -1,6 +1,6 @@
-// Token masks for the score-group grammar (spct/score_grammar.h). The group so far is run through a small state
+// Token masks for the score-group grammar (spct/score_group.h). The group so far is run through a small state
 // machine once; each candidate token (found once per byte table) then continues from that state.
-#include "spct/score_grammar.h"
+#include "spct/score_group.h"
 
 namespace spct {
 namespace cpu {

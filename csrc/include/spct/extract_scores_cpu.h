@@ -6,7 +6,7 @@
 #include <memory>
 #include <vector>
 
-#include "spct/extract.h"
+#include "spct/extract_scores.h"
 
 namespace spct {
 namespace cpu {

@@ -1,4 +1,4 @@
-// The AVX-512 BF16 build of gemm_bf16 (see spct/gemm.h); compiled with -mavx512bf16, entered only after
+// The AVX-512 BF16 build of gemm_bf16 (see spct/linear.h); compiled with -mavx512bf16, entered only after
 // gemm_bf16_supported(). Measured on SmolLM2-135M decode steps: torch's bf16 matmul reads the weights at about
 // 9 GB/s at M = 1 and reaches a third of the dot-product peak at M = 16; this kernel streams packed weights once
 // per 64 outputs and keeps 6 x 4 accumulators in registers. No standard-library templates in this file (their
@@ -7,7 +7,7 @@
 
 #include <cstring>
 
-#include "spct/gemm.h"
+#include "spct/linear.h"
 
 namespace spct {
 namespace cpu {

@@ -1,0 +1,38 @@
+// The one pybind11 module of spct, spct._C: each op binds itself in csrc/bindings/<op>.cpp. Host buffers come in
+// as numpy arrays (zero-copy views of torch tensors) or Views, device buffers as Views plus the CUDA stream.
+// Nothing here links libtorch.
+#include "common.h"
+
+namespace spct_bind {
+
+void bind_view(py::module_& m) {
+  py::class_<View>(m, "View", "A buffer by address: data, dtype, shape, strides (elements), device (-1: host).")
+      .def(py::init([](uintptr_t data, std::string dtype, std::vector<int64_t> shape, std::vector<int64_t> strides,
+                       int device) {
+             return View{data, std::move(dtype), std::move(shape), std::move(strides), device};
+           }),
+           py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("strides"), py::arg("device"))
+      .def_readonly("data", &View::data)
+      .def_readonly("dtype", &View::dtype)
+      .def_readonly("shape", &View::shape)
+      .def_readonly("strides", &View::strides)
+      .def_readonly("device", &View::device);
+}
+
+}  // namespace spct_bind
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "spct native kernels (C++/OpenMP and CUDA), free of libtorch";
+#if defined(SPCT_WITH_CUDA)
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
+  spct_bind::bind_view(m);
+  spct_bind::bind_extract_scores(m);
+  spct_bind::bind_vote(m);
+  spct_bind::bind_sample(m);
+  spct_bind::bind_prefix_attention(m);
+  spct_bind::bind_linear(m);
+  spct_bind::bind_score_group(m);
+}
