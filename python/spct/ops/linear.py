@@ -1,7 +1,7 @@
 """linear: y = x W^T (+ b) for the engine's runner, with a native bfloat16 kernel for CPUs with AVX-512 BF16.
 
 Decoding multiplies a handful of rows (one per live sample) by every weight matrix each step; torch's bf16 matmul
-is far from the memory and dot-product limits there (see csrc/cpu/gemm_bf16.cpp). `Linear` packs a bf16 weight
+is far from the memory and dot-product limits there (see csrc/cpu/linear.cpp). `Linear` packs a bf16 weight
 once into the kernel's layout and runs it for any number of rows; elsewhere (float32, other CPUs, CUDA) it is
 `torch.nn.functional.linear`, which is also the reference the kernel is tested against.
 """
