@@ -88,8 +88,8 @@ def _check_responses(responses: object, name: str, who: str) -> None:
         raise ValueError(f"{name}: {allowed}, but {who} has no responses")
     bad = next((i for i, r in enumerate(responses) if not isinstance(r, str)), None)
     if bad is not None:
-        raise ValueError(f"{name}: {allowed}; every response must be a string, but response {bad} is a "
-                         f"{type(responses[bad]).__name__}")
+        raise ValueError(f"{name}: {allowed}; every response must be a string, but response {bad} is "
+                         f"{responses[bad]!r}")
 
 
 def _check_label(record: dict, n: int, name: str, require: str) -> tuple[int | None, int | None]:
