@@ -12,25 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-from spct._atomic import append_lines, complete_lines
+from spct._atomic import append_lines, complete_lines, write_text
+from spct.items import check, iter_jsonl
 
 TEXT_KEYS = ("generation", "text", "output")
-
-
-def _read_jsonl(path: Path) -> Iterator[dict]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SystemExit(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
 
 
 def _generation(record: dict, lineno: int) -> str:
@@ -40,12 +28,8 @@ def _generation(record: dict, lineno: int) -> str:
     raise SystemExit(f"record {lineno} has none of the text keys {TEXT_KEYS}")
 
 
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+def _write_lines(path: Path, lines: list[str]) -> None:
+    write_text(path, "".join(line + "\n" for line in lines))  # atomic: readers never see half a file
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
@@ -57,7 +41,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 def cmd_extract(args: argparse.Namespace) -> None:
     import spct
 
-    records = list(_read_jsonl(Path(args.input)))
+    records = [r for _, r in iter_jsonl(Path(args.input))]
     texts = [_generation(r, i + 1) for i, r in enumerate(records)]
     counts = [int(r.get("num_responses", args.num_responses)) for r in records]
     ex = spct.extract_scores(texts, num_responses=counts, score_range=tuple(args.score_range))
@@ -72,7 +56,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
         }
         lines.append(json.dumps({**({"id": records[i]["id"]} if "id" in records[i] else {}), **row}))
     if args.output:
-        _write_atomic(Path(args.output), lines)
+        _write_lines(Path(args.output), lines)
     else:
         print("\n".join(lines))
     valid = int(ex.valid.sum())
@@ -82,7 +66,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     import spct
 
-    records = list(_read_jsonl(Path(args.input)))
+    records = [r for _, r in iter_jsonl(Path(args.input))]
     prompts = []
     for i, r in enumerate(records, 1):
         prompt = r.get("prompt", r.get("token_ids"))
@@ -96,31 +80,30 @@ def cmd_generate(args: argparse.Namespace) -> None:
                          "samples": [{"text": s.text, "token_ids": s.token_ids, "finish_reason": s.finish_reason}
                                      for s in samples]}) for r, samples in zip(records, outs)]
     if args.output:
-        _write_atomic(Path(args.output), lines)
+        _write_lines(Path(args.output), lines)
     else:
         print("\n".join(lines))
 
 
 def _read_items(path: Path, skip_invalid: bool) -> list[tuple[int, dict]]:
-    """(line number, item) for each item line; a malformed line stops the job, or with skip_invalid is reported."""
+    """(line number, item record) for each item line (`spct.items.check`: a query and responses); a malformed line
+    stops the job, or with skip_invalid is reported and skipped."""
+    def skip(error: ValueError) -> None:
+        print(f"skipped {error}", file=sys.stderr)
+
     items = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    try:
+        for lineno, record in iter_jsonl(path, skip if skip_invalid else None):
             try:
-                item = json.loads(line)
-                if not isinstance(item, dict):
-                    raise ValueError("not a JSON object")
-                if not isinstance(item.get("responses"), list) or not item["responses"] or not item.get("query"):
-                    raise ValueError("needs a non-empty 'query' and a non-empty list 'responses'")
-            except ValueError as exc:
-                msg = f"{path}:{lineno}: {exc}"
+                check(record, f"{path}:{lineno}", "responses")
+            except ValueError as error:
                 if not skip_invalid:
-                    raise SystemExit(msg + " (--skip-invalid skips such lines)") from None
-                print(f"skipped {msg}", file=sys.stderr)
+                    raise
+                skip(error)
                 continue
-            items.append((lineno, item))
+            items.append((lineno, record))
+    except ValueError as exc:
+        raise SystemExit(f"{exc} (--skip-invalid skips such lines)") from None
     return items
 
 
