@@ -210,12 +210,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps(stats))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import spct
-
-    parser = argparse.ArgumentParser(prog="spct", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"spct {spct.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_model_commands(sub) -> None:
+    """fetch, extract, generate."""
     p = sub.add_parser("fetch", help="fetch and convert a model alias (or pass a local checkpoint through)")
     p.add_argument("model", help="alias such as smollm2-135m, a checkpoint directory or a .gguf file")
     p.set_defaults(func=cmd_fetch)
@@ -240,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.set_defaults(func=cmd_generate)
+
+
+def _add_judging_commands(sub) -> None:
+    """score, eval."""
     p = sub.add_parser("score", help="GRM rewards for the responses of each item (resumable)")
     p.add_argument("--input", required=True, help="JSONL items: {'id', 'query', 'responses': [str, ...]}")
     p.add_argument("--output", required=True, help="JSONL, one line per item (null reward: no valid sample); "
@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the benchmark file (or LLMBar folder)")
     p.add_argument("--format", required=True, choices=["rmb-bon", "rmb-pairwise", "llmbar", "rewardbench", "jsonl"])
     p.add_argument("--k", default="1", help="comma-separated sample counts, e.g. 1,8,32 (default 1)")
-    p.add_argument("--out", required=True, help="folder for results.json, accuracy_vs_k.png and samples/ (the judged batches, so a rerun resumes)")
+    p.add_argument("--out", required=True, help="folder for results.json, accuracy_vs_k.png and samples/ (the "
+                   "judged batches, so a rerun resumes)")
     p.add_argument("--model", default="smollm2-135m", help="alias, checkpoint directory or .gguf")
     p.add_argument("--limit", type=int, help="the first N items only")
     p.add_argument("--seed", type=int, default=0)
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
     p.add_argument("--force-scores", action="store_true", help="force a score group where a sample has none")
     p.set_defaults(func=cmd_eval)
+
+
+def _add_train_command(sub) -> None:
     p = sub.add_parser("train", help="SPCT training stages (rejective fine-tuning, GRPO, Meta RM)")
     stages = p.add_subparsers(dest="stage", required=True)
     from spct.train.config import add_config_arguments
@@ -284,6 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
         add_config_arguments(q, stage)
         q.set_defaults(func=cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import spct
+
+    parser = argparse.ArgumentParser(prog="spct", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"spct {spct.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_model_commands(sub)
+    _add_judging_commands(sub)
+    _add_train_command(sub)
     return parser
 
 
