@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spct import _native
+from spct.ops import dispatch
 from spct.ops.ref import extract_scores as ref
 
 GRM_SAMPLE = (
@@ -23,12 +23,13 @@ GRM_SAMPLE = (
 
 def native_lib():
     """The native module; skips (or fails under SPCT_STRICT=1) when it was not built."""
-    lib = _native._module
-    if lib is None:
-        if _native.strict():
-            pytest.fail(f"SPCT_STRICT=1 but spct._C failed to import: {_native._IMPORT_ERROR}")
-        pytest.skip("spct._C is not built")
-    return lib
+    try:
+        dispatch.pick("extract_scores", "cpu", "native")
+    except RuntimeError as exc:
+        if dispatch.strict():
+            pytest.fail(f"SPCT_STRICT=1 but {exc}")
+        pytest.skip(str(exc))
+    return dispatch.native()
 
 
 def as_bytes(texts) -> list[bytes]:
@@ -46,7 +47,7 @@ def native_text(texts, num_responses, lo=1.0, hi=10.0) -> ref.Packed:
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum([len(r) for r in rows], out=offsets[1:])
     text = np.frombuffer(b"".join(rows), dtype=np.uint8)
-    return ref.Packed(*native_lib().extract_text(text, offsets, counts_for(num_responses, len(rows)), lo, hi))
+    return ref.Packed(*native_lib().extract_scores_text(text, offsets, counts_for(num_responses, len(rows)), lo, hi))
 
 
 def reference_text(texts, num_responses, lo=1.0, hi=10.0) -> ref.Packed:

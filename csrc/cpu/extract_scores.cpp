@@ -124,8 +124,8 @@ void Detokenizer::gather(uint8_t* text) const {
   }
 }
 
-void parse_rows(const uint8_t* text, const int64_t* row_offsets, int64_t rows, const int64_t* num_responses,
-                double lo, double hi, ParseOutput* out) {
+void extract_scores_parse(const uint8_t* text, const int64_t* row_offsets, int64_t rows,
+                          const int64_t* num_responses, double lo, double hi, ParseOutput* out) {
   const float kNaN = std::numeric_limits<float>::quiet_NaN();
   out->items.assign(rows, {});
 #pragma omp parallel for schedule(dynamic, 16)
@@ -133,23 +133,25 @@ void parse_rows(const uint8_t* text, const int64_t* row_offsets, int64_t rows, c
     const uint8_t* s = text + row_offsets[r];
     const int64_t n = row_offsets[r + 1] - row_offsets[r];
     float* scores = out->scores + r * out->n_max;
-    extract::Group g = extract::find_score_group(s, n);
+    extract_scores::Group g = extract_scores::find_score_group(s, n);
     int ok = 0;
-    if (g.start >= 0) ok = extract::parse_group(s, g.begin, g.end, num_responses[r], lo, hi, scores, slow_number);
+    if (g.start >= 0) {
+      ok = extract_scores::parse_group(s, g.begin, g.end, num_responses[r], lo, hi, scores, slow_number);
+    }
     if (ok != 1) {
       for (int64_t j = 0; j < out->n_max; ++j) scores[j] = kNaN;
     } else {
       for (int64_t j = num_responses[r]; j < out->n_max; ++j) scores[j] = kNaN;
     }
     out->valid[r] = ok == 1;
-    extract::Sections sec = extract::find_sections(s, n, g.start);
+    extract_scores::Sections sec = extract_scores::find_sections(s, n, g.start);
     for (int k = 0; k < 2; ++k) {
       out->principle[2 * r + k] = sec.principles[k];
       out->critique[2 * r + k] = sec.critique[k];
     }
-    std::vector<extract::Item>& items = out->items[r];
-    extract::for_each_item(
-        s, sec.principles[0], sec.principles[1], [&](const extract::Item& it) { items.push_back(it); },
+    std::vector<extract_scores::Item>& items = out->items[r];
+    extract_scores::for_each_item(
+        s, sec.principles[0], sec.principles[1], [&](const extract_scores::Item& it) { items.push_back(it); },
         slow_number);
   }
 }

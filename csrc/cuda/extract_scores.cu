@@ -1,5 +1,6 @@
 // CUDA kernels of extract_scores: one thread per row runs the same parsing code (spct/extract_scores.h) as the CPU.
 // Numbers off the exact fast path set `slow` for the row; the Python launcher re-parses those rows on the host.
+// The sizes pass is the one that checks data: token ids outside the vocabulary (reported through `bad`).
 #include <cuda_runtime.h>
 
 #include "spct/extract_scores.h"
@@ -73,37 +74,37 @@ __global__ void parse_kernel(DeviceTokens tok, DeviceParse out) {
   const int64_t n = out.row_offsets[r + 1] - out.row_offsets[r];
   copy_row<Id>(tok, r, s);
   float* scores = out.scores + r * out.n_max;
-  const extract::Group g = extract::find_score_group(s, n);
+  const extract_scores::Group g = extract_scores::find_score_group(s, n);
   int ok = 0;
   if (g.start >= 0) {
-    ok = extract::parse_group(s, g.begin, g.end, out.num_responses[r], out.lo, out.hi, scores, NoSlowPath{});
+    ok = extract_scores::parse_group(s, g.begin, g.end, out.num_responses[r], out.lo, out.hi, scores, NoSlowPath{});
   }
   const float nan = __int_as_float(0x7fc00000);
   for (int64_t j = ok == 1 ? out.num_responses[r] : 0; j < out.n_max; ++j) scores[j] = nan;
   out.valid[r] = ok == 1;
-  int32_t slow = ok == extract::kNeedsSlowPath;
-  const extract::Sections sec = extract::find_sections(s, n, g.start);
+  int32_t slow = ok == extract_scores::kNeedsSlowPath;
+  const extract_scores::Sections sec = extract_scores::find_sections(s, n, g.start);
   for (int k = 0; k < 2; ++k) {
     out.principle_span[2 * r + k] = sec.principles[k];
     out.critique_span[2 * r + k] = sec.critique[k];
   }
-  out.item_counts[r] = extract::for_each_item(
-      s, sec.principles[0], sec.principles[1], [&](const extract::Item& it) { slow |= it.slow; }, NoSlowPath{});
+  out.item_counts[r] = extract_scores::for_each_item(
+      s, sec.principles[0], sec.principles[1], [&](const extract_scores::Item& it) { slow |= it.slow; },
+      NoSlowPath{});
   out.slow[r] = slow;
 }
 
-__global__ void items_kernel(const int64_t* row_offsets, const uint8_t* text, const int64_t* principle_span,
-                             const int64_t* item_starts, int64_t rows, int64_t* item_spans, double* item_weights) {
+__global__ void items_kernel(DeviceItems items) {
   const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (r >= rows) return;
-  const uint8_t* s = text + row_offsets[r];
-  int64_t k = item_starts[r];
-  extract::for_each_item(
-      s, principle_span[2 * r], principle_span[2 * r + 1],
-      [&](const extract::Item& it) {
-        item_spans[2 * k] = it.name_begin;
-        item_spans[2 * k + 1] = it.name_end;
-        item_weights[k] = it.weight;
+  if (r >= items.rows) return;
+  const uint8_t* s = items.text + items.row_offsets[r];
+  int64_t k = items.item_starts[r];
+  extract_scores::for_each_item(
+      s, items.principle_span[2 * r], items.principle_span[2 * r + 1],
+      [&](const extract_scores::Item& it) {
+        items.item_spans[2 * k] = it.name_begin;
+        items.item_spans[2 * k + 1] = it.name_end;
+        items.item_weights[k] = it.weight;
         ++k;
       },
       NoSlowPath{});
@@ -111,7 +112,8 @@ __global__ void items_kernel(const int64_t* row_offsets, const uint8_t* text, co
 
 }  // namespace
 
-std::string launch_sizes(const DeviceTokens& tok, int64_t* row_bytes, unsigned long long* bad, void* stream) {
+std::string extract_scores_sizes(const DeviceTokens& tok, int64_t* row_bytes, unsigned long long* bad,
+                                 void* stream) {
   if (tok.rows == 0) return "";
   auto st = static_cast<cudaStream_t>(stream);
   if (tok.is_int64) {
@@ -122,7 +124,7 @@ std::string launch_sizes(const DeviceTokens& tok, int64_t* row_bytes, unsigned l
   return status();
 }
 
-std::string launch_parse(const DeviceTokens& tok, const DeviceParse& out, void* stream) {
+std::string extract_scores_parse(const DeviceTokens& tok, const DeviceParse& out, void* stream) {
   if (tok.rows == 0) return "";
   auto st = static_cast<cudaStream_t>(stream);
   if (tok.is_int64) {
@@ -133,12 +135,9 @@ std::string launch_parse(const DeviceTokens& tok, const DeviceParse& out, void* 
   return status();
 }
 
-std::string launch_items(const int64_t* row_offsets, const uint8_t* text, const int64_t* principle_span,
-                         const int64_t* item_starts, int64_t rows, int64_t* item_spans, double* item_weights,
-                         void* stream) {
-  if (rows == 0) return "";
-  items_kernel<<<blocks(rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      row_offsets, text, principle_span, item_starts, rows, item_spans, item_weights);
+std::string extract_scores_items(const DeviceItems& items, void* stream) {
+  if (items.rows == 0) return "";
+  items_kernel<<<blocks(items.rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(items);
   return status();
 }
 

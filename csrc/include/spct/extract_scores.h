@@ -10,7 +10,7 @@
 #include "spct/common.h"
 
 namespace spct {
-namespace extract {
+namespace extract_scores {
 
 // A decimal that the fast path below cannot convert exactly (more significant digits than a double holds, or
 // more than 22 fractional digits). The host converts it with std::from_chars; the device flags the row.
@@ -382,5 +382,5 @@ SPCT_HD int64_t for_each_item(const uint8_t* s, int64_t b, int64_t e, Emit emit,
   return count;
 }
 
-}  // namespace extract
+}  // namespace extract_scores
 }  // namespace spct

@@ -1,5 +1,6 @@
 // CPU launcher of extract_scores: detokenize token ids with a byte table, then parse every row (OpenMP over
-// rows). Raw pointers and sizes only; the bindings own the buffers.
+// rows). Raw pointers and sizes only; the bindings own the buffers. Nothing here checks arguments (the Python op
+// did: lengths in [0, T], num_responses >= 1, a well-formed table); the detokenizer checks the token ids it reads.
 #pragma once
 
 #include <cstdint>
@@ -65,12 +66,12 @@ struct ParseOutput {
   int64_t* principle;  // (N, 2)
   int64_t* critique;   // (N, 2)
   int64_t n_max;
-  std::vector<std::vector<extract::Item>> items;  // per row
+  std::vector<std::vector<extract_scores::Item>> items;  // per row
 };
 
 // Parses rows text[row_offsets[r], row_offsets[r + 1]) for r < N.
-void parse_rows(const uint8_t* text, const int64_t* row_offsets, int64_t rows, const int64_t* num_responses,
-                double lo, double hi, ParseOutput* out);
+void extract_scores_parse(const uint8_t* text, const int64_t* row_offsets, int64_t rows,
+                          const int64_t* num_responses, double lo, double hi, ParseOutput* out);
 
 }  // namespace cpu
 }  // namespace spct

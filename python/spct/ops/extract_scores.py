@@ -28,6 +28,23 @@ Principles (inside principle_span)
   weight: the first "weight" (any case) followed by [ \t:=*]* and an unsigned NUMBER, a percentage when
   [ \t]* "%" follows; else the first "(" [ \t]* NUMBER [ \t]* "%". Percentages are divided by 100; a plain
   number is kept as written; no weight -> None.
+
+Backends and checks
+-------------------
+Two paths: `extract_from_texts` (texts) and `extract_from_tokens` (token ids, through the torch op
+`spct::extract_scores_tokens`); `extract_scores` checks score_range and picks the path. Each check is done once:
+- Python (this module) checks the arguments: exactly one of texts / token_ids; score_range finite with lo <= hi;
+  texts a sequence of str or bytes; num_responses an int or one int >= 1 per row; token_ids (N, T) int32/int64;
+  lengths (N,) in [0, T]; vocab a TokenBytes (its table was checked when it was built: offsets from 0 to
+  len(data), never decreasing); backend (spct.ops.dispatch). It builds the row offsets of the text path itself.
+  The torch op runs on arguments `extract_from_tokens` checked.
+- The bindings (csrc/bindings/extract_scores.cpp) only marshal (numpy arrays on the host, Views on a device).
+- The kernels check the one data value they read anyway: each token id against the vocabulary (the C++
+  detokenizer; the CUDA sizes pass), reported as "token id X at row r, position c is outside the vocabulary".
+Backend (spct.ops.dispatch.pick): "auto" runs the C++ kernel for host data and the CUDA kernel for CUDA token
+ids; CUDA token ids without a CUDA build run on the host (the C++ kernel when built, since it equals the
+reference). The CUDA kernel flags rows holding a number beyond its exact fast path; those rows are re-parsed on
+the host, so every backend gives the reference's result bit for bit.
 """
 
 from __future__ import annotations
@@ -41,7 +58,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from spct import _native
+from spct.ops import dispatch
+from spct.ops._views import view
 from spct.ops.ref import extract_scores as ref
 from spct.ops.token_bytes import TokenBytes
 
@@ -136,17 +154,21 @@ def _extraction(packed: ref.Packed) -> Extraction:
     return Extraction(scores, valid, pspan, cspan, packed)
 
 
-def extract_from_texts(texts: Sequence[Text], counts: np.ndarray, lo: float, hi: float,
-                       backend: str = "auto") -> ref.Packed:
-    """Parse generations given as text: native when built, else the reference."""
+def extract_from_texts(texts: Sequence[Text], num_responses: int | Sequence[int] | torch.Tensor, lo: float,
+                       hi: float, backend: str = "auto") -> ref.Packed:
+    """The text path: checks texts and num_responses, then parses natively when built, else with the reference.
+
+    texts: N str or bytes; num_responses: int or (N,) ints >= 1; returns the packed arrays (numpy)."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a sequence of generations, not a single str or bytes")
+    counts = _check_num_responses(num_responses, len(texts))
     rows = [_as_bytes(t, i) for i, t in enumerate(texts)]
-    lib = _native.native("extract_scores", "cpu", backend)
-    if lib is None:
+    if dispatch.pick("extract_scores", "cpu", backend) == "reference":
         return ref.extract_scores(rows, counts.tolist(), lo, hi)
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum([len(r) for r in rows], out=offsets[1:])
     text = np.frombuffer(b"".join(rows), dtype=np.uint8)
-    return ref.Packed(*lib.extract_text(text, offsets, counts, lo, hi))
+    return ref.Packed(*dispatch.native().extract_scores_text(text, offsets, counts, lo, hi))
 
 
 def _check_tokens(token_ids: Any, lengths: Any, vocab: TokenBytes | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,9 +191,14 @@ def _check_tokens(token_ids: Any, lengths: Any, vocab: TokenBytes | None) -> tup
     return ids.contiguous(), lens
 
 
-def extract_from_tokens(ids: torch.Tensor, lens: torch.Tensor, vocab: TokenBytes, counts: np.ndarray, lo: float,
-                        hi: float, backend: str = "auto") -> ref.Packed:
-    """Detokenize and parse on the tensor's device through the registered op `spct::extract_scores_tokens`."""
+def extract_from_tokens(token_ids: Any, lengths: Any, vocab: TokenBytes,
+                        num_responses: int | Sequence[int] | torch.Tensor, lo: float, hi: float,
+                        backend: str = "auto") -> ref.Packed:
+    """The token path: checks the arguments, then detokenizes and parses on token_ids' device through the torch op
+    `spct::extract_scores_tokens`. token_ids: (N, T) int32/int64; lengths: (N,) in [0, T] or None (T);
+    num_responses: int or (N,) ints >= 1; returns the packed arrays as tensors on token_ids' device."""
+    ids, lens = _check_tokens(token_ids, lengths, vocab)
+    counts = _check_num_responses(num_responses, ids.shape[0])
     out = torch.ops.spct.extract_scores_tokens(ids, lens, *vocab.on(ids.device), vocab.strip_leading_space,
                                                torch.from_numpy(counts), lo, hi, backend)
     return ref.Packed(*out)
@@ -183,20 +210,20 @@ def _extract_scores_tokens(
     strip_leading_space: bool, num_responses: torch.Tensor, lo: float, hi: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor]:
-    """The token path as a torch op: returns the `Packed` fields as tensors on token_ids' device (text and
-    items too). token_ids: (N, T) int32/int64; lengths, num_responses: (N,) int64 on the CPU."""
+    """The token path as a torch op, on arguments `extract_from_tokens` checked: returns the `Packed` fields as
+    tensors on token_ids' device (text and items too). token_ids: (N, T) int32/int64; lengths, num_responses: (N,)
+    int64 on the CPU; table_bytes: (bytes,) uint8 and table_offsets: (vocab + 1,) int64 of a TokenBytes."""
     ids, counts = token_ids.contiguous(), num_responses.numpy()
-    if ids.is_cuda:
-        lib = _native.native("extract_scores", "cuda", backend)
-        if lib is not None:
-            table = (table_bytes.to(ids.device), table_offsets.to(ids.device), strip_leading_space)
-            return tuple(_extract_cuda(lib, ids, lengths, table, counts, lo, hi))
-        ids = ids.cpu()  # no CUDA kernel built: the reference below, on the host
+    kind = dispatch.pick("extract_scores", ids.device, backend)
+    if ids.is_cuda and kind == "native":
+        table = (table_bytes.to(ids.device), table_offsets.to(ids.device), strip_leading_space)
+        return tuple(_extract_cuda(ids, lengths, table, counts, lo, hi))
+    if ids.is_cuda:  # no CUDA kernel: the host runs it (its C++ kernel equals the reference, and is faster)
+        ids, kind = ids.cpu(), dispatch.pick("extract_scores", "cpu", backend)
     table_bytes, table_offsets = table_bytes.cpu().numpy(), table_offsets.cpu().numpy()
-    lib = _native.native("extract_scores", "cpu", backend)
-    if lib is not None:
-        out = lib.extract_tokens(ids.numpy(), lengths.numpy(), table_bytes, table_offsets, strip_leading_space, counts,
-                                 lo, hi)
+    if kind == "native":
+        out = dispatch.native().extract_scores_tokens(ids.numpy(), lengths.numpy(), table_bytes, table_offsets,
+                                                      strip_leading_space, counts, lo, hi)
     else:
         host = TokenBytes(table_bytes, table_offsets, strip_leading_space)
         out = _reference_tokens(ids.numpy(), lengths.numpy(), host, counts, lo, hi)
@@ -229,47 +256,86 @@ def _reference_tokens(ids: np.ndarray, lens: np.ndarray, vocab: TokenBytes, coun
     return ref.extract_scores(rows, counts.tolist(), lo, hi)
 
 
-def _extract_cuda(lib, ids: torch.Tensor, lens: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor, bool],
+def _extract_cuda(ids: torch.Tensor, lens: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor, bool],
                   counts: np.ndarray, lo: float, hi: float) -> ref.Packed:
     """Device path: sizes -> offsets -> detokenize + parse -> principle items; host syncs for the sizes only.
 
-    table: (bytes, offsets, strip_leading_space) of the vocabulary, on ids' device."""
-    dev, stream = ids.device, torch.cuda.current_stream(ids.device).cuda_stream
+    ids: (N, T) contiguous on a CUDA device; lens: (N,) int64; table: (bytes, offsets, strip_leading_space) of
+    the vocabulary, on ids' device."""
+    lib, stream = dispatch.native(), torch.cuda.current_stream(ids.device).cuda_stream
+    lens_d = lens.to(ids.device)
+    tokens = lib.ExtractScoresTokens(ids=view(ids), lengths=view(lens_d), table_bytes=view(table[0]),
+                                     table_offsets=view(table[1]), strip_leading_space=table[2])
+    offsets = _device_row_offsets(lib, tokens, ids, table[1].shape[0] - 1, stream)
+    parsed = _device_parse(lib, tokens, offsets, counts, lo, hi, stream)
+    item_spans, item_weights = _device_items(lib, offsets, parsed, stream)
+    packed = ref.Packed(parsed.text, offsets, parsed.scores, parsed.valid, parsed.principle_span,
+                        parsed.critique_span, parsed.item_counts, item_spans, item_weights)
+    return _reparse_slow_rows(packed, parsed.slow, counts, lo, hi)
+
+
+def _device_row_offsets(lib, tokens, ids: torch.Tensor, vocab: int, stream: int) -> torch.Tensor:
+    """Row offsets (N + 1,) int64 of the detokenized text on ids' device; a token id outside the vocabulary (the
+    sizes kernel's check) is a ValueError."""
     rows, cols = ids.shape
-    table_bytes, table_offsets, strip = table
-    vocab = table_offsets.shape[0] - 1
-    lens_d = lens.to(dev)
-    tokens = (ids.data_ptr(), ids.dtype == torch.int64, rows, cols, ids.stride(0), lens_d.data_ptr(),
-              table_bytes.data_ptr(), table_offsets.data_ptr(), vocab, strip)
-    row_bytes = torch.empty(rows, dtype=torch.int64, device=dev)
+    row_bytes = torch.empty(rows, dtype=torch.int64, device=ids.device)
     no_bad = torch.iinfo(torch.int64).max
-    bad = torch.full((1,), no_bad, dtype=torch.int64, device=dev)  # read as uint64 by the kernel
-    lib.extract_sizes_cuda(tokens, row_bytes.data_ptr(), bad.data_ptr(), stream)
+    bad = torch.full((1,), no_bad, dtype=torch.int64, device=ids.device)  # read as uint64 by the kernel
+    lib.extract_scores_sizes_cuda(tokens, row_bytes=view(row_bytes), bad=view(bad), stream=stream)
     first_bad = int(bad.item())
     if first_bad != no_bad:
         r, c = divmod(first_bad, cols)
         raise ValueError(f"token id {int(ids[r, c])} at row {r}, position {c} is outside the vocabulary [0, {vocab})")
-    offsets = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
+    offsets = torch.zeros(rows + 1, dtype=torch.int64, device=ids.device)
     torch.cumsum(row_bytes, 0, out=offsets[1:])
-    text = torch.empty(int(offsets[-1].item()), dtype=torch.uint8, device=dev)
-    n_max = int(counts.max(initial=0))
+    return offsets
+
+
+@dataclass
+class _DeviceParsed:
+    """The parse pass's outputs on the device (fields as in `ref.Packed`); slow: (N,) int32, 1 where a number
+    needs the host's exact conversion."""
+
+    text: torch.Tensor
+    scores: torch.Tensor
+    valid: torch.Tensor
+    principle_span: torch.Tensor
+    critique_span: torch.Tensor
+    item_counts: torch.Tensor
+    slow: torch.Tensor
+
+
+def _device_parse(lib, tokens, offsets: torch.Tensor, counts: np.ndarray, lo: float, hi: float,
+                  stream: int) -> _DeviceParsed:
+    """Detokenize into the text and parse every row on the device; counts: (N,) num_responses on the host."""
+    dev, rows, n_max = offsets.device, offsets.shape[0] - 1, int(counts.max(initial=0))
     counts_d = torch.from_numpy(counts).to(dev)
-    scores = torch.empty((rows, n_max), dtype=torch.float32, device=dev)
-    valid = torch.empty(rows, dtype=torch.bool, device=dev)
-    pspan, cspan = (torch.empty((rows, 2), dtype=torch.int64, device=dev) for _ in range(2))
-    item_counts = torch.empty(rows, dtype=torch.int64, device=dev)
-    slow = torch.zeros(rows, dtype=torch.int32, device=dev)
-    lib.extract_parse_cuda(tokens, offsets.data_ptr(), text.data_ptr(), counts_d.data_ptr(), n_max, lo, hi,
-                           scores.data_ptr(), valid.data_ptr(), pspan.data_ptr(), cspan.data_ptr(),
-                           item_counts.data_ptr(), slow.data_ptr(), stream)
-    item_starts = torch.cumsum(item_counts, 0) - item_counts
-    total = int(item_counts.sum().item())
-    item_spans = torch.empty((total, 2), dtype=torch.int64, device=dev)
-    item_weights = torch.empty(total, dtype=torch.float64, device=dev)
-    lib.extract_items_cuda(offsets.data_ptr(), text.data_ptr(), pspan.data_ptr(), item_starts.data_ptr(), rows,
-                           item_spans.data_ptr(), item_weights.data_ptr(), stream)
-    packed = ref.Packed(text, offsets, scores, valid, pspan, cspan, item_counts, item_spans, item_weights)
-    return _reparse_slow_rows(packed, slow, counts, lo, hi)
+    out = _DeviceParsed(
+        text=torch.empty(int(offsets[-1].item()), dtype=torch.uint8, device=dev),
+        scores=torch.empty((rows, n_max), dtype=torch.float32, device=dev),
+        valid=torch.empty(rows, dtype=torch.bool, device=dev),
+        principle_span=torch.empty((rows, 2), dtype=torch.int64, device=dev),
+        critique_span=torch.empty((rows, 2), dtype=torch.int64, device=dev),
+        item_counts=torch.empty(rows, dtype=torch.int64, device=dev),
+        slow=torch.zeros(rows, dtype=torch.int32, device=dev),
+    )
+    views = {name: view(getattr(out, name)) for name in out.__dataclass_fields__}
+    parse = lib.ExtractScoresParse(row_offsets=view(offsets), num_responses=view(counts_d), lo=lo, hi=hi, **views)
+    lib.extract_scores_parse_cuda(tokens, parse, stream=stream)
+    return out
+
+
+def _device_items(lib, offsets: torch.Tensor, parsed: _DeviceParsed, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principle items on the device: name spans (P, 2) int64 and weights (P,) float64."""
+    counts = parsed.item_counts
+    item_starts = torch.cumsum(counts, 0) - counts
+    total = int(counts.sum().item())
+    item_spans = torch.empty((total, 2), dtype=torch.int64, device=offsets.device)
+    item_weights = torch.empty(total, dtype=torch.float64, device=offsets.device)
+    lib.extract_scores_items_cuda(row_offsets=view(offsets), text=view(parsed.text),
+                                  principle_span=view(parsed.principle_span), item_starts=view(item_starts),
+                                  item_spans=view(item_spans), item_weights=view(item_weights), stream=stream)
+    return item_spans, item_weights
 
 
 def _reparse_slow_rows(packed: ref.Packed, slow: torch.Tensor, counts: np.ndarray, lo: float, hi: float):
@@ -312,13 +378,6 @@ def extract_scores(
     if (texts is None) == (token_ids is None):
         raise TypeError("give exactly one of texts or token_ids")
     lo, hi = _check_range(score_range)
-    if backend not in _native.BACKENDS:
-        raise ValueError(f"backend must be one of {_native.BACKENDS}, got {backend!r}")
     if texts is not None:
-        if isinstance(texts, (str, bytes)):
-            raise TypeError("texts must be a sequence of generations, not a single str or bytes")
-        counts = _check_num_responses(num_responses, len(texts))
-        return _extraction(extract_from_texts(texts, counts, lo, hi, backend))
-    ids, lens = _check_tokens(token_ids, lengths, vocab)
-    counts = _check_num_responses(num_responses, ids.shape[0])
-    return _extraction(extract_from_tokens(ids, lens, vocab, counts, lo, hi, backend))
+        return _extraction(extract_from_texts(texts, num_responses, lo, hi, backend))
+    return _extraction(extract_from_tokens(token_ids, lengths, vocab, num_responses, lo, hi, backend))

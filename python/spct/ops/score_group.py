@@ -11,6 +11,10 @@ sampler restricted to them always completes the group; tokens without bytes (spe
 runs the group through a state machine once and continues each candidate token from there (the tokens made
 only of the group's bytes, found once per byte table); the reference (`spct.ops.ref.score_group`) tests each
 candidate in Python.
+
+Checks: this wrapper checks every argument (vocab is a TokenBytes, n >= 1, 0 <= lo <= hi < 10**18, group ids in
+[0, vocab)); the byte table was checked when its TokenBytes was built (offsets from 0 to len(data), never
+decreasing). The bindings only marshal and the kernel reads only bytes of tokens those checks admit.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spct import _native
+from spct.ops import dispatch
 from spct.ops.ref import score_group as ref
 from spct.ops.token_bytes import TokenBytes
 
@@ -28,7 +32,10 @@ __all__ = ["score_group_allowed"]
 
 def score_group_allowed(vocab: TokenBytes, group: Sequence[int], *, n: int, lo: int, hi: int,
                         backend: str = "auto") -> tuple[np.ndarray, bool, bool]:
-    """(allowed ids, viable, closed) for the group ids generated so far; backend "auto", "native" or "reference"."""
+    """(allowed ids, viable, closed) for the group ids generated so far; backend "auto", "native" or "reference".
+
+    group: (G,) token ids after "\\boxed{"; returns allowed: (A,) int32 increasing, viable, closed: bool.
+    """
     if not isinstance(vocab, TokenBytes):
         raise TypeError(f"vocab must be a TokenBytes, got {type(vocab).__name__}")
     for name, v in (("n", n), ("lo", lo), ("hi", hi)):
@@ -39,16 +46,16 @@ def score_group_allowed(vocab: TokenBytes, group: Sequence[int], *, n: int, lo: 
     if not 0 <= lo <= hi < 10**18:
         raise ValueError(f"the score range must have 0 <= lo <= hi < 10**18, got lo = {lo}, hi = {hi}")
     ids = np.asarray(list(group), dtype=np.int64)
+    if ids.ndim != 1:
+        raise ValueError(f"group must be a sequence of token ids, got an array of shape {ids.shape}")
     size = len(vocab)
     if ids.size and (ids.min() < 0 or ids.max() >= size):
         bad = int(ids[(ids < 0) | (ids >= size)][0])
         raise ValueError(f"group token id {bad} outside [0, {size})")
-    module = _native.native("score_group", "cpu", backend)
-    if module is None:
+    if dispatch.pick("score_group", "cpu", backend) == "reference":
         return ref.score_group_allowed(vocab.data, vocab.offsets, ids.tolist(), int(n), int(lo), int(hi))
-    candidates = getattr(vocab, "_score_group_candidates", None)  # found once per byte table
-    if candidates is None:
-        candidates = vocab._score_group_candidates = module.score_group_candidates(vocab.data, vocab.offsets)
-    allowed, viable, closed = module.score_group_allowed(vocab.data, vocab.offsets, candidates, ids, int(n),
-                                                         int(lo), int(hi))
+    lib = dispatch.native()
+    candidates = vocab.derived("score_group_candidates", lambda: lib.score_group_candidates(vocab.data, vocab.offsets))
+    allowed, viable, closed = lib.score_group_allowed(vocab.data, vocab.offsets, candidates, ids, int(n), int(lo),
+                                                      int(hi))
     return allowed, bool(viable), bool(closed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -100,6 +100,7 @@ class TokenBytes:
         self.offsets = offsets
         self.strip_leading_space = bool(strip_leading_space)
         self._device_copies: dict[str, Any] = {}
+        self._derived: dict[str, Any] = {}
 
     @classmethod
     def from_pieces(cls, pieces: Sequence[bytes], strip_leading_space: bool = False) -> TokenBytes:
@@ -145,6 +146,12 @@ class TokenBytes:
                 torch.from_numpy(self.offsets).to(device),
             )
         return self._device_copies[key]
+
+    def derived(self, key: str, make: Callable[[], Any]) -> Any:
+        """A value computed from this table once (e.g. the token ids an op may ever allow), cached under `key`."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
     def __repr__(self) -> str:
         return f"TokenBytes(vocab={len(self)}, bytes={self.data.size}, strip_leading_space={self.strip_leading_space})"
