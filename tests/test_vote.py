@@ -99,6 +99,49 @@ def test_ties_are_broken_uniformly_and_deterministically():
     assert set(both(scores, valid, seed=3).best.tolist()) == {0, 1}
 
 
+def _backends_here() -> list[str]:
+    """Every backend that runs on this machine (native: CPU, or CUDA when there is a device; Triton when
+    installed, on CUDA or in its interpreter)."""
+    import importlib.util
+
+    found = ["reference", "native"]
+    if importlib.util.find_spec("triton") is not None:
+        found.append("triton")
+    return found
+
+
+def _devices_here() -> list[str]:
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+@pytest.mark.parametrize("device", _devices_here())
+@pytest.mark.parametrize("backend", _backends_here())
+def test_ties_follow_the_item_number_not_its_position(backend, device):
+    """An item's tie-break is keyed by indices[b] (its number): the same item, numbered the same, gets the same best
+    whatever its position and batch; without indices the number is the position."""
+    if backend == "native":
+        native_lib()
+    items, seed = 64, 11
+    scores = torch.full((items, 2, 5), 3.0)
+    scores[::3, :, 4] = 1.0  # some items tie among four responses only
+    valid = torch.ones((items, 2), dtype=torch.bool)
+    numbers = torch.arange(1000, 1000 + items, dtype=torch.int64)
+    run = lambda s, v, i: spct.vote(s.to(device), v.to(device), seed=seed, indices=i.to(device),  # noqa: E731
+                                    backend=backend).best.cpu()
+    whole = run(scores, valid, numbers)
+    want = spct.vote(scores, valid, seed=seed, indices=numbers, backend="reference").best
+    assert torch.equal(whole, want)
+    assert len(set(whole.tolist())) == 5  # the draw really picks among the tied responses
+    order = torch.randperm(items, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(run(scores[order], valid[order], numbers[order]), whole[order])  # shuffled batch
+    for start, size in [(0, 1), (5, 4), (17, 16), (40, 24)]:  # re-batched: each item alone or in a smaller batch
+        part = slice(start, start + size)
+        assert torch.equal(run(scores[part], valid[part], numbers[part]), whole[part])
+    by_position = spct.vote(scores.to(device), valid.to(device), seed=seed, backend=backend).best.cpu()
+    assert torch.equal(by_position, run(scores, valid, torch.arange(items)))  # default: indices = 0..B-1
+    assert not torch.equal(by_position, whole)
+
+
 @pytest.mark.parametrize(("batch", "k", "n"), [(1, 1, 1), (7, 3, 6), (989, 32, 2), (0, 4, 2)])
 def test_awkward_shapes(batch, k, n):
     g = torch.Generator().manual_seed(batch + k + n)
@@ -190,6 +233,9 @@ def test_a_corrupted_item_is_found_by_both(data):
         ({"perm": torch.zeros((2, 3, 2), dtype=torch.int64)}, r"perm\[0, 0\] = \[0, 0\] is not a permutation"),
         ({"perm": torch.ones((2, 3, 2))}, "perm must be an integer tensor"),
         ({"seed": -1}, "seed must be an int in"),
+        ({"indices": torch.tensor([0, -3])}, r"indices\[1\] = -3 is negative"),
+        ({"indices": torch.arange(3)}, r"indices must have shape \(2,\)"),
+        ({"indices": torch.zeros(2)}, "indices must be an integer tensor"),
         ({"backend": "cuda"}, "backend must be one of"),
         ({"perm": torch.tensor([[[0, 1], [1, 0], [1, 1]], [[0, 1]] * 3])}, r"perm\[0, 2\] = \[1, 1\] is not a"),
         ({"perm": torch.tensor([[[0, 2]] * 3] * 2)}, r"perm\[0, 0\] = \[0, 2\] is not a permutation of range\(2\)"),

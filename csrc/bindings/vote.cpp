@@ -1,4 +1,5 @@
-// spct._C bindings of vote.
+// spct._C bindings of vote. They only marshal: spct.ops.vote checks the arguments (shapes, dtypes, ranges) and
+// hands over contiguous buffers; the CPU kernel checks the values it reads (spct/vote_cpu.h).
 #include "common.h"
 
 #include <optional>
@@ -8,25 +9,26 @@
 namespace spct_bind {
 namespace {
 
+template <typename T>
+const T* data_or_null(const std::optional<CArray<T>>& a) {
+  return a ? a->data() : nullptr;
+}
+
+template <typename T>
+const T* ptr_or_null(const std::optional<View>& v) {
+  return v ? v->ptr<const T>() : nullptr;
+}
+
+// Host buffers: scores (B, k, n) float32, valid (B, k) bool, perm (B, k, n) int64, meta_scores (B, k) float32,
+// num_responses and indices (B,) int64. returns (rewards (B, n) float32, num_used (B,) int32, best (B,) int64).
 py::tuple vote_cpu(const CArray<float>& scores, const CArray<bool>& valid, const std::optional<CArray<int64_t>>& perm,
-                   const std::optional<CArray<float>>& meta, int64_t k_meta,
-                   const std::optional<CArray<int64_t>>& num_responses, uint64_t seed) {
-  SPCT_CHECK(scores.ndim() == 3, "scores must be (B, k, n)");
+                   const std::optional<CArray<float>>& meta_scores,
+                   const std::optional<CArray<int64_t>>& num_responses, const std::optional<CArray<int64_t>>& indices,
+                   int64_t k_meta, uint64_t seed) {
   const int64_t items = scores.shape(0), k = scores.shape(1), n = scores.shape(2);
-  SPCT_CHECK(valid.ndim() == 2 && valid.shape(0) == items && valid.shape(1) == k, "valid must be (B, k)");
-  SPCT_CHECK(!meta || (meta->ndim() == 2 && meta->shape(0) == items && meta->shape(1) == k),
-             "meta_scores must be (B, k)");
-  SPCT_CHECK(!num_responses || (num_responses->ndim() == 1 && num_responses->shape(0) == items),
-             "num_responses must be (B,)");
-  const int64_t* nr = num_responses ? num_responses->data() : nullptr;
-  for (int64_t i = 0; nr != nullptr && i < items; ++i) {
-    SPCT_CHECK(nr[i] >= 1 && nr[i] <= n, "num_responses[" + std::to_string(i) + "] = " + std::to_string(nr[i]) +
-                                             " is outside [1, n = " + std::to_string(n) + "]");
-  }
-  SPCT_CHECK(!perm || (perm->ndim() == 3 && perm->shape(0) == items && perm->shape(1) == k && perm->shape(2) == n),
-             "perm must be (B, k, n)");
-  spct::VoteBatch batch{scores.data(), reinterpret_cast<const uint8_t*>(valid.data()),
-                        perm ? perm->data() : nullptr, meta ? meta->data() : nullptr, nr, items, k, n, k_meta, seed};
+  const spct::VoteBatch batch{scores.data(), reinterpret_cast<const uint8_t*>(valid.data()), data_or_null(perm),
+                              data_or_null(meta_scores), data_or_null(num_responses), data_or_null(indices),
+                              items, k, n, k_meta, seed};
   auto rewards = empty<float>({items, n});
   auto used = empty<int32_t>({items});
   auto best = empty<int64_t>({items});
@@ -39,21 +41,32 @@ py::tuple vote_cpu(const CArray<float>& scores, const CArray<bool>& valid, const
   return py::make_tuple(rewards, used, best);
 }
 
+#if defined(SPCT_WITH_CUDA)
+// The same buffers as Views of device tensors, and the outputs to write.
+void vote_cuda(const View& scores, const View& valid, const std::optional<View>& perm,
+               const std::optional<View>& meta_scores, const std::optional<View>& num_responses,
+               const std::optional<View>& indices, int64_t k_meta, uint64_t seed, const View& rewards,
+               const View& num_used, const View& best, uintptr_t stream) {
+  const spct::VoteBatch batch{scores.ptr<const float>(), valid.ptr<const uint8_t>(), ptr_or_null<int64_t>(perm),
+                              ptr_or_null<float>(meta_scores), ptr_or_null<int64_t>(num_responses),
+                              ptr_or_null<int64_t>(indices), scores.size(0), scores.size(1), scores.size(2),
+                              k_meta, seed};
+  cuda_check(spct::cuda::vote(batch, rewards.ptr<float>(), num_used.ptr<int32_t>(), best.ptr<int64_t>(),
+                              dptr<void>(stream)));
+}
+#endif
+
 }  // namespace
 
 void bind_vote(py::module_& m) {
   m.def("vote", &vote_cpu, py::arg("scores"), py::arg("valid"), py::arg("perm"), py::arg("meta_scores"),
-        py::arg("k_meta"), py::arg("num_responses"), py::arg("seed"),
+        py::arg("num_responses"), py::arg("indices"), py::arg("k_meta"), py::arg("seed"),
         "Voting over k samples per item: (rewards (B, n), num_used (B,), best (B,)). k_meta <= 0: all valid.");
 #if defined(SPCT_WITH_CUDA)
-  m.def("vote_cuda", [](uintptr_t scores, uintptr_t valid, uintptr_t perm, uintptr_t meta, uintptr_t num_responses,
-                        int64_t items, int64_t k, int64_t n, int64_t k_meta, uint64_t seed, uintptr_t rewards,
-                        uintptr_t used, uintptr_t best, uintptr_t stream) {
-    spct::VoteBatch batch{dptr<const float>(scores), dptr<const uint8_t>(valid), dptr<const int64_t>(perm),
-                          dptr<const float>(meta), dptr<const int64_t>(num_responses), items, k, n, k_meta, seed};
-    cuda_check(spct::cuda::vote(batch, dptr<float>(rewards), dptr<int32_t>(used), dptr<int64_t>(best),
-                                dptr<void>(stream)));
-  });
+  m.def("vote_cuda", &vote_cuda, py::arg("scores"), py::arg("valid"), py::arg("perm"), py::arg("meta_scores"),
+        py::arg("num_responses"), py::arg("indices"), py::arg("k_meta"), py::arg("seed"), py::arg("rewards"),
+        py::arg("num_used"), py::arg("best"), py::arg("stream"),
+        "vote on device Views, writing rewards, num_used and best on `stream`.");
 #endif
 }
 

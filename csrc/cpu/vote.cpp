@@ -323,7 +323,7 @@ std::string vote(const VoteBatch& b, float* rewards, int32_t* num_used, int64_t*
         first_bad = std::min(first_bad, i);
         continue;
       }
-      vote::finish_item(it, num_used[i], b.seed, i, rewards + i * b.n, best + i);
+      vote::finish_item(it, num_used[i], b.seed, vote::item_number(b, i), rewards + i * b.n, best + i);
     }
   }
   if (first_bad == b.items) return "";

@@ -11,7 +11,7 @@ __global__ void vote_kernel(VoteBatch b, float* rewards, int32_t* num_used, int6
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= b.items) return;
   const vote::Item it = vote::item_of(b, i);
-  num_used[i] = vote::vote_item(it, b.seed, i, rewards + i * b.n, best + i);
+  num_used[i] = vote::vote_item(it, b.seed, vote::item_number(b, i), rewards + i * b.n, best + i);
 }
 
 }  // namespace

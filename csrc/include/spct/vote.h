@@ -3,7 +3,8 @@
 //   - used samples: the valid ones; with meta scores, the k_meta valid samples ranked first by (meta desc,
 //     sample index asc);
 //   - rewards: float32 sums, accumulated in ascending sample order, of each original response's scores;
-//   - best: the argmax of the rewards; exact ties broken by a Philox4x32-10 draw keyed by (seed, item index).
+//   - best: the argmax of the rewards; exact ties broken by a Philox4x32-10 draw keyed by (seed, item number):
+//     the item's number (indices[i], default i), never its position in the batch.
 #pragma once
 
 #include <cstdint>
@@ -29,9 +30,15 @@ struct VoteBatch {
   const int64_t* perm;           // (B, k, n) or null
   const float* meta;             // (B, k) or null
   const int64_t* num_responses;  // (B,) or null (all n)
+  const int64_t* indices;        // (B,) each item's number (>= 0) keying its tie-break, or null (item i is i)
   int64_t items, k, n, k_meta;   // k_meta <= 0: all valid samples
   uint64_t seed;
 };
+
+// The number of item i of the batch: the counter of its tie-break draw.
+SPCT_HD uint64_t item_number(const VoteBatch& b, int64_t i) {
+  return uint64_t(b.indices == nullptr ? i : b.indices[i]);
+}
 
 SPCT_HD Item item_of(const VoteBatch& b, int64_t i) {
   return Item{b.scores + i * b.k * b.n,
@@ -56,8 +63,8 @@ SPCT_HD bool ranks_in(const Item& it, int64_t j) {
 }
 
 // After the sums: NaN for padding (and everywhere when no sample is used); best = argmax with exact ties broken
-// by Philox(seed, item index), -1 when no sample is used.
-SPCT_HD void finish_item(const Item& it, int32_t used, uint64_t seed, int64_t item_index, float* rewards,
+// by Philox(seed, item number), -1 when no sample is used.
+SPCT_HD void finish_item(const Item& it, int32_t used, uint64_t seed, uint64_t number, float* rewards,
                          int64_t* best) {
   const float nan = float(quiet_nan());
   for (int64_t i = 0; i < it.n; ++i) {
@@ -74,7 +81,7 @@ SPCT_HD void finish_item(const Item& it, int32_t used, uint64_t seed, int64_t it
   // The pick among ties: floor(u * ties) with u = bits / 2^24, in exact integer arithmetic.
   // A lone maximum needs no draw (floor(u * 1) = 0): skipping it is the same result, without ten Philox rounds.
   int64_t pick =
-      ties == 1 ? 0 : int64_t((uint64_t(philox::uniform_bits(seed, uint64_t(item_index))) * uint64_t(ties)) >> 24);
+      ties == 1 ? 0 : int64_t((uint64_t(philox::uniform_bits(seed, number)) * uint64_t(ties)) >> 24);
   for (int64_t i = 0; i < it.n_item; ++i) {
     if (rewards[i] == top && pick-- == 0) {
       *best = i;
@@ -85,7 +92,7 @@ SPCT_HD void finish_item(const Item& it, int32_t used, uint64_t seed, int64_t it
 
 // The whole vote of one item, selecting the used samples by rank (O(k^2): the device's way; the host sorts).
 // Writes rewards (n,) and *best; returns the number of used samples.
-SPCT_HD int32_t vote_item(const Item& it, uint64_t seed, int64_t item_index, float* rewards, int64_t* best) {
+SPCT_HD int32_t vote_item(const Item& it, uint64_t seed, uint64_t number, float* rewards, int64_t* best) {
   for (int64_t i = 0; i < it.n; ++i) rewards[i] = 0.0f;
   int32_t used = 0;
   for (int64_t j = 0; j < it.k; ++j) {  // ascending sample order: the float32 sums are reproducible
@@ -95,7 +102,7 @@ SPCT_HD int32_t vote_item(const Item& it, uint64_t seed, int64_t item_index, flo
     const int64_t* p = it.perm == nullptr ? nullptr : it.perm + j * it.n;
     for (int64_t pos = 0; pos < it.n_item; ++pos) rewards[p == nullptr ? pos : p[pos]] += s[pos];
   }
-  finish_item(it, used, seed, item_index, rewards, best);
+  finish_item(it, used, seed, number, rewards, best);
   return used;
 }
 

@@ -2,7 +2,17 @@
 
 The rules are written out in `spct.ops.ref.vote` (the reference); every backend follows them exactly:
 used samples (valid; with meta scores, the k_meta best by (meta desc, index asc)), rewards as float32 sums in
-ascending sample order per original response, best = argmax with exact ties broken by Philox(seed, item).
+ascending sample order per original response, best = argmax with exact ties broken by Philox(seed, indices[b]),
+the item's number (default its position b), so an item's result does not depend on its batch.
+
+Who checks what:
+- this wrapper: the arguments - types, dtypes, shapes, k_meta, seed, the ranges of num_responses and indices
+  (torch reductions; on CUDA a sync) - and, for every backend but the C++ kernel, the values (finite scores and
+  meta scores in valid samples, perm a permutation: `_check_values`);
+- the C++ kernel (csrc/cpu/vote.cpp): those values, in the pass that sums them, worded as `_check_values` words
+  them (the same first bad item);
+- the bindings (csrc/bindings/vote.cpp): nothing, they marshal contiguous buffers (host: numpy; CUDA: Views).
+Backends: `spct.ops.dispatch.pick("vote", device, backend)` (CPU: C++; CUDA: CUDA, else Triton; else reference).
 """
 
 from __future__ import annotations
@@ -11,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from spct import _native
+from spct.ops import _views, dispatch
 from spct.ops.ref import vote as ref
 
-BACKENDS = ("auto", "native", "triton", "reference")
+BACKENDS = dispatch.BACKENDS
 
 
 @dataclass
@@ -32,27 +42,31 @@ def _first_bad(mask: torch.Tensor) -> tuple[int, ...] | None:
     return None if bad.shape[0] == 0 else tuple(int(v) for v in bad[0])
 
 
-def _check_shapes(scores, valid, perm, meta_scores, num_responses) -> None:
+def _check_shapes(scores, valid, perm, meta_scores, num_responses, indices) -> None:
     if not isinstance(scores, torch.Tensor) or scores.dim() != 3 or scores.dtype != torch.float32:
         got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(f"scores must be a float32 tensor (B, k, n), got {got}"
                          f"{' ' + str(scores.dtype) if isinstance(scores, torch.Tensor) else ''}")
     batch, k, n = scores.shape
     expected = {"valid": (valid, (batch, k)), "perm": (perm, (batch, k, n)),
-                "meta_scores": (meta_scores, (batch, k)), "num_responses": (num_responses, (batch,))}
+                "meta_scores": (meta_scores, (batch, k)), "num_responses": (num_responses, (batch,)),
+                "indices": (indices, (batch,))}
     for name, (t, shape) in expected.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor of shape {shape}, got {type(t).__name__}")
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape} to match scores {tuple(scores.shape)}, "
                              f"got {tuple(t.shape)}")
     if valid.dtype != torch.bool:
         raise ValueError(f"valid must be a bool tensor, got {valid.dtype}")
-    if perm is not None and (perm.dtype.is_floating_point or perm.dtype == torch.bool):
-        raise ValueError(f"perm must be an integer tensor, got {perm.dtype}")
+    for name, t in (("perm", perm), ("indices", indices)):
+        if t is not None and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
+            raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
     if meta_scores is not None and not meta_scores.dtype.is_floating_point:
         raise ValueError(f"meta_scores must be a float tensor, got {meta_scores.dtype}")
 
 
-def _check_arguments(scores, meta_scores, k_meta, n_item, seed) -> None:
+def _check_arguments(scores, meta_scores, k_meta, n_item, seed, indices) -> None:
     n = scores.shape[2]
     if k_meta is not None and (meta_scores is None or not isinstance(k_meta, int) or k_meta < 1):
         raise ValueError(f"k_meta must be an int >= 1 used with meta_scores, got {k_meta!r}"
@@ -61,6 +75,8 @@ def _check_arguments(scores, meta_scores, k_meta, n_item, seed) -> None:
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     if n_item is not None and (bad := _first_bad((n_item < 1) | (n_item > n))) is not None:
         raise ValueError(f"num_responses[{bad[0]}] = {int(n_item[bad[0]])} is outside [1, n = {n}]")
+    if indices is not None and (bad := _first_bad(indices < 0)) is not None:
+        raise ValueError(f"indices[{bad[0]}] = {int(indices[bad[0]])} is negative (item numbers are >= 0)")
 
 
 def _check_values(scores, valid, perm, meta_scores, n_item) -> None:
@@ -85,53 +101,46 @@ def _check_values(scores, valid, perm, meta_scores, n_item) -> None:
 
 
 def _vote_impl(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | None, meta_scores: torch.Tensor | None,
-             k_meta: int, num_responses: torch.Tensor | None, seed: int, backend: str
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               k_meta: int, num_responses: torch.Tensor | None, seed: int, backend: str,
+               indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The checked inputs of `vote` -> (rewards, num_used, best) on scores' device. k_meta <= 0: all valid."""
-    lib = None if backend == "triton" else _native.native("vote", scores.device.type, backend)
-    if lib is None and (backend == "triton" or (scores.is_cuda and backend == "auto")):
-        kernel = _triton_vote()
-        if kernel is not None:
-            return kernel(scores, valid, perm, meta_scores, k_meta, num_responses, seed)
-        if backend == "triton":
-            raise RuntimeError("backend='triton' but triton is not installed (pip install 'spct[triton]')")
-    if lib is None:
-        return ref.vote(scores, valid, perm, meta_scores, k_meta if k_meta > 0 else None, num_responses, seed)
+    kind = dispatch.pick("vote", scores.device, backend)
+    if kind == "triton":
+        return dispatch.triton("vote").vote(scores, valid, perm, meta_scores, k_meta, num_responses, seed, indices)
+    if kind == "reference":
+        return ref.vote(scores, valid, perm, meta_scores, k_meta if k_meta > 0 else None, num_responses, seed,
+                        indices)
     if scores.is_cuda:
-        return _vote_cuda(lib, scores, valid, perm, meta_scores, k_meta, num_responses, seed)
-    args = [t.numpy() if t is not None else None for t in (scores, valid, perm, meta_scores)]
-    out = lib.vote(*args, k_meta, None if num_responses is None else num_responses.numpy(), seed)
+        return _vote_cuda(scores, valid, perm, meta_scores, k_meta, num_responses, seed, indices)
+    host = lambda t: None if t is None else t.numpy()  # noqa: E731
+    out = dispatch.native().vote(scores=host(scores), valid=host(valid), perm=host(perm),
+                                 meta_scores=host(meta_scores), num_responses=host(num_responses),
+                                 indices=host(indices), k_meta=k_meta, seed=seed)
     return tuple(torch.from_numpy(a) for a in out)
 
 
 _vote_op = torch.library.custom_op("spct::vote", mutates_args=())(_vote_impl)
 
 
-def _triton_vote():
-    try:
-        from spct.ops.triton import vote as kernels
-    except ImportError:
-        return None
-    return kernels.vote
-
-
 @_vote_op.register_fake
-def _(scores, valid, perm, meta_scores, k_meta, num_responses, seed, backend):
+def _(scores, valid, perm, meta_scores, k_meta, num_responses, seed, backend, indices=None):
     batch, _, n = scores.shape
     dev = scores.device
     return (torch.empty((batch, n), dtype=torch.float32, device=dev), torch.empty(batch, dtype=torch.int32, device=dev),
             torch.empty(batch, dtype=torch.int64, device=dev))
 
 
-def _vote_cuda(lib, scores, valid, perm, meta_scores, k_meta, num_responses, seed):
+def _vote_cuda(scores, valid, perm, meta_scores, k_meta, num_responses, seed, indices):
     batch, k, n = scores.shape
     dev = scores.device
     rewards = torch.empty((batch, n), dtype=torch.float32, device=dev)
     used = torch.empty(batch, dtype=torch.int32, device=dev)
     best = torch.empty(batch, dtype=torch.int64, device=dev)
-    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    lib.vote_cuda(ptr(scores), ptr(valid), ptr(perm), ptr(meta_scores), ptr(num_responses), batch, k, n, k_meta, seed,
-                  rewards.data_ptr(), used.data_ptr(), best.data_ptr(), torch.cuda.current_stream(dev).cuda_stream)
+    v = _views.view
+    dispatch.native().vote_cuda(
+        scores=v(scores), valid=v(valid), perm=v(perm), meta_scores=v(meta_scores), num_responses=v(num_responses),
+        indices=v(indices), k_meta=k_meta, seed=seed, rewards=v(rewards), num_used=v(used), best=v(best),
+        stream=torch.cuda.current_stream(dev).cuda_stream)
     return rewards, used, best
 
 
@@ -144,6 +153,7 @@ def vote(
     k_meta: int | None = None,
     num_responses: torch.Tensor | None = None,
     seed: int = 0,
+    indices: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> Vote:
     """Vote over k samples per item.
@@ -151,18 +161,22 @@ def vote(
     scores: (B, k, n) float32, each sample's scores in the order its prompt showed the responses;
     valid: (B, k) bool; perm: (B, k, n) int, perm[b, j, p] = original index of the response at position p of
     sample j (None: identity); meta_scores: (B, k) float32 Meta RM scores with k_meta: int >= 1 (None: all valid
-    samples); num_responses: (B,) responses per item when fewer than n (padding ignored); seed: tie-break seed.
+    samples); num_responses: (B,) responses per item when fewer than n (padding ignored); seed: tie-break seed;
+    indices: (B,) int64 each item's number >= 0 (None: 0..B-1), the counter of its tie-break draw, so that an
+    item's best does not depend on its position in the batch.
     backend: "auto" (the native kernel for the device when built; on CUDA else Triton; else the reference),
     "native", "triton" or "reference".
     returns: Vote(rewards (B, n) float32, num_used (B,) int32, best (B,) int64).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    _check_shapes(scores, valid, perm, meta_scores, num_responses)
+    _check_shapes(scores, valid, perm, meta_scores, num_responses, indices)
     dev = scores.device
     n_item = None if num_responses is None else num_responses.to(device=dev, dtype=torch.int64)
-    _check_arguments(scores, meta_scores, k_meta, n_item, seed)
-    if scores.is_cuda or backend == "triton" or _native.native("vote", dev.type, backend) is None:
+    number = None if indices is None else indices.to(device=dev, dtype=torch.int64)
+    _check_arguments(scores, meta_scores, k_meta, n_item, seed, number)
+    kind = dispatch.pick("vote", dev, backend)
+    if kind != "native" or scores.is_cuda:  # the C++ kernel checks the values itself
         _check_values(scores, valid, perm, meta_scores if k_meta is not None else None, n_item)
     contiguous = lambda t, dtype: None if t is None else t.to(device=dev, dtype=dtype).contiguous()  # noqa: E731
     # Eager calls skip the op dispatcher (a tenth of a call at B = 4,096, measured); compiled graphs use the op.
@@ -170,5 +184,5 @@ def vote(
     rewards, used, best = op(
         scores.contiguous(), valid.contiguous(), contiguous(perm, torch.int64),
         contiguous(meta_scores if k_meta is not None else None, torch.float32), k_meta or 0,
-        None if n_item is None else n_item.contiguous(), seed, backend)
+        None if n_item is None else n_item.contiguous(), seed, kind, None if number is None else number.contiguous())
     return Vote(rewards, used, best)

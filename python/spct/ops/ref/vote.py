@@ -6,7 +6,8 @@ Rules (grm-method section 3; the C++/CUDA/Triton kernels follow them exactly):
 - rewards[b, i]: the float32 sum, accumulated in ascending sample order, of the scores that the used samples gave
   original response i; NaN for padding (i >= num_responses[b]) and for items with no used sample;
 - best[b]: argmax of the rewards; exact ties: the floor(u * ties)-th tied response in index order, with u =
-  random_bits24(seed, b) / 2^24 from Philox4x32-10; -1 when no sample is used.
+  random_bits24(seed, indices[b]) / 2^24 from Philox4x32-10 (indices[b]: the item's number, default b, so that a
+  result does not depend on the item's position in its batch); -1 when no sample is used.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ def unshuffle(scores: torch.Tensor, perm: torch.Tensor | None, live: torch.Tenso
 
 def vote(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | None = None,
          meta_scores: torch.Tensor | None = None, k_meta: int | None = None,
-         num_responses: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scores (B, k, n) float32, valid (B, k) bool -> rewards (B, n) float32, num_used (B,) int32, best (B,) int64."""
+         num_responses: torch.Tensor | None = None, seed: int = 0, indices: torch.Tensor | None = None
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scores (B, k, n) float32, valid (B, k) bool -> rewards (B, n) float32, num_used (B,) int32, best (B,) int64.
+
+    indices: (B,) int64 item numbers in [0, 2^63) keying the tie-break draw (None: 0..B-1)."""
     batch, k, n = scores.shape
     dev = scores.device
     n_item = torch.full((batch,), n, device=dev) if num_responses is None else num_responses.to(dev)
@@ -56,7 +60,8 @@ def vote(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | None = 
     masked = rewards.masked_fill(~live, float("-inf"))
     ties = (masked == masked.max(1, keepdim=True).values) & live
     count = ties.sum(1)
-    pick = (random_bits24(torch.tensor(seed), torch.arange(batch, device=dev)) * count) >> 24
+    number = torch.arange(batch, device=dev) if indices is None else indices.to(device=dev, dtype=torch.int64)
+    pick = (random_bits24(torch.tensor(seed), number) * count) >> 24
     best = ((ties.cumsum(1) == (pick + 1)[:, None]) & ties).to(torch.int8).argmax(1)
     best = torch.where(num_used > 0, best, torch.full_like(best, -1))
     return rewards, num_used, best

@@ -14,8 +14,8 @@ from spct.ops.triton.philox import uniform_bits
 
 
 @triton.jit
-def _vote_kernel(scores, valid, perm, meta, num_responses, rewards, num_used, best, k, n, k_meta, seed_ptr,
-                 HAS_PERM: tl.constexpr, HAS_META: tl.constexpr, HAS_NR: tl.constexpr,
+def _vote_kernel(scores, valid, perm, meta, num_responses, indices, rewards, num_used, best, k, n, k_meta, seed_ptr,
+                 HAS_PERM: tl.constexpr, HAS_META: tl.constexpr, HAS_NR: tl.constexpr, HAS_IDX: tl.constexpr,
                  K_BLOCK: tl.constexpr, N_BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     js = tl.arange(0, K_BLOCK)
@@ -49,16 +49,18 @@ def _vote_kernel(scores, valid, perm, meta, num_responses, rewards, num_used, be
     top = tl.max(masked, axis=0)
     ties = live & (masked == top)
     n_ties = tl.sum(ties.to(tl.int64))
-    pick = (uniform_bits(tl.load(seed_ptr), b) * n_ties) >> 24
+    number = tl.load(indices + b) if HAS_IDX else b  # the item's number keys its draw, not its position
+    pick = (uniform_bits(tl.load(seed_ptr), number) * n_ties) >> 24
     order = tl.cumsum(ties.to(tl.int64), axis=0)
     chosen = tl.min(tl.where(ties & (order == pick + 1), ps, N_BLOCK), axis=0)
     tl.store(best + b, tl.where(count > 0, chosen, -1).to(tl.int64))
 
 
 def vote(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | None, meta_scores: torch.Tensor | None,
-         k_meta: int, num_responses: torch.Tensor | None, seed: int
+         k_meta: int, num_responses: torch.Tensor | None, seed: int, indices: torch.Tensor | None = None
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Checked, contiguous inputs (as spct.ops.vote passes them) -> (rewards, num_used, best). k_meta <= 0: all."""
+    """Checked, contiguous inputs (as spct.ops.vote passes them) -> (rewards, num_used, best). k_meta <= 0: all.
+    indices: (B,) int64 item numbers (None: 0..B-1)."""
     batch, k, n = scores.shape
     dev = scores.device
     rewards = torch.empty((batch, n), dtype=torch.float32, device=dev)
@@ -72,8 +74,9 @@ def vote(scores: torch.Tensor, valid: torch.Tensor, perm: torch.Tensor | None, m
     _vote_kernel[(batch,)](
         scores, valid.view(torch.uint8), perm if perm is not None else dummy,
         meta_scores if meta_scores is not None else dummy, num_responses if num_responses is not None else dummy,
-        rewards, num_used, best, k, n, k_meta if k_meta > 0 else k, seed_t,
+        indices if indices is not None else dummy, rewards, num_used, best, k, n, k_meta if k_meta > 0 else k, seed_t,
         HAS_PERM=perm is not None, HAS_META=meta_scores is not None and k_meta > 0, HAS_NR=num_responses is not None,
-        K_BLOCK=triton.next_power_of_2(max(k, 1)), N_BLOCK=triton.next_power_of_2(max(n, 1)),
+        HAS_IDX=indices is not None, K_BLOCK=triton.next_power_of_2(max(k, 1)),
+        N_BLOCK=triton.next_power_of_2(max(n, 1)),
     )
     return rewards, num_used, best
