@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from spct.ops import dispatch
 from spct.ops.ref import extract_scores as ref
@@ -19,6 +20,23 @@ GRM_SAMPLE = (
     "- **Response 2** has an arithmetic error.\n\n"
     "Scores: \\boxed{8, 3}"
 )
+
+TEXTS = [
+    GRM_SAMPLE,
+    "Specific Criteria:\n- Caf\u00e9 cr\u00e8me (Weight: 50%)\n- \u65e5\u672c\u8a9e (50%)\nAnalysis: \U0001f600 ok\n[[9]]",
+    "def f(x):\n    return x  # code\n\n\tScores: \\boxed{ 2 , 5 }",
+    "   leading spaces and trailing   ",
+    "",
+]
+
+
+def pad(rows: list[list[int]], pad_id: int, dtype=torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows padded with pad_id into (N, T) ids, and their lengths (N,)."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=dtype)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=dtype)
+    return ids, torch.tensor([len(r) for r in rows])
 
 
 def native_lib():
