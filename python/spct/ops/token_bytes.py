@@ -84,18 +84,21 @@ class _PieceDecoder:
 class TokenBytes:
     """A vocabulary as bytes: token `t` is `data[offsets[t]:offsets[t + 1]]`.
 
-    data: (total,) uint8; offsets: (vocab + 1,) int64. Special tokens have no bytes (as with
+    data: (total,) uint8; offsets: (vocab + 1,) int64, both read-only, checked here (offsets from 0 to len(data),
+    never decreasing) so that ops can trust them. Special tokens have no bytes (as with
     `skip_special_tokens=True`). `strip_leading_space` drops one leading space from each detokenized row, as
     SentencePiece-style decoders do.
     """
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray, strip_leading_space: bool = False):
-        data = np.array(data, dtype=np.uint8)  # an owned, writable copy: torch views it without warnings
+        data = np.array(data, dtype=np.uint8)  # owned copies
         offsets = np.array(offsets, dtype=np.int64)
         if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != data.size:
             raise ValueError("offsets must be 1-D, start at 0 and end at len(data)")
         if np.any(np.diff(offsets) < 0):
             raise ValueError("offsets must not decrease")
+        # Read-only: the kernels index data with offsets and rely on the checks above (made once, here).
+        data.flags.writeable = offsets.flags.writeable = False
         self.data = data
         self.offsets = offsets
         self.strip_leading_space = bool(strip_leading_space)
@@ -141,9 +144,9 @@ class TokenBytes:
 
         key = str(torch.device(device))
         if key not in self._device_copies:
-            self._device_copies[key] = (
-                torch.from_numpy(self.data).to(device),
-                torch.from_numpy(self.offsets).to(device),
+            self._device_copies[key] = (  # writable copies: torch does not take read-only arrays
+                torch.from_numpy(self.data.copy()).to(device),
+                torch.from_numpy(self.offsets.copy()).to(device),
             )
         return self._device_copies[key]
 
