@@ -1,10 +1,12 @@
-// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011; the Random123 and
-// curand constants) and the one uniform that spct's sampler draws per row. Host/device, framework-free; the
-// torch reference (python/spct/ops/ref/philox.py) and the Triton kernel (python/spct/ops/triton/sample.py)
-// compute the same words bit for bit.
+// philox: Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011; the Random123
+// and curand constants) and the one uniform that spct's sampler draws per row (vote's tie-break draws the same
+// bits). Host/device, framework-free; the torch reference (python/spct/ops/ref/philox.py) and the Triton kernels
+// (python/spct/ops/triton/philox.py) compute the same words bit for bit. The launchers of philox_uniform (the
+// uniforms alone) are declared at the end and live beside the sampler's (csrc/cpu/sample.cpp, csrc/cuda/sample.cu).
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "spct/common.h"
 
@@ -61,4 +63,15 @@ SPCT_HD float uniform(uint64_t seed, uint64_t offset) {
 }
 
 }  // namespace philox
+
+namespace cpu {
+// out[i] = philox::uniform(seed[i], offset[i]) for i < n (seed and offset as two's complement bits).
+void philox_uniform(const int64_t* seed, const int64_t* offset, int64_t n, float* out);
+}  // namespace cpu
+
+namespace cuda {
+// The same on device pointers; returns "" or the CUDA error.
+std::string launch_philox_uniform(const int64_t* seed, const int64_t* offset, int64_t n, float* out, void* stream);
+}  // namespace cuda
+
 }  // namespace spct

@@ -116,8 +116,6 @@ namespace cpu {
 void sample_rows(const void* logits, bool bf16, int64_t rows, int64_t vocab, int64_t row_stride,
                  const sample::Params& params, int64_t* tokens, int32_t* status);
 
-void philox_uniform(const int64_t* seed, const int64_t* offset, int64_t n, float* out);
-
 // out[i] = sample::exp_weight(z[i]), compiled under the kernel's floating-point settings (for tests).
 void exp_weights(const float* z, int64_t n, float* out);
 
@@ -128,9 +126,6 @@ namespace cuda {
 // The same contract as cpu::sample_rows with device pointers; one block per row. Returns "" or the CUDA error.
 std::string launch_sample(const void* logits, bool bf16, int64_t rows, int64_t vocab, int64_t row_stride,
                           const sample::Params& params, int64_t* tokens, int32_t* status, void* stream);
-
-std::string launch_philox_uniform(const int64_t* seed, const int64_t* offset, int64_t n, float* out,
-                                  void* stream);
 
 }  // namespace cuda
 }  // namespace spct

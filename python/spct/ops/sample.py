@@ -24,26 +24,30 @@ Row r has logits l (float32; bfloat16 converts exactly), m = max(l), and its own
 seed and offset are 64-bit per row (ints in [-2^63, 2^64), taken modulo 2^64; e.g. offset = decoding step), so a
 row's token depends on its logits, parameters, seed and offset only: not on N, its position or the backend.
 
-Dispatch: CPU tensor -> C++ kernel, else the reference; CUDA tensor -> CUDA kernel, else Triton, else the
-reference (the torch code of ops/ref/sample.py, on the tensor's device). backend="native" | "triton" |
-"reference" forces one (Triton on a CPU tensor needs TRITON_INTERPRET=1). SPCT_STRICT=1 makes falling back to
-the reference an error. A CUDA call syncs once, to check the per-row status (NaN, +inf, all -inf).
+Dispatch: `spct.ops.dispatch.pick("sample", device, backend)` - CPU tensor -> C++ kernel, else the reference;
+CUDA tensor -> CUDA kernel, else Triton, else the reference (the torch code of ops/ref/sample.py, on the tensor's
+device). backend="native" | "triton" | "reference" forces one (Triton on a CPU tensor needs TRITON_INTERPRET=1).
+SPCT_STRICT=1 makes falling back to the reference an error. A CUDA call syncs once, to check the per-row status.
+`philox_uniform` (the op "philox": the draw's uniforms alone) dispatches the same way.
+
+Who checks what:
+- this wrapper: the arguments - logits' shape, dtype, vocabulary size and row layout (a copy when rows are not
+  unit-stride), each parameter's type, length and range (on its value and its float32 rounding);
+- the kernels: the logits values, which they read anyway - each row's status (NaN, +inf, all -inf), raised here
+  for the first bad row;
+- the bindings (csrc/bindings/sample.cpp): nothing, they marshal (host: numpy arrays; CUDA: Views).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import operator
-import os
 from typing import Any
 
 import torch
 
-from spct import _native
+from spct.ops import _views, dispatch
 from spct.ops.ref import sample as ref
 
-BACKENDS = ("auto", "native", "triton", "reference")
 MAX_VOCAB = 1 << 23  # q sums stay below 2^63
 Scalar = Any  # a number, a sequence of N numbers, or an (N,) or 0-d tensor
 
@@ -154,64 +158,28 @@ def _check_logits(logits: Any) -> torch.Tensor:
 
 
 # ---- backends ------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def _triton_usable(device: torch.device) -> bool:
-    if not _triton_installed():
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
-
-
-def _pick(device: torch.device, backend: str, op: str = "sample") -> str:
-    """'native', 'triton' or 'reference' for a tensor on `device` (see the module docstring)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "reference":
-        return "reference"
-    if backend == "triton":
-        if not _triton_usable(device):
-            why = "triton is not installed" if not _triton_installed() else (
-                f"a {device.type} tensor needs a CUDA device or TRITON_INTERPRET=1")
-            raise RuntimeError(f"backend='triton' for {op}: {why}")
-        return "triton"
-    if device.type == "cpu":
-        return "native" if _native.native(op, "cpu", backend) is not None else "reference"
-    if device.type != "cuda":
-        if backend == "native" or _native.strict():
-            raise RuntimeError(f"no native {op} kernel for device {device.type!r}")
-        return "reference"
-    lib = _native._module
-    if lib is not None and getattr(lib, "has_cuda", False):
-        return "native"
-    if backend == "auto" and _triton_usable(device):
-        return "triton"
-    return "native" if _native.native(op, "cuda", backend) is not None else "reference"  # raises if it must
-
-
 def _native_cpu(x: torch.Tensor, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Any]:
     bf16 = x.dtype == torch.bfloat16
     array = x.view(torch.int16).numpy() if bf16 else x.numpy()
-    tokens, status = _native._module.sample(array, bf16, *(p.numpy() for p in params))
+    temperature, top_k, top_p, min_p, seed, offset = (p.numpy() for p in params)
+    tokens, status = dispatch.native().sample(logits=array, bf16=bf16, temperature=temperature, top_k=top_k,
+                                              top_p=top_p, min_p=min_p, seed=seed, offset=offset)
     return torch.from_numpy(tokens), status  # a numpy status: checking it costs no torch op
 
 
 def _native_cuda(x: torch.Tensor, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, vocab = x.shape
-    tokens = torch.empty(rows, dtype=torch.int64, device=x.device)
-    status = torch.empty(rows, dtype=torch.int32, device=x.device)
-    stream = torch.cuda.current_stream(x.device).cuda_stream
-    _native._module.sample_cuda(x.data_ptr(), x.dtype == torch.bfloat16, rows, vocab, x.stride(0),
-                                tuple(p.data_ptr() for p in params), tokens.data_ptr(), status.data_ptr(), stream)
+    tokens = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    status = torch.empty(x.shape[0], dtype=torch.int32, device=x.device)
+    temperature, top_k, top_p, min_p, seed, offset = _views.views(*params)
+    dispatch.native().sample_cuda(
+        logits=_views.view(x), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+        offset=offset, tokens=_views.view(tokens), status=_views.view(status),
+        stream=torch.cuda.current_stream(x.device).cuda_stream)
     return tokens, status
 
 
 def _triton(x: torch.Tensor, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    from spct.ops.triton import sample as triton_sample  # imports triton: only when asked for
-
-    return triton_sample.sample(x, *params)
+    return dispatch.triton("sample").sample(x, *params)  # imports triton: only when asked for
 
 
 def _reference(x: torch.Tensor, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,7 +202,7 @@ def _sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor
     offset: (N,) int64, all on logits' device and checked. returns: (N,) int64."""
     if logits.shape[0] == 0:
         return logits.new_empty(0, dtype=torch.int64)
-    kind = _pick(logits.device, backend)
+    kind = dispatch.pick("sample", logits.device, backend)
     run = {"native": _native_cpu if logits.device.type == "cpu" else _native_cuda, "triton": _triton,
            "reference": _reference}[kind]
     tokens, status = run(logits, (temperature, top_k, top_p, min_p, seed, offset))
@@ -265,7 +233,7 @@ def sample(logits: torch.Tensor, *, temperature: Scalar = 1.0, top_k: Scalar = 0
     returns: (N,) int64 on logits' device.
     """
     x = _check_logits(logits)
-    _pick(x.device, backend)  # a bad backend fails before the parameters are looked at
+    dispatch.pick("sample", x.device, backend)  # a bad backend fails before the parameters are looked at
     params = _params(x.shape[0], x.device, temperature, top_k, top_p, min_p, seed, offset)
     if torch.compiler.is_compiling():
         return torch.ops.spct.sample(x, *params, backend)
@@ -274,23 +242,21 @@ def sample(logits: torch.Tensor, *, temperature: Scalar = 1.0, top_k: Scalar = 0
 
 
 def philox_uniform(seed: Scalar, offset: Scalar = 0, *, backend: str = "auto") -> torch.Tensor:
-    """The sampler's uniforms u = bits * 2^-24 (module docstring) for seeds and offsets (scalars or 1-D, broadcast
-    against each other). returns: (n,) float32, on the device of a tensor argument (else the CPU)."""
+    """The sampler's uniforms u = bits * 2^-24 (module docstring; the op "philox") for seeds and offsets (scalars or
+    1-D, broadcast against each other). returns: (n,) float32, on the device of a tensor argument (else the CPU)."""
     device = next((v.device for v in (seed, offset) if isinstance(v, torch.Tensor)), torch.device("cpu"))
     lengths = [len(v) for v in (seed, offset) if not _is_scalar(v)]
     n = max(lengths, default=1)
     seed_t, offset_t = _int_param(seed, "seed", n, device), _int_param(offset, "offset", n, device)
-    kind = _pick(device, backend, "philox_uniform")
+    kind = dispatch.pick("philox", device, backend)
     if kind == "reference":
         return ref.philox_uniform(seed_t, offset_t)
     if kind == "triton":
-        from spct.ops.triton import sample as triton_sample
-
-        return triton_sample.philox_uniform(seed_t, offset_t)
-    lib = _native._module
+        return dispatch.triton("philox").philox_uniform(seed_t, offset_t)
+    lib = dispatch.native()
     if device.type == "cpu":
-        return torch.from_numpy(lib.philox_uniform(seed_t.numpy(), offset_t.numpy()))
+        return torch.from_numpy(lib.philox_uniform(seed=seed_t.numpy(), offset=offset_t.numpy()))
     out = torch.empty(n, dtype=torch.float32, device=device)
-    lib.philox_uniform_cuda(seed_t.data_ptr(), offset_t.data_ptr(), n, out.data_ptr(),
-                            torch.cuda.current_stream(device).cuda_stream)
+    lib.philox_uniform_cuda(seed=_views.view(seed_t), offset=_views.view(offset_t), out=_views.view(out),
+                            stream=torch.cuda.current_stream(device).cuda_stream)
     return out

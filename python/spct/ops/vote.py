@@ -24,8 +24,6 @@ import torch
 from spct.ops import _views, dispatch
 from spct.ops.ref import vote as ref
 
-BACKENDS = dispatch.BACKENDS
-
 
 @dataclass
 class Vote:
@@ -168,8 +166,7 @@ def vote(
     "native", "triton" or "reference".
     returns: Vote(rewards (B, n) float32, num_used (B,) int32, best (B,) int64).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    dispatch.check_backend("vote", backend)
     _check_shapes(scores, valid, perm, meta_scores, num_responses, indices)
     dev = scores.device
     n_item = None if num_responses is None else num_responses.to(device=dev, dtype=torch.int64)

@@ -12,7 +12,6 @@ import torch
 import triton
 import triton.language as tl
 
-from spct.ops.triton.philox import philox4x32 as _philox4x32
 from spct.ops.triton.philox import uniform_bits as _uniform_bits
 
 
@@ -216,42 +215,6 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
     _sample_kernel[(rows,)](logits, logits.stride(0), vocab, temperature, top_k, top_p, min_p, seed, offset,
                             tokens, status, BLOCK=_block(vocab, logits.device), enable_fp_fusion=False)
     return tokens, status
-
-
-@triton.jit
-def _uniform_kernel(seed, offset, out, n, BLOCK: tl.constexpr):
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    live = i < n
-    bits = _uniform_bits(tl.load(seed + i, mask=live, other=0), tl.load(offset + i, mask=live, other=0))
-    tl.store(out + i, bits.to(tl.float32) * 5.9604644775390625e-08, mask=live)
-
-
-def philox_uniform(seed: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """seed, offset: (n,) int64. returns: (n,) float32 uniforms, bit for bit those of the other backends."""
-    n = seed.shape[0]
-    out = torch.empty(n, dtype=torch.float32, device=seed.device)
-    _uniform_kernel[(triton.cdiv(n, 256),)](seed, offset, out, n, BLOCK=256)
-    return out
-
-
-@triton.jit
-def _philox_kernel(words, out):
-    """words: (6,) int64 counter c0..c3 and key k0, k1; out: (4,) int64."""
-    c0, c1, c2, c3 = _philox4x32(tl.load(words).to(tl.uint32), tl.load(words + 1).to(tl.uint32),
-                                 tl.load(words + 2).to(tl.uint32), tl.load(words + 3).to(tl.uint32),
-                                 tl.load(words + 4).to(tl.uint32), tl.load(words + 5).to(tl.uint32))
-    tl.store(out, c0.to(tl.int64))
-    tl.store(out + 1, c1.to(tl.int64))
-    tl.store(out + 2, c2.to(tl.int64))
-    tl.store(out + 3, c3.to(tl.int64))
-
-
-def philox4x32(counter, key) -> tuple[int, int, int, int]:
-    """Philox4x32-10 of one counter (4 words) and key (2 words), for the known-answer tests."""
-    words = torch.tensor([*counter, *key], dtype=torch.int64)
-    out = torch.empty(4, dtype=torch.int64)
-    _philox_kernel[(1,)](words, out)
-    return tuple(int(v) for v in out)
 
 
 @triton.jit
