@@ -221,14 +221,9 @@ __device__ long long cut_by_mass(const Row<T>& row, Prefix k, uint32_t p_key, lo
   return block_reduce(cut, MaxOp(), s);
 }
 
+// Pass 1: the row's argmax (lowest index on ties) and status (NaN, +inf, all -inf), the same in every thread.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    sample_kernel(const T* logits, int64_t vocab, int64_t row_stride, sample::Params p, int64_t* tokens,
-                  int32_t* status) {
-  __shared__ Shared s;
-  const int64_t r = blockIdx.x;
-  const T* x = logits + r * row_stride;
-
+__device__ int32_t scan_row(const T* x, int64_t vocab, Shared& s, ArgMax* out) {
   const float inf = __int_as_float(0x7f800000);
   ArgMax best{-inf, vocab};
   int nan = 0, pinf = 0;
@@ -242,17 +237,67 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) s.best = best;
   nan = __syncthreads_or(nan);
   pinf = __syncthreads_or(pinf);
-  best = s.best;
-  int32_t code = sample::kOk;
-  if (nan) {
-    code = sample::kNaN;
-  } else if (pinf) {
-    code = sample::kPosInf;
-  } else if (best.value == -inf) {
-    code = sample::kAllNegInf;
+  *out = s.best;
+  if (nan) return sample::kNaN;
+  if (pinf) return sample::kPosInf;
+  if (out->value == -inf) return sample::kAllNegInf;
+  return sample::kOk;
+}
+
+// The top-p prefix of the top-k prefix k: the last (key, index) whose mass ahead stays below top_p of k's mass.
+template <typename T>
+__device__ Prefix top_p_prefix(const Row<T>& row, const Prefix& k, float top_p, Shared& s) {
+  Prefix last{0u, row.vocab};
+  if (!(top_p < 1.0f)) return last;  // 1: off
+  long long mass_k = 0;
+  for (int64_t i = threadIdx.x; i < row.vocab; i += kThreads) {
+    if (in_prefix(row.key(i), i, k.key, k.last)) mass_k += sample::mass(row.weight(i));
   }
+  const double threshold = static_cast<double>(top_p) * static_cast<double>(block_sum(mass_k, s));
+  long long above;
+  last.key = top_p_key(row, k, threshold, &above, s);
+  last.last = cut_by_mass(row, k, last.key, above, threshold, s);
+  return last;
+}
+
+// The draw among the kept tokens (both prefixes, w >= min_p, q > 0): chunks in thread order are the row in index
+// order, so the block scan walks the kept masses in index order.
+template <typename T>
+__device__ long long draw(const Row<T>& row, const Prefix& k, const Prefix& last, float min_p, uint32_t bits,
+                          Shared& s) {
+  auto kept_mass = [&](int64_t i) -> long long {
+    const uint32_t key = row.key(i);
+    if (!in_prefix(key, i, k.key, k.last) || !in_prefix(key, i, last.key, last.last)) return 0;
+    const float w = row.weight(i);
+    return w >= min_p ? sample::mass(w) : 0;
+  };
+  const Chunk chunk(row.vocab);
+  long long own = 0;
+  for (int64_t i = chunk.begin; i < chunk.end; ++i) own += kept_mass(i);
+  long long running, total;
+  Scan(s.cub.scan).ExclusiveSum(own, running, total);
+  __syncthreads();
+  const long long target = sample::draw_target(bits, total);
+  long long token = row.vocab;
+  for (int64_t i = chunk.begin; i < chunk.end && running <= target; ++i) {
+    const long long q = kept_mass(i);
+    running += q;
+    if (q > 0 && running > target) token = i;
+  }
+  return block_reduce(token, MinOp(), s);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    sample_kernel(const T* logits, int64_t vocab, int64_t row_stride, sample::Params p, int64_t* tokens,
+                  int32_t* status) {
+  __shared__ Shared s;
+  const int64_t r = blockIdx.x;
+  const T* x = logits + r * row_stride;
+  ArgMax best;
+  const int32_t code = scan_row(x, vocab, s, &best);
   const float t = p.temperature[r];
-  if (code != sample::kOk || t == 0.0f) {
+  if (code != sample::kOk || t == 0.0f) {  // the same in every thread: the block leaves together
     if (threadIdx.x == 0) {
       status[r] = code;
       tokens[r] = code == sample::kOk ? best.index : -1;
@@ -268,42 +313,9 @@ __global__ void __launch_bounds__(kThreads)
     k.key = top_k_key(row, top_k, &above, s);
     k.last = cut_by_count(row, k.key, top_k - above, s);
   }
-  Prefix last{0u, vocab};
-  const float top_p = p.top_p[r];
-  if (top_p < 1.0f) {
-    long long mass_k = 0;
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-      if (in_prefix(row.key(i), i, k.key, k.last)) mass_k += sample::mass(row.weight(i));
-    }
-    const double threshold = static_cast<double>(top_p) * static_cast<double>(block_sum(mass_k, s));
-    long long above;
-    last.key = top_p_key(row, k, threshold, &above, s);
-    last.last = cut_by_mass(row, k, last.key, above, threshold, s);
-  }
-
-  // The draw: chunks in thread order are the row in index order.
-  const float min_p = p.min_p[r];
-  auto kept_mass = [&](int64_t i) -> long long {
-    const uint32_t key = row.key(i);
-    if (!in_prefix(key, i, k.key, k.last) || !in_prefix(key, i, last.key, last.last)) return 0;
-    const float w = row.weight(i);
-    return w >= min_p ? sample::mass(w) : 0;
-  };
-  const Chunk chunk(vocab);
-  long long own = 0;
-  for (int64_t i = chunk.begin; i < chunk.end; ++i) own += kept_mass(i);
-  long long running, total;
-  Scan(s.cub.scan).ExclusiveSum(own, running, total);
-  __syncthreads();
+  const Prefix last = top_p_prefix(row, k, p.top_p[r], s);
   const uint32_t bits = philox::uniform_bits(static_cast<uint64_t>(p.seed[r]), static_cast<uint64_t>(p.offset[r]));
-  const long long target = sample::draw_target(bits, total);
-  long long token = vocab;
-  for (int64_t i = chunk.begin; i < chunk.end && running <= target; ++i) {
-    const long long q = kept_mass(i);
-    running += q;
-    if (q > 0 && running > target) token = i;
-  }
-  token = block_reduce(token, MinOp(), s);
+  const long long token = draw(row, k, last, p.min_p[r], bits, s);
   if (threadIdx.x == 0) {
     status[r] = sample::kOk;
     tokens[r] = token;
