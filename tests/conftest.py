@@ -56,6 +56,6 @@ def pytest_report_header(config):
     import spct
     from spct import _native
 
-    lib = _native._module
+    lib = _native.module()
     native = "missing" if lib is None else f"{lib.__file__} (cuda={lib.has_cuda})"
     return f"spct {spct.__version__}, native module {native}, SPCT_STRICT={os.environ.get('SPCT_STRICT', '0')}"

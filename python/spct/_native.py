@@ -1,4 +1,5 @@
-"""Loads the native module and decides, per call, whether an op may fall back to its reference."""
+"""Loads the native module (spct._C, or the build named by SPCT_NATIVE_LIB) once; `spct.ops.dispatch` decides per
+call which backend runs an op."""
 
 from __future__ import annotations
 
@@ -31,28 +32,16 @@ except ImportError as exc:  # a source tree without a build: ops fall back to th
     _IMPORT_ERROR = exc
 
 
+def module() -> ModuleType | None:
+    """The loaded native module, or None when it failed to import (see `import_error`)."""
+    return _module
+
+
+def import_error() -> ImportError | None:
+    """Why the native module did not load (None when it did)."""
+    return _IMPORT_ERROR
+
+
 def strict() -> bool:
     """True when SPCT_STRICT=1: a missing native kernel is an error instead of a silent fallback."""
     return os.environ.get("SPCT_STRICT", "0") not in ("", "0")
-
-
-BACKENDS = ("auto", "native", "reference")
-
-
-def native(op: str, device: str = "cpu", backend: str = "auto") -> ModuleType | None:
-    """The native module if it should run `op` on `device`, else None (the caller runs the reference).
-
-    backend: "auto" (native when built, else the reference; under SPCT_STRICT=1 a missing kernel is an error),
-    "native" (a missing kernel is always an error) or "reference".
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "reference":
-        return None
-    if _module is not None and (device == "cpu" or getattr(_module, "has_cuda", False)):
-        return _module
-    if backend == "native" or strict():
-        why = f"import failed: {_IMPORT_ERROR}" if _module is None else "spct._C was built without CUDA"
-        flag = "backend='native'" if backend == "native" else "SPCT_STRICT=1"
-        raise RuntimeError(f"{flag} and no native {op} kernel for device {device!r} ({why})")
-    return None

@@ -35,7 +35,7 @@ BACKENDS = ("auto", "native", "triton", "reference")
 KERNELS: dict[str, frozenset[str]] = {
     "extract_scores": frozenset({"cpu", "cuda"}),
     "linear": frozenset({"cpu"}),
-    "philox_uniform": frozenset({"cpu", "cuda", "triton"}),
+    "philox": frozenset({"cpu", "cuda", "triton"}),
     "prefix_attention": frozenset({"cpu", "cuda", "triton"}),
     "sample": frozenset({"cpu", "cuda", "triton"}),
     "score_group": frozenset({"cpu"}),
@@ -52,22 +52,24 @@ def check_backend(op: str, backend: str) -> None:
     """A ValueError naming the allowed backends of `op` when `backend` is not one of them."""
     allowed = ("auto", "native", *(("triton",) if "triton" in KERNELS[op] else ()), "reference")
     if backend not in allowed:
-        raise ValueError(f"backend for {op} must be one of {allowed}, got {backend!r}")
+        raise ValueError(f"backend must be one of {allowed} for {op}, got {backend!r}")
 
 
 def native() -> ModuleType:
     """The loaded native module (spct._C); only valid after `pick` returned "native"."""
-    if _native._module is None:
-        raise RuntimeError(f"spct._C is not loaded ({_native._IMPORT_ERROR})")
-    return _native._module
+    lib = _native.module()
+    if lib is None:
+        raise RuntimeError(f"spct._C is not loaded ({_native.import_error()})")
+    return lib
 
 
 def native_available(op: str, device: torch.device | str) -> bool:
     """Whether `op` has a native kernel that loaded for `device` (built, and for CUDA compiled with CUDA)."""
     kind = torch.device(device).type
-    if kind not in KERNELS[op] or _native._module is None:
+    lib = _native.module()
+    if kind not in KERNELS[op] or lib is None:
         return False
-    return kind == "cpu" or bool(getattr(_native._module, "has_cuda", False))
+    return kind == "cpu" or bool(getattr(lib, "has_cuda", False))
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,8 +88,8 @@ def _triton_why_not(device: torch.device) -> str | None:
 def _why_no_native(op: str, device: torch.device) -> str:
     if device.type not in KERNELS[op]:
         return f"{op} has no native kernel for {device.type} tensors"
-    if _native._module is None:
-        return f"spct._C failed to import: {_native._IMPORT_ERROR}"
+    if _native.module() is None:
+        return f"spct._C failed to import: {_native.import_error()}"
     return "spct._C was built without CUDA"
 
 
