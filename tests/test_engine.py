@@ -119,7 +119,7 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(request, prompts, dtyp
 @pytest.mark.parametrize("lo, rows", [(0, 1), (0, 256), (300, 256), (512, 37)])
 def test_native_chunk_attention_equals_sdpa(engine32, dtype, lo, rows):
     """Prefill's causal chunk attention through the native kernel equals torch's SDPA with the same mask."""
-    if spct.ops.prefix_attention._native.native("prefix_attention", "cpu") is None:
+    if not spct.ops.prefix_attention.native_cpu():
         pytest.skip("the native CPU module is not built")
     runner, c = engine32.runner, engine32.runner.config
     g = torch.Generator().manual_seed(lo + rows)
@@ -359,10 +359,10 @@ def gpt2_dir(tmp_path_factory, default_model_dir):
 def test_other_architectures_run_on_transformers(gpt2_dir):
     from transformers import AutoModelForCausalLM
 
-    from spct.engine.hf import HFEngine
+    from spct.engine.hf import HFRunner
 
     engine = spct.Engine.from_pretrained(gpt2_dir, dtype="float32")
-    assert isinstance(engine, HFEngine) and "GPT2LMHeadModel" in engine.why
+    assert isinstance(engine.runner, HFRunner) and "GPT2LMHeadModel" in engine.runner.why
     prompt = list(range(100, 130))
     hf = AutoModelForCausalLM.from_pretrained(gpt2_dir, dtype=torch.float32).eval()
     with torch.no_grad():

@@ -6,7 +6,10 @@
 
 Randomness: sample j of a prompt draws its token at step t through `spct.sample` keyed by (the prompt's seed,
 offset j * 2^32 + t) and nothing else, so a prompt with its seed gives the same samples alone or beside any other
-prompts (the runner's arithmetic per row does not depend on the batch either; see `_row_multiple`).
+prompts (the runner's arithmetic per row does not depend on the batch either; see `Runner.row_multiple`).
+
+The engine runs one generation loop over a runner (`spct.engine.runner.Runner`): `LlamaRunner` for the Llama family,
+`HFRunner` (any `transformers` causal LM, the slow path) for other architectures.
 
 Choices where the usual engines differ, spelled out:
 - `logprobs` are the model's own: log_softmax of the raw logits (before temperature, masks and constraints), as
@@ -30,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spct.engine.llama import DecodeStep, KVCache, LlamaRunner, supported
+from spct.engine.hf import HFRunner
+from spct.engine.llama import DecodeStep, LlamaRunner, supported
 from spct.engine.models import fetch
-from spct.ops import prefix_attention as pa
+from spct.engine.runner import KV, Runner
 from spct.ops.sample import sample
 
 __all__ = ["Allow", "Constraint", "Engine", "Force", "Sample"]
@@ -118,17 +122,11 @@ class _Settings:
         return max(len(x.encode()) for x in self.stop) + 2
 
 
-def _row_multiple(dtype: torch.dtype, device: torch.device) -> int:
-    """Decode batches are padded to a multiple of this many rows. On the CPU, float32 matmuls give a row
-    different bits when it is one of the last M % 4 rows of a small batch (MKL's small-M kernels), so padding to a
-    multiple of 4 makes each row's logits independent of the batch; bfloat16 needs none (checked in the tests)."""
-    return 4 if dtype == torch.float32 and device.type == "cpu" else 1
-
-
 class Engine:
-    """Generation with prefix-shared KV on the runner (Llama family) for any device torch runs on."""
+    """Generation with prefix-shared KV on a runner (`LlamaRunner`, or `HFRunner` for other architectures) for any
+    device torch runs on."""
 
-    def __init__(self, runner: LlamaRunner, tokenizer, eos_token_ids: Sequence[int], max_batch: int = 256):
+    def __init__(self, runner: Runner, tokenizer, eos_token_ids: Sequence[int], max_batch: int = 256):
         self.runner, self.tokenizer = runner, tokenizer
         self.eos_token_ids = sorted(set(eos_token_ids))
         self.max_batch = max_batch
@@ -141,7 +139,8 @@ class Engine:
                         device: str | torch.device = "cpu", max_batch: int = 256):
         """name_or_path: a model alias (`spct.models.MODELS`), a Hugging Face checkpoint directory or a .gguf file.
         dtype: "bfloat16" or "float32"; max_batch: sample rows decoded together (more prompts wait their turn).
-        Llama, Mistral and Qwen2 run on the runner; other architectures on `transformers` (the slow path)."""
+        Llama, Mistral and Qwen2 run on `LlamaRunner`; other architectures on `HFRunner` (transformers, the slow
+        path: each prompt's KV copied per sample)."""
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -154,11 +153,10 @@ class Engine:
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         why = supported(cfg)
-        if why is not None:
-            from spct.engine.hf import HFEngine
-
-            return HFEngine.load(path, tokenizer, dtype, torch.device(device), why)
-        runner = LlamaRunner.from_dir(path, dtype, torch.device(device))
+        if why is None:
+            runner: Runner = LlamaRunner.from_dir(path, dtype, torch.device(device))
+        else:
+            runner = HFRunner.from_dir(path, dtype, torch.device(device), why)
         return cls(runner, tokenizer, _eos_ids(path, cfg, tokenizer), max_batch)
 
     # -- public -------------------------------------------------------------------------------------------------
@@ -232,10 +230,9 @@ class Engine:
             samples += [_Live(p, j, len(samples) + j, seeds[p], min(st.max_new_tokens, room), room)
                         for j in range(ks[p])]
         live = samples
-        multiple = _row_multiple(runner.dtype, device)
-        spare = multiple - 1  # slots for padding rows
+        multiple = runner.row_multiple
         own = st.max_new_tokens + _extra_tokens(constraints)
-        kv = KVCache(runner.config, [len(p) for p in ids], len(live) + spare, own, runner.dtype, device)
+        kv = runner.new_kv([len(p) for p in ids], len(samples) + multiple - 1, own)  # + slots for padding rows
         self.last_kv_bytes = kv.nbytes  # the KV of the last group generated (prompt KV once + the samples' own)
         first = torch.stack([runner.prefill(torch.tensor(p, device=device), kv, i) for i, p in enumerate(ids)])
         logits = first[torch.tensor([s.prompt for s in live], device=device)]
@@ -246,17 +243,17 @@ class Engine:
             if not live_next:
                 break
             step += 1
-            logits = self._decode(live_next, ids, kv, step, multiple, spare)
+            logits = self._decode(live_next, ids, kv, step, multiple, len(samples))
             live = live_next
         outs: list[list[Sample]] = [[] for _ in ids]
         for s in samples:
             outs[s.prompt].append(self._output(s, st))
         return outs
 
-    def _decode(self, live: list[_Live], ids, kv: KVCache, step: int, multiple: int, spare: int) -> torch.Tensor:
+    def _decode(self, live: list[_Live], ids, kv: KV, step: int, multiple: int, base: int) -> torch.Tensor:
+        """The live samples' next logits (rows padded to `multiple`; padding rows use the slots from `base` on)."""
         rows = len(live)
         pad = -rows % multiple
-        base = len(kv.own[0, 0]) - spare  # first spare slot
         tokens = [s.tokens[-1] for s in live] + [0] * pad
         positions = [len(ids[s.prompt]) + step - 1 for s in live] + [0] * pad
         prompts = [s.prompt for s in live] + [0] * pad
