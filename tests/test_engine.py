@@ -374,3 +374,23 @@ def test_other_architectures_run_on_transformers(gpt2_dir):
     a = engine.generate([prompt], k=3, **kw)[0]
     b = engine.generate([[5, 6, 7], prompt], k=3, **{**kw, "seed": [1, 4]})[1]
     assert [s.token_ids for s in a] == [s.token_ids for s in b]
+
+
+def test_load_weights_on_the_slow_path(gpt2_dir):
+    """The transformers runner takes new weights too (its model's state_dict names), copied."""
+    from transformers import AutoModelForCausalLM
+
+    engine = spct.Engine.from_pretrained(gpt2_dir, dtype="float32")
+    hf = AutoModelForCausalLM.from_pretrained(gpt2_dir, dtype=torch.float32).eval()
+    weights = {name: t.clone() for name, t in hf.state_dict().items()}
+    weights["transformer.h.0.mlp.c_fc.weight"] *= 3.0  # other weights, other tokens
+    hf.load_state_dict(weights)
+    prompt = list(range(100, 130))
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=10, min_new_tokens=10,
+                           pad_token_id=2)[0, 30:].tolist()
+    before = engine.generate([prompt], max_new_tokens=10, min_new_tokens=10, temperature=0.0)[0][0].token_ids
+    engine.load_weights(weights)
+    weights["transformer.h.0.mlp.c_fc.weight"].zero_()  # copied: later changes do not reach the engine
+    got = engine.generate([prompt], max_new_tokens=10, min_new_tokens=10, temperature=0.0)[0][0].token_ids
+    assert got == want and got != before
