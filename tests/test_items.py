@@ -154,3 +154,15 @@ def test_atomic_dir_replaces_or_leaves_the_old(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["b"] and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     _atomic.remove_tree(target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_keep_existing_keeps_the_first_finished_copy(tmp_path):
+    target = tmp_path / "model"
+    with _atomic.atomic_dir(target, keep_existing=True) as tmp:
+        (tmp / "config.json").write_text("first")
+    with _atomic.atomic_dir(target, keep_existing=True) as tmp:  # another process finished it meanwhile
+        (tmp / "config.json").write_text("second")
+    assert (target / "config.json").read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["model"]
+    with _atomic.scratch_dir() as scratch:
+        (scratch / "x").write_text("1")
+    assert not scratch.exists()

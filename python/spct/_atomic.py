@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["TMP_PREFIX", "append_lines", "atomic_dir", "atomic_file", "complete_lines", "fsync_path", "remove_tree",
-           "write_bytes", "write_json", "write_jsonl", "write_text"]
+           "scratch_dir", "write_bytes", "write_json", "write_jsonl", "write_text"]
 
 TMP_PREFIX = ".tmp-"
 
@@ -86,11 +86,30 @@ def _fsync_tree(root: Path) -> None:
         fsync_path(folder)
 
 
+def _swap_in(tmp: Path, path: Path, keep_existing: bool) -> Path | None:
+    """Rename `tmp` to `path`; returns the hidden folder holding the old `path` (to delete), if there was one."""
+    if keep_existing:
+        try:
+            os.replace(tmp, path)  # succeeds onto a missing or empty directory
+        except OSError:
+            if not path.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished `path` first: keep its copy
+        return None
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}old-{path.name}."))
+        os.replace(path, old / path.name)
+    os.replace(tmp, path)
+    return old
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, *, keep_existing: bool = False) -> Iterator[Path]:
     """Yields an empty temporary directory beside `path` (mode 0755) to fill; when the block ends, every file in it
-    is fsynced and it is renamed to `path` (an existing `path` is first renamed out of sight, then deleted); when
-    the block raises it is removed and `path` is untouched."""
+    is fsynced and it is renamed to `path`; when the block raises it is removed and `path` is untouched.
+    An existing `path` is first renamed out of sight, then deleted; with keep_existing, a non-empty `path` (another
+    process finished it first, e.g. a shared cache) is kept and ours discarded."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}."))
@@ -98,17 +117,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_PREFIX}old-{path.name}."))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
+        old = _swap_in(tmp, path, keep_existing)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_path(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str = "spct-") -> Iterator[Path]:
+    """A private temporary directory for intermediate files (downloads, unpacking), removed when the block ends:
+    nothing in it is a result, so it is neither fsynced nor renamed."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def append_lines(path: str | os.PathLike, lines: list[str]) -> None:
