@@ -35,12 +35,41 @@ def test_scores_are_mapped_back_and_voted(grm):
              "Specific Criteria:\n- Accuracy\n\nAnalysis:\nFine.\n\nScores: \\boxed{8, 3}",
              "Analysis: no group here"]
     samples = [[Sample(tok(t, add_special_tokens=False).input_ids, t, "stop") for t in texts]]
-    (j,) = grm._judge([("q", ["right", "wrong"])], samples, [shown], seed=0)
+    (j,) = grm._judge([("q", ["right", "wrong"])], samples, [shown], k=3, seed=0)
     assert j.num_valid == 2
     assert j.rewards == [9.0 + 8.0, 2.0 + 3.0] and j.best == 0
     assert j.samples[0].scores == [9.0, 2.0] and j.samples[0].order == [1, 0]
     assert j.samples[0].principles == [("Accuracy", 0.6)] and "Response 1 is wrong." in j.samples[0].critique
     assert not j.samples[2].valid and all(math.isnan(x) for x in j.samples[2].scores)
+
+
+def test_an_exact_tie_is_broken_by_the_item_number_not_its_batch_position(grm):
+    """Crafted judgements that tie exactly: the best response is drawn by (seed, item number) wherever the item
+    sits in the batch, and the draw does depend on the number (so the tie-break is not a constant)."""
+    tok = grm.tokenizer
+
+    def sample(text):
+        return Sample(tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id], text, "stop")
+
+    tie = ("q", ["a", "b"])
+    tie_samples = [sample("Scores: \\boxed{4, 7}"), sample("Scores: \\boxed{7, 4}")]  # 11 = 11 in original order
+    other = ("q", ["a", "b", "c"])
+    other_samples = [sample("Scores: \\boxed{1, 2, 3}"), sample("Scores: \\boxed{1, 2, 9}")]
+    shown = [[0, 1], [0, 1]]
+    alone = {n: grm._judge([tie], [tie_samples], [shown], k=2, seed=4, indices=[n])[0] for n in range(8)}
+    assert all(j.rewards == [11.0, 11.0] and j.num_valid == 2 for j in alone.values())
+    assert {j.best for j in alone.values()} == {0, 1}  # the draw follows the number
+    for n in (0, 5, 7):
+        for pos in range(3):  # the tied item at position pos of a batch of three
+            items, samples, orders_ = [other, other], [other_samples, other_samples], [[[0, 1, 2]] * 2] * 2
+            items.insert(pos, tie)
+            samples.insert(pos, tie_samples)
+            orders_.insert(pos, shown)
+            numbers = [n + 1 + i for i in range(2)]
+            numbers.insert(pos, n)
+            judged = grm._judge(items, samples, orders_, k=2, seed=4, indices=numbers)
+            assert judged[pos].rewards == [11.0, 11.0] and judged[pos].best == alone[n].best
+            assert [j.rewards for i, j in enumerate(judged) if i != pos] == [[2.0, 4.0, 12.0]] * 2
 
 
 def test_score_batch_end_to_end_is_seeded(grm):

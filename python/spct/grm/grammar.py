@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from spct.engine import Allow, Force
-from spct.ops.extract_scores import extract_scores
+from spct.grm.judge import extract
 from spct.ops.score_group import score_group_allowed
 from spct.ops.token_bytes import TokenBytes
 
@@ -38,13 +36,8 @@ class ForceScores:
         self.start: dict[int, int] = {}  # sample j -> index of its group's first token
 
     def valid(self, ids: Sequence[int]) -> bool:
-        """The ids (EOS excluded) hold a valid score group for n responses."""
-        body = [t for t in ids if t not in self.eos_set]
-        if not body:
-            return False
-        ex = extract_scores(token_ids=torch.tensor([body]), lengths=torch.tensor([len(body)]), vocab=self.vocab,
-                            num_responses=[self.n], score_range=self.score_range)
-        return bool(ex.valid[0])
+        """The ids (a trailing EOS excluded) hold a valid score group for n responses."""
+        return bool(extract([ids], self.eos_set, self.vocab, self.n, self.score_range).valid[0])
 
     def on_end(self, j: int, ids: Sequence[int]) -> list[int] | None:
         if self.valid(ids):

@@ -6,7 +6,8 @@
 
 Each sample sees the responses in its own seeded order; samples that share an order share one prompt, so the engine
 prefills it once for all of them. Scores are extracted from the generated token ids natively and mapped back to the
-original order by `spct.vote`, which also sums the valid samples and breaks ties (seeded).
+original order by `spct.vote`, which also sums the valid samples and breaks ties (seeded by the item's number).
+Extraction, the mapping and the vote call live in `spct.grm.judge`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ import numpy as np
 import torch
 
 from spct.grm.grammar import PREFIX, ForceScores
+from spct.grm.judge import cast_votes, check_k, extract, judgement_text, to_original
 from spct.grm.templates import Template, messages
-from spct.ops.extract_scores import extract_scores
 from spct.ops.token_bytes import TokenBytes
-from spct.ops.vote import vote
 
 __all__ = ["GenerativeRewardModel", "Judgement", "SampleJudgement"]
 
@@ -30,7 +30,8 @@ __all__ = ["GenerativeRewardModel", "Judgement", "SampleJudgement"]
 @dataclass
 class SampleJudgement:
     """One sampled judgement. scores: per response in the ORIGINAL order (NaN when invalid); order[p]: the original
-    index of the response shown at position p; meta_score: set by Meta-RM guided voting; num_tokens: its length."""
+    index of the response shown at position p; meta_score: set by Meta-RM guided voting; num_tokens: its length;
+    rated_text: what a Meta RM rates (the text up to the end of its critique), so training sees what scoring does."""
 
     text: str
     scores: list[float]
@@ -40,6 +41,7 @@ class SampleJudgement:
     order: list[int]
     meta_score: float | None = None
     num_tokens: int = 0  # generated tokens (a forced score group included)
+    rated_text: str = ""
 
 
 @dataclass
@@ -88,22 +90,15 @@ def prompt_ids(tokenizer, query, shown: Sequence[str], *, format: str | Template
     return tokenizer(turns[0]["content"]).input_ids
 
 
-def judgement_text(ex, row: int) -> str:
-    """What the Meta RM rates: a generation up to the end of its critique (the whole text when no critique was
-    found). ex: the `Extraction` of the generations."""
-    end = int(ex.critique_span[row][1])
-    raw = ex.text_bytes(row)
-    return (raw[:end] if end > 0 else raw).decode("utf-8", "replace")
-
-
 class GenerativeRewardModel:
-    """A GRM on the engine. format: "pointwise" (default), "single" or a `Template`; score_range: inclusive."""
+    """A GRM on the engine. format: "pointwise" (default), "single" or a `Template`; score_range: inclusive;
+    vocab: the tokenizer's byte table (`TokenBytes`) that scores are extracted over."""
 
     def __init__(self, engine, *, format: str | Template = "pointwise", score_range: tuple[int, int] = (1, 10)):
         self.engine, self.format = engine, format
         self.score_range = (0, 1) if format == "single" else tuple(score_range)
         self.tokenizer = engine.tokenizer
-        self._vocab = TokenBytes.from_tokenizer(self.tokenizer)
+        self.vocab = TokenBytes.from_tokenizer(self.tokenizer)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "smollm2-135m", *, dtype: str = "bfloat16", device: str = "cpu",
@@ -126,28 +121,42 @@ class GenerativeRewardModel:
                     meta_rm=None, k_meta: int | None = None, force_scores: bool = False) -> list[Judgement]:
         """items: dicts {"query", "responses"} (design.md's item format) or (query, responses) pairs.
         temperature: None = greedy for k = 1, 0.5 for k > 1; shuffle: None = shuffle the responses per sample when
-        k > 1 (seeded); indices: each item's number in the seeding (default its position), so a job split into
-        batches or resumed draws the same samples; meta_rm: a `MetaRewardModel` whose k_meta (default k // 2, at
-        least 1) best-rated valid samples alone are voted; force_scores: a sample that ends (or reaches
-        max_new_tokens) without a valid score group gets "\nScores: \\boxed{" appended and its group decoded under
-        the score grammar (n integers in range, then "}"), continuing the sample in place (`spct.grm.grammar`;
-        it may run past max_new_tokens by the few tokens that takes). All samples of all items are
-        decoded together."""
+        k > 1 (seeded); indices: each item's number (default its position) in the seeding and in the vote's
+        tie-break, so a job split into batches or resumed draws the same samples and writes the same results;
+        meta_rm: a `MetaRewardModel` whose k_meta (default k // 2, at least 1) best-rated valid samples alone are
+        voted; force_scores: a sample that ends (or reaches max_new_tokens) without a valid score group gets
+        "\nScores: \\boxed{" appended and its group decoded under the score grammar (n integers in range, then
+        "}"), continuing the sample in place (`spct.grm.grammar`; it may run past max_new_tokens by the few tokens
+        that takes). All samples of all items are decoded together."""
         if k_meta is not None and (meta_rm is None or not isinstance(k_meta, int) or k_meta < 1):
             raise ValueError(f"k_meta must be an int >= 1 used with meta_rm, got {k_meta!r}")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        check_k(k)
         temperature = (0.0 if k == 1 else 0.5) if temperature is None else temperature
         shuffle = k > 1 if shuffle is None else shuffle
         parsed = [_item(it, i) for i, it in enumerate(items)]
         numbers = list(range(len(parsed))) if indices is None else [int(x) for x in indices]
         if len(numbers) != len(parsed):
             raise ValueError(f"indices must have one entry per item ({len(parsed)}), got {len(numbers)}")
-        prompts, ks, seeds, where = [], [], [], []  # where[i][j] = (prompt, sample within it)
+        all_orders = [orders(len(r), k, seed, numbers[i], shuffle) for i, (_, r) in enumerate(parsed)]
+        prompts, ks, seeds, where = self._prompts(parsed, all_orders, numbers, seed, max_new_tokens)
+        constraints = None
+        if force_scores and prompts:
+            n_of = {p: len(parsed[i][1]) for i, w in enumerate(where) for p, _ in w}
+            constraints = [self._force_scores(n_of[p]) for p in range(len(prompts))]
+        outs = self.engine.generate(prompts, k=ks, temperature=temperature, max_new_tokens=max_new_tokens,
+                                    seed=seeds, constraints=constraints) if prompts else []
+        samples = [[outs[p][s] for p, s in w] for w in where]
+        return self._judge(parsed, samples, all_orders, k=k, seed=seed, indices=numbers, meta_rm=meta_rm,
+                           k_meta=k_meta)
+
+    def _prompts(self, parsed, all_orders, numbers: list[int], seed: int, max_new_tokens: int):
+        """One prompt per distinct response order of an item: (prompt ids, samples per prompt, seed per prompt,
+        where[i][j] = (prompt, sample within it) of item i's sample j)."""
+        prompts, ks, seeds, where = [], [], [], []
         for i, (query, responses) in enumerate(parsed):
             by_order: dict[tuple[int, ...], int] = {}
             where.append([])
-            for j, order in enumerate(orders(len(responses), k, seed, numbers[i], shuffle)):
+            for order in all_orders[i]:
                 key = tuple(order)
                 if key not in by_order:
                     ids = self.prompt_ids(query, [responses[o] for o in order])
@@ -162,64 +171,45 @@ class GenerativeRewardModel:
                 p = by_order[key]
                 where[-1].append((p, ks[p]))
                 ks[p] += 1
-        constraints = None
-        if force_scores and prompts:
-            lo, hi = int(math.ceil(self.score_range[0])), int(math.floor(self.score_range[1]))
-            prefix = self.tokenizer(PREFIX, add_special_tokens=False).input_ids
-            n_of = {p: len(parsed[i][1]) for i, w in enumerate(where) for p, _ in w}
-            constraints = [ForceScores(self._vocab, prefix, self._eos_ids(), n_of[p], lo, hi, self.score_range)
-                           for p in range(len(prompts))]
-        outs = self.engine.generate(prompts, k=ks, temperature=temperature, max_new_tokens=max_new_tokens,
-                                    seed=seeds, constraints=constraints) if prompts else []
-        samples = [[outs[p][s] for p, s in w] for w in where]
-        all_orders = [orders(len(r), k, seed, numbers[i], shuffle) for i, (_, r) in enumerate(parsed)]
-        k_meta = max(1, k // 2) if meta_rm is not None and k_meta is None else k_meta
-        return self._judge(parsed, samples, all_orders, seed, meta_rm, k_meta)
+        return prompts, ks, seeds, where
 
-    def _judge(self, parsed, samples, all_orders, seed: int, meta_rm=None, k_meta=None) -> list[Judgement]:
-        """Extract every sample's scores from its token ids and vote per item."""
-        eos = set(self.engine.eos_token_ids)
+    def _force_scores(self, n: int) -> ForceScores:
+        """The forced-scores constraint of a prompt judging n responses (integer scores in the score range)."""
+        lo, hi = int(math.ceil(self.score_range[0])), int(math.floor(self.score_range[1]))
+        prefix = self.tokenizer(PREFIX, add_special_tokens=False).input_ids
+        return ForceScores(self.vocab, prefix, self._eos_ids(), n, lo, hi, self.score_range)
+
+    def _judge(self, parsed, samples, all_orders, *, k: int, seed: int, indices: Sequence[int] | None = None,
+               meta_rm=None, k_meta: int | None = None) -> list[Judgement]:
+        """Extract every sample's scores from its token ids and vote per item (ties keyed by indices)."""
         rows = [s for item in samples for s in item]
         if not rows:
             return []
-        counts = [len(r) for _, r in parsed for _ in range(len(samples[0]))]
-        lengths = [len(s.token_ids) - (1 if s.token_ids and s.token_ids[-1] in eos else 0) for s in rows]
-        ids = torch.zeros((len(rows), max(1, max(lengths))), dtype=torch.int64)
-        for r, s in enumerate(rows):
-            ids[r, : lengths[r]] = torch.tensor(s.token_ids[: lengths[r]], dtype=torch.int64)
-        ex = extract_scores(token_ids=ids, lengths=torch.tensor(lengths), vocab=self._vocab, num_responses=counts,
-                            score_range=self.score_range)
-        n_max, k = max(len(r) for _, r in parsed), len(samples[0])
-        batch = len(parsed)
-        scores = ex.scores.reshape(batch, k, -1)
-        scores = torch.nn.functional.pad(scores, (0, n_max - scores.shape[2]), value=math.nan)
-        valid = ex.valid.reshape(batch, k)
-        perm = torch.tensor([[o + list(range(len(o), n_max)) for o in item] for item in all_orders])
-        n_items = torch.tensor([len(r) for _, r in parsed])
+        counts = [len(r) for _, r in parsed for _ in range(k)]
+        ex = extract([s.token_ids for s in rows], self.engine.eos_token_ids, self.vocab, counts, self.score_range)
+        scores, valid = ex.scores.reshape(len(parsed), k, -1), ex.valid.reshape(len(parsed), k)
         meta = None
         if meta_rm is not None:  # rate each judgement (principles + critique: the text before its score group)
             meta = torch.stack([meta_rm.score(query, [[responses[o] for o in order] for order in all_orders[i]],
                                               [judgement_text(ex, i * k + j) for j in range(k)])
                                 for i, (query, responses) in enumerate(parsed)])
-        v = vote(scores, valid, perm=perm, num_responses=n_items, seed=seed, meta_scores=meta,
-                 k_meta=k_meta if meta is not None else None)
+        v = cast_votes(scores, valid, [len(r) for _, r in parsed], seed=seed, indices=indices, orders=all_orders,
+                       meta_scores=meta, k_meta=k_meta)
         out = []
         for i, (_, responses) in enumerate(parsed):
-            n = len(responses)
-            judged = []
-            for j in range(k):
-                row = i * k + j
-                original = [math.nan] * n
-                for p, o in enumerate(all_orders[i][j]):
-                    original[o] = float(scores[i, j, p]) if bool(valid[i, j]) else math.nan
-                text = ex.texts[row]
-                b, e = (int(x) for x in ex.critique_span[row])
-                critique = ex.text_bytes(row)[b:e].decode("utf-8", "replace") if b >= 0 else ""
-                judged.append(SampleJudgement(text, original, bool(valid[i, j]), ex.principles[row], critique,
-                                              all_orders[i][j], None if meta is None else float(meta[i, j]),
-                                              len(rows[row].token_ids)))
-            out.append(Judgement(v.rewards[i, :n].tolist(), int(v.best[i]), int(v.num_used[i]), judged))
+            judged = [self._sample(ex, i * k + j, all_orders[i][j], rows[i * k + j],
+                                   None if meta is None else float(meta[i, j])) for j in range(k)]
+            out.append(Judgement(v.rewards[i, : len(responses)].tolist(), int(v.best[i]), int(v.num_used[i]),
+                                 judged))
         return out
+
+    @staticmethod
+    def _sample(ex, row: int, order: list[int], sample, meta_score: float | None) -> SampleJudgement:
+        b, e = (int(x) for x in ex.critique_span[row])
+        critique = ex.text_bytes(row)[b:e].decode("utf-8", "replace") if b >= 0 else ""
+        valid = bool(ex.valid[row])
+        return SampleJudgement(ex.texts[row], to_original(ex.scores[row], order, valid), valid, ex.principles[row],
+                               critique, order, meta_score, len(sample.token_ids), judgement_text(ex, row))
 
     def _eos_ids(self) -> list[int]:
         """The engine's EOS ids, the tokenizer's own first (the one a forced group ends with)."""
