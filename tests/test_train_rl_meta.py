@@ -35,14 +35,14 @@ def grm(default_model_dir):
 
 def test_rollout_rewards_follow_the_rule(grm, tmp_path):
     from spct.train.grpo import rollouts
-    from spct.train.rules import is_correct
+    from spct.grm.judge import is_correct
 
     items = _items(3)
     cfg = RLConfig(data="d", output_dir=str(tmp_path), group_size=4, batch_size=12, micro_batch_size=4,
                    max_new_tokens=24, temperature=1.0)
-    r = rollouts(grm.engine, grm._vocab, items, [0, 1, 2], cfg, step=0)
+    r = rollouts(grm.engine, grm.vocab, items, [0, 1, 2], cfg, step=0)
     assert len(r.examples) == 12
-    again = rollouts(grm.engine, grm._vocab, items, [0, 1, 2], cfg, step=0)
+    again = rollouts(grm.engine, grm.vocab, items, [0, 1, 2], cfg, step=0)
     assert [e[0] for e in again.examples] == [e[0] for e in r.examples]  # seeded by (seed, step, item)
     for g in range(3):
         group = r.examples[4 * g: 4 * g + 4]
@@ -65,7 +65,7 @@ def test_rollout_rewards_follow_the_rule(grm, tmp_path):
         scores = [math.nan, math.nan]
         for p, o in enumerate(order):
             scores[o] = float(ex.scores[0, p]) if bool(ex.valid[0]) else math.nan
-        assert (e[3] > 0) == is_correct(scores, item)
+        assert (e[3] > 0) == is_correct(scores, item["best"])
 
 
 def test_rl_run_trains_logs_and_saves(tmp_path, default_model_dir):

@@ -7,6 +7,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,9 +15,11 @@ import torch
 
 from spct._atomic import append_lines, atomic_file, complete_lines, write_json
 from spct.eval.datasets import EvalItem
-from spct.ops.vote import vote
+from spct.grm.judge import cast_votes, check_k, is_correct
 
 __all__ = ["correct", "evaluate", "plot", "revote", "table", "wilson", "write_json"]
+
+correct = is_correct  # the rule of `spct.grm.judge`, under the name the tests import: correct(rewards, best)
 
 
 def wilson(right: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -27,11 +30,6 @@ def wilson(right: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def correct(rewards: list[float], best: int) -> bool:
-    top = rewards[best]
-    return not math.isnan(top) and all(r < top for i, r in enumerate(rewards) if i != best)
 
 
 def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_new_tokens: int = 512,
@@ -51,9 +49,9 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
     and a rerun with the same settings reuses them, so an interrupted evaluation resumes where it stopped. settings
     (what else decides the samples: model, data, dtype) is stored beside them; a cache made with other settings is
     an error naming the ones that differ."""
-    ks = sorted(set(ks))
-    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"ks must be ints >= 1, got {ks!r}")
+    if not ks:
+        raise ValueError("ks must hold at least one k")
+    ks = sorted({check_k(k) for k in ks})
     sampled = [k for k in ks if k > 1]
     passes = ([1] if 1 in ks else []) + ([max(sampled)] if sampled else [])
     kinds = ["k"] + (["k_plain"] if meta_rm is not None else [])
@@ -77,13 +75,15 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
                 judged = [_record(j) for j in scored]
                 if cache is not None:
                     cache.append(kpass, start, judged)
+            numbers = range(start, start + len(chunk))
             for k in ([1] if kpass == 1 else sampled):
-                votes = {"k": [j.rewards for j in judged] if k == kpass else revote(judged, k, seed, meta_rm, k_meta)}
+                votes = {"k": [j.rewards for j in judged] if k == kpass else
+                         revote(judged, k, seed, meta_rm, k_meta, indices=numbers)}
                 if meta_rm is not None:
-                    votes["k_plain"] = revote(judged, k, seed)
+                    votes["k_plain"] = revote(judged, k, seed, indices=numbers)
                 for kind, rewards in votes.items():
                     for it, r in zip(chunk, rewards):
-                        ok = correct(r, it.best)
+                        ok = is_correct(r, it.best)
                         for name in (it.category, "overall"):
                             right[kind, k][name] += ok
                             count[kind, k, name] += 1
@@ -139,8 +139,10 @@ class _SampleCache:
             for i, j in enumerate(judged)])
 
 
-def revote(judged, k: int, seed: int, meta_rm=None, k_meta: int | None = None) -> list[list[float]]:
-    """Rewards from the first k samples of each judgement, voted as score_batch votes them."""
+def revote(judged, k: int, seed: int, meta_rm=None, k_meta: int | None = None,
+           indices: Sequence[int] | None = None) -> list[list[float]]:
+    """Rewards from the first k samples of each judgement, voted as score_batch votes them. indices: the items'
+    numbers, as score_batch was given them (default 0..B-1): exact ties are broken by the item's number."""
     n = max(len(j.rewards) for j in judged)
     scores = torch.full((len(judged), k, n), math.nan)
     for b, j in enumerate(judged):
@@ -150,9 +152,8 @@ def revote(judged, k: int, seed: int, meta_rm=None, k_meta: int | None = None) -
     meta = None
     if meta_rm is not None:
         meta = torch.tensor([[s.meta_score for s in j.samples[:k]] for j in judged], dtype=torch.float32)
-        k_meta = max(1, k // 2) if k_meta is None else min(k_meta, k)
-    v = vote(scores, valid, num_responses=torch.tensor([len(j.rewards) for j in judged]), seed=seed,
-             meta_scores=meta, k_meta=k_meta if meta is not None else None)
+    v = cast_votes(scores, valid, [len(j.rewards) for j in judged], seed=seed, indices=indices, meta_scores=meta,
+                   k_meta=k_meta)
     return [v.rewards[b, : len(j.rewards)].tolist() for b, j in enumerate(judged)]
 
 

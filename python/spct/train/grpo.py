@@ -5,7 +5,7 @@
 Each step takes batch_size / group_size labelled items (seeded epochs). For each, the policy's current weights
 (handed to `spct.Engine`, which prefills the item's prompt once for the whole group) write group_size judgements
 of the item with the responses in one seeded order. The reward is +1 when a judgement is correct by the rule
-(`spct.train.rules`; scores extracted natively from the token ids, invalid = incorrect) and -1 otherwise, with no
+(`spct.grm.judge`; scores extracted natively from the token ids, invalid = incorrect) and -1 otherwise, with no
 format reward. Advantages are normalized within each group; the loss (`spct.train.losses.grpo_loss`) is the
 clipped policy-ratio surrogate minus beta times the k3 KL to the reference model (the starting model unless
 ref_model is set), averaged per token. One optimizer step per batch of rollouts, so the sampling policy is the
@@ -22,15 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spct.grm.judge import extract, is_correct, to_original
 from spct.grm.model import orders, prompt_ids
-from spct.ops.extract_scores import extract_scores
 from spct.ops.token_bytes import TokenBytes
 from spct.train import loop
 from spct.train.config import RLConfig, save_config
 from spct.train.data import read_items
 from spct.train.losses import group_advantages, grpo_loss, token_logprobs
 from spct.train.policy import load_policy, save_policy, window_logits
-from spct.train.rules import is_correct
 
 __all__ = ["Rollouts", "rollouts", "run"]
 
@@ -51,21 +50,14 @@ def rollouts(engine, vocab: TokenBytes, items: list[dict], numbers: list[int], c
                for it, order in zip(items, shown_orders)]
     seeds = [int(np.random.default_rng([cfg.seed, step, n]).integers(2**63)) for n in numbers]
     outs = engine.generate(prompts, k=g, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=seeds)
-    eos = set(engine.eos_token_ids)
     rows = [s for group in outs for s in group]
-    lengths = [len(s.token_ids) - (1 if s.token_ids and s.token_ids[-1] in eos else 0) for s in rows]
-    ids = torch.zeros((len(rows), max(1, max(lengths))), dtype=torch.int64)
-    for r, s in enumerate(rows):
-        ids[r, : lengths[r]] = torch.tensor(s.token_ids[: lengths[r]], dtype=torch.int64)
-    ex = extract_scores(token_ids=ids, lengths=torch.tensor(lengths), vocab=vocab,
-                        num_responses=[len(it["responses"]) for it in items for _ in range(g)], score_range=score_range)
+    ex = extract([s.token_ids for s in rows], engine.eos_token_ids, vocab,
+                 [len(it["responses"]) for it in items for _ in range(g)], score_range)
     rewards = []
     for r in range(len(rows)):
-        it, order = items[r // g], shown_orders[r // g]
-        scores = [math.nan] * len(order)
-        for p, o in enumerate(order):
-            scores[o] = float(ex.scores[r, p]) if bool(ex.valid[r]) else math.nan
-        rewards.append(1.0 if is_correct(scores, it) else -1.0)
+        it = items[r // g]
+        scores = to_original(ex.scores[r], shown_orders[r // g], bool(ex.valid[r]))
+        rewards.append(1.0 if is_correct(scores, it.get("best"), it.get("label")) else -1.0)
     advantages = group_advantages(torch.tensor(rewards), g).tolist()
     examples = [(prompts[r // g] + rows[r].token_ids, len(prompts[r // g]), advantages[r], rewards[r])
                 for r in range(len(rows))]

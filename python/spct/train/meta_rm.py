@@ -4,9 +4,9 @@
 
 1. The GRM (cfg.model, normally the trained one) samples `samples_per_item` judgements per labelled item, each
    with its own seeded response order (temperature 0.5, as k > 1 scoring); each is labelled 1 when correct by the
-   rule (`spct.train.rules`) and 0 otherwise (invalid included), both kinds kept. The items are split (seeded) into
-   training and held-out items (`eval_fraction`); every judgement of an item goes to the same side. Written to
-   `output_dir/meta_rm_set.jsonl`.
+   rule (`spct.grm.judge.is_correct`) and 0 otherwise (invalid included), both kinds kept. The items are split
+   (seeded) into training and held-out items (`eval_fraction`); every judgement of an item goes to the same side.
+   Written to `output_dir/meta_rm_set.jsonl`.
 2. The Meta RM reads what `score_batch` hands it at inference: the judgement up to the end of its critique, after
    the item in the meta prompt format. Its backbone (cfg.model) stays frozen: the final hidden state of each input
    is computed once, and a linear head is trained on it with binary cross-entropy
@@ -25,13 +25,11 @@ from pathlib import Path
 import torch
 
 from spct._atomic import write_json, write_jsonl
-from spct.grm.model import judgement_text
-from spct.ops.extract_scores import extract_scores
+from spct.grm.judge import is_correct
 from spct.train import loop
 from spct.train.config import MetaRMConfig, save_config
 from spct.train.data import read_items
 from spct.train.losses import meta_rm_loss, roc_auc
-from spct.train.rules import is_correct
 
 __all__ = ["label_judgements", "run"]
 
@@ -47,11 +45,10 @@ def label_judgements(grm, items: list[dict], cfg: MetaRMConfig) -> list[dict]:
                                  seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, shuffle=True,
                                  indices=range(start, start + len(chunk)), force_scores=cfg.force_scores)
         for i, (it, j) in enumerate(zip(chunk, judged)):
-            ex = extract_scores([s.text for s in j.samples], num_responses=len(it["responses"]),
-                                score_range=grm.score_range)
-            for r, s in enumerate(j.samples):
+            for s in j.samples:  # rated_text: what score_batch hands the Meta RM at inference
                 out.append({"item": start + i, "query": it["query"], "shown": [it["responses"][o] for o in s.order],
-                            "judgement": judgement_text(ex, r), "label": int(is_correct(s.scores, it))})
+                            "judgement": s.rated_text,
+                            "label": int(is_correct(s.scores, it.get("best"), it.get("label")))})
     return out
 
 

@@ -4,7 +4,7 @@
 
 1. The RFT set, `output_dir/rft_set.jsonl` (+ `rft_stats.json`, every outcome counted): for each labelled item,
    `n_rft` judgements from the sampler, each shown the responses in its own seeded order. A judgement that is
-   incorrect by the rule (`spct.train.rules`; invalid counts as incorrect) is rejected; an item whose `n_rft`
+   incorrect by the rule (`spct.grm.judge.is_correct`; invalid counts as incorrect) is rejected; an item whose `n_rft`
    judgements are all correct is dropped as too easy. With `hinted`, one more judgement per item with the best
    response named in the prompt, kept if correct (no too-easy filter). sampler "policy" samples the model being
    trained (the method); "teacher" takes one `teacher_judgement` per item, written from the gold solution (a cold
@@ -18,7 +18,6 @@ The finished model is written to `output_dir/model` (a Hugging Face checkpoint t
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -26,13 +25,13 @@ import numpy as np
 import torch
 
 from spct._atomic import write_json, write_jsonl
+from spct.grm.judge import extract, is_correct, to_original
 from spct.grm.model import orders, prompt_ids
 from spct.train import loop
 from spct.train.config import RFTConfig, save_config
 from spct.train.data import read_items, teacher_judgement
 from spct.train.losses import sft_loss
 from spct.train.policy import load_policy, save_policy, window_logits
-from spct.train.rules import is_correct
 
 __all__ = ["build_rft_set", "run", "sft_examples"]
 
@@ -47,7 +46,7 @@ def _policy_samples(grm, items: list[dict], cfg: RFTConfig, stats: Counter) -> l
                                  temperature=cfg.temperature, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
                                  shuffle=True, indices=range(start, start + len(chunk)))
         for it, j in zip(chunk, judged):
-            right = [s for s in j.samples if is_correct(s.scores, it)]
+            right = [s for s in j.samples if is_correct(s.scores, it.get("best"), it.get("label"))]
             stats["sampled"] += len(j.samples)
             stats["invalid"] += sum(not s.valid for s in j.samples)
             stats["wrong"] += len(j.samples) - len(right)
@@ -61,8 +60,6 @@ def _policy_samples(grm, items: list[dict], cfg: RFTConfig, stats: Counter) -> l
 
 def _hinted_samples(grm, items: list[dict], cfg: RFTConfig, stats: Counter) -> list[dict]:
     """One judgement per item with the best response named; its order drawn from a seed stream of its own."""
-    from spct.ops.extract_scores import extract_scores
-
     shown_orders = [orders(len(it["responses"]), 1, cfg.seed + 1, i, True)[0] for i, it in enumerate(items)]
     prompts = [prompt_ids(grm.tokenizer, it["query"], [it["responses"][o] for o in order], format=grm.format,
                           score_range=grm.score_range, hint=order.index(it["best"]) + 1)
@@ -70,17 +67,15 @@ def _hinted_samples(grm, items: list[dict], cfg: RFTConfig, stats: Counter) -> l
     seeds = [int(np.random.default_rng([cfg.seed, i, 7]).integers(2**63)) for i in range(len(items))]
     outs = grm.engine.generate(prompts, k=1, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                seed=seeds)
-    texts = [o[0].text for o in outs]
-    ex = extract_scores(texts, num_responses=[len(it["responses"]) for it in items], score_range=grm.score_range)
+    ex = extract([o[0].token_ids for o in outs], grm.engine.eos_token_ids, grm.vocab,
+                 [len(it["responses"]) for it in items], grm.score_range)
     kept = []
     for i, (it, order) in enumerate(zip(items, shown_orders)):
-        scores = [math.nan] * len(order)
-        for p, o in enumerate(order):
-            scores[o] = float(ex.scores[i, p]) if bool(ex.valid[i]) else math.nan
+        scores = to_original(ex.scores[i], order, bool(ex.valid[i]))
         stats["hinted_sampled"] += 1
-        if is_correct(scores, it):
+        if is_correct(scores, it.get("best"), it.get("label")):
             stats["hinted_kept"] += 1
-            kept.append(_trajectory(it, order, texts[i], "hinted"))
+            kept.append(_trajectory(it, order, outs[i][0].text, "hinted"))
         else:
             stats["hinted_wrong"] += 1
     return kept
