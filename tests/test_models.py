@@ -130,17 +130,21 @@ def test_local_gguf_is_converted_once_into_cache(tmp_path, monkeypatch):
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp dirs left
 
 
-def test_build_race_keeps_the_winner(tmp_path):
-    dest = tmp_path / "models" / "m"
+def test_build_race_keeps_the_winner(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPCT_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "tiny.gguf"
+    src.write_bytes(b"GGUF")
+    dest = models._local_gguf_dest(src)
 
-    def build(tmp):
-        (tmp / "config.json").write_text('"ours"')
+    def build(gguf_path, tmp):
+        (Path(tmp) / "config.json").write_text('"ours"')
         dest.mkdir(parents=True)  # another process finishes first
         (dest / "config.json").write_text('"theirs"')
 
-    assert models._build_atomically(dest, build) == dest
+    monkeypatch.setattr(gguf_convert, "convert_gguf", build)
+    assert models.fetch(src) == dest
     assert (dest / "config.json").read_text() == '"theirs"'
-    assert [p.name for p in dest.parent.iterdir()] == ["m"]
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]
 
 
 def test_unknown_alias_is_a_value_error():

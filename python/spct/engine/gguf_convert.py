@@ -16,13 +16,14 @@ Layout notes
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from spct._atomic import atomic_file, write_json
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "convert_gguf", "hf_tensor_name", "llama_config", "unpermute_rope_rows"]
 
@@ -213,10 +214,11 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     config = llama_config(reader)
     tensors = convert_tensors(reader, config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    with atomic_file(out_dir / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     del tensors, reader
     _write_tokenizer(gguf_path, out_dir)
-    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(out_dir / "generation_config.json", {k: config[k] for k in ("bos_token_id", "eos_token_id",
+                                                                        "pad_token_id")})
+    write_json(out_dir / "config.json", config)  # last: a directory with config.json is complete
     return out_dir

