@@ -31,6 +31,8 @@ Private names: no module uses a name with a leading underscore defined in anothe
 exception inside their own package: spct._native, spct._atomic and spct._C may be imported anywhere in spct (within
 the layer rules), spct.ops._views only inside spct.ops, and so on.
 
+Writes: only spct._atomic imports tempfile or renames files (os.replace, os.rename, shutil.move).
+
 Limits: no file under python/ over MAX_FILE_LINES lines; no function over MAX_FUNCTION_LINES lines (from its `def`
 to its last line) unless listed in LONG_FUNCTIONS with the reason.
 """
@@ -268,6 +270,27 @@ def test_no_private_names_across_modules():
         elif not _private_module_allowed(u.source, u.target):
             bad.append(f"{u.where()} imports {u.target}, private to its package")
     assert not bad, "private names used across modules:\n" + "\n".join(sorted(set(bad)))
+
+
+RENAMERS = {("os", "replace"), ("os", "rename"), ("os", "renames"), ("shutil", "move")}
+
+
+def test_only_atomic_makes_temporary_files_or_renames():
+    """Every file the package writes goes through spct._atomic (one fsync and cleanup rule): nothing else imports
+    tempfile or renames."""
+    bad = []
+    for module, (_, tree) in sources().items():
+        if module == "spct._atomic":
+            continue
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if "tempfile" in names:
+                bad.append(f"{module}:{node.lineno} imports tempfile")
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                    (node.value.id, node.attr) in RENAMERS:
+                bad.append(f"{module}:{node.lineno} calls {node.value.id}.{node.attr}")
+    assert not bad, "temporary files or renames outside spct._atomic:\n" + "\n".join(bad)
 
 
 def test_no_file_is_too_long():
