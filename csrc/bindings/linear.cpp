@@ -1,25 +1,43 @@
-// spct._C bindings of linear.
+// spct._C bindings of linear: marshalling only. The Python wrapper (spct.ops.linear.Linear) pads and packs the
+// weight (N a multiple of 16, K even), passes bfloat16 host tensors of the right shapes, and uses the kernel only
+// where linear_bf16_supported(); the kernel reads no index values, so it checks nothing.
+//
+//   weight = LinearBF16Weight(packed=..., bias=..., n=..., k=...)    once per weight matrix
+//   linear_bf16(weight, x, rows, y)                                  per call: host addresses of x and y
 #include "common.h"
 
 #include "spct/linear.h"
 
 namespace spct_bind {
+namespace {
+
+// A packed weight (N / 16, K / 2, 16, 2) and its bias (N,) or none, by address (spct/linear.h).
+struct LinearBF16Weight {
+  const uint16_t* packed = nullptr;
+  const uint16_t* bias = nullptr;
+  int64_t n = 0, k = 0;
+};
+
+}  // namespace
+
 void bind_linear(py::module_& m) {
 #if defined(SPCT_X86_VARIANTS)
-  m.def("gemm_bf16_supported", &spct::cpu::gemm_bf16_supported, "True when the CPU has AVX-512 BF16.");
+  m.def("linear_bf16_supported", &spct::cpu::linear_bf16_supported, "True when the CPU has AVX-512 BF16.");
+  py::class_<LinearBF16Weight>(m, "LinearBF16Weight", "A packed bfloat16 weight and its bias, by address.")
+      .def(py::init([](uintptr_t packed, uintptr_t bias, int64_t n, int64_t k) {
+             return LinearBF16Weight{dptr<const uint16_t>(packed), dptr<const uint16_t>(bias), n, k};
+           }),
+           py::arg("packed"), py::arg("bias"), py::arg("n"), py::arg("k"));
   m.def(
-      "gemm_bf16",
-      [](uintptr_t x, int64_t rows, int64_t k, uintptr_t packed, int64_t n, uintptr_t bias, uintptr_t y) {
-        SPCT_CHECK(spct::cpu::gemm_bf16_supported(), "gemm_bf16 needs AVX-512 BF16");
-        SPCT_CHECK(n % 16 == 0 && k % 2 == 0 && rows >= 0, "gemm_bf16 needs N % 16 == 0 and an even K");
-        const auto p = [](uintptr_t a) { return reinterpret_cast<const uint16_t*>(a); };
+      "linear_bf16",
+      [](const LinearBF16Weight& w, uintptr_t x, int64_t rows, uintptr_t y) {
         py::gil_scoped_release nogil;
-        spct::cpu::gemm_bf16(p(x), rows, k, p(packed), n, p(bias), reinterpret_cast<uint16_t*>(y));
+        spct::cpu::linear_bf16(dptr<const uint16_t>(x), rows, w.k, w.packed, w.n, w.bias, dptr<uint16_t>(y));
       },
-      py::arg("x"), py::arg("rows"), py::arg("k"), py::arg("packed"), py::arg("n"), py::arg("bias"), py::arg("y"),
-      "y (M, N) = x (M, K) W^T (+ bias) in bfloat16 with W packed (spct/linear.h); host addresses.");
+      py::arg("weight"), py::arg("x"), py::arg("rows"), py::arg("y"),
+      "y (rows, N) = x (rows, K) W^T (+ bias) in bfloat16 (host addresses; spct/linear.h).");
 #else
-  m.def("gemm_bf16_supported", []() { return false; }, "True when the CPU has AVX-512 BF16.");
+  m.def("linear_bf16_supported", []() { return false; }, "True when the CPU has AVX-512 BF16.");
 #endif
 }
 

@@ -1,5 +1,5 @@
-// The AVX-512 BF16 build of gemm_bf16 (see spct/linear.h); compiled with -mavx512bf16, entered only after
-// gemm_bf16_supported(). Measured on SmolLM2-135M decode steps: torch's bf16 matmul reads the weights at about
+// The AVX-512 BF16 build of linear_bf16 (see spct/linear.h); compiled with -mavx512bf16, entered only after
+// linear_bf16_supported(). Measured on SmolLM2-135M decode steps: torch's bf16 matmul reads the weights at about
 // 9 GB/s at M = 1 and reaches a third of the dot-product peak at M = 16; this kernel streams packed weights once
 // per 64 outputs and keeps 6 x 4 accumulators in registers. No standard-library templates in this file (their
 // instantiations would be shared with other translation units and could run on a CPU without AVX-512).
@@ -52,10 +52,10 @@ void block(const uint16_t* x, int64_t k, const uint16_t* packed, int64_t nb, int
 
 }  // namespace
 
-bool gemm_bf16_supported() { return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw"); }
+bool linear_bf16_supported() { return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw"); }
 
-void gemm_bf16(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n, const uint16_t* bias,
-               uint16_t* y) {
+void linear_bf16(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n, const uint16_t* bias,
+                 uint16_t* y) {
   const int64_t n_blocks = n / 16, tasks = (n_blocks + kBlocks - 1) / kBlocks;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < tasks; ++t) {

@@ -1,7 +1,8 @@
-// gemm_bf16: y (M, N) = x (M, K) W^T (+ bias), bfloat16 in and out, float32 accumulation, for the small M of
+// linear_bf16: y (M, N) = x (M, K) W^T (+ bias), bfloat16 in and out, float32 accumulation, for the small M of
 // decoding (one row per live sample). W comes pre-packed in pairs along K for 16 outputs at a time:
 //   packed (N / 16, K / 2, 16, 2): element (n, k) at ((n / 16) * (K / 2) + k / 2) * 32 + (n % 16) * 2 + k % 2
-// (the layout of the AVX-512 BF16 dot-product instruction). N must be a multiple of 16 and K even.
+// (the layout of the AVX-512 BF16 dot-product instruction). N must be a multiple of 16 and K even (the caller,
+// spct.ops.linear.Linear, pads the weight so), and the CPU must have AVX-512 BF16 (linear_bf16_supported()).
 #pragma once
 
 #include <cstdint>
@@ -10,12 +11,12 @@ namespace spct {
 namespace cpu {
 
 // True when this CPU has AVX-512 BF16 (the only build of the kernel); the caller uses its BLAS otherwise.
-bool gemm_bf16_supported();
+bool linear_bf16_supported();
 
 // All pointers to bfloat16 bits; bias may be null. Each output's sum runs over k in order, whatever M is, so a
 // row's result does not depend on the other rows.
-void gemm_bf16(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n, const uint16_t* bias,
-               uint16_t* y);
+void linear_bf16(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n, const uint16_t* bias,
+                 uint16_t* y);
 
 }  // namespace cpu
 }  // namespace spct

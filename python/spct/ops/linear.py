@@ -4,6 +4,10 @@ Decoding multiplies a handful of rows (one per live sample) by every weight matr
 is far from the memory and dot-product limits there (see csrc/cpu/linear.cpp). `Linear` packs a bf16 weight
 once into the kernel's layout and runs it for any number of rows; elsewhere (float32, other CPUs, CUDA) it is
 `torch.nn.functional.linear`, which is also the reference the kernel is tested against.
+
+Checks: this wrapper decides when the kernel runs (a bf16 weight on a CPU with AVX-512 BF16, a bf16 CPU input),
+checks x's shape (M, K) and builds what the kernel needs (the weight padded to N a multiple of 16 and K even, then
+packed; x padded to K, contiguous); the bindings only marshal; the kernel reads no index values and checks nothing.
 """
 
 from __future__ import annotations
@@ -11,12 +15,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from spct import _native
+from spct.ops import dispatch
+
+__all__ = ["Linear", "native_bf16_available"]
 
 
 def native_bf16_available(device: torch.device) -> bool:
-    lib = _native._module
-    return device.type == "cpu" and lib is not None and bool(lib.gemm_bf16_supported())
+    """Whether a bf16 `Linear` on `device` runs the native kernel: a CPU with AVX-512 BF16 and spct._C built."""
+    device = torch.device(device)
+    if device.type != "cpu" or dispatch.pick("linear", device) != "native":
+        return False
+    return bool(dispatch.native().linear_bf16_supported())
 
 
 class Linear:
@@ -36,16 +45,20 @@ class Linear:
         self.packed = w.view(self.n // 16, 16, self.k // 2, 2).permute(0, 2, 1, 3).contiguous()
         self.bias = None if bias is None else F.pad(bias, (0, n_pad)).contiguous()
         self.weight = None
+        self._lib = dispatch.native()
+        self._packed = self._lib.LinearBF16Weight(
+            packed=self.packed.data_ptr(), bias=0 if self.bias is None else self.bias.data_ptr(), n=self.n, k=self.k)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.native or x.dtype != torch.bfloat16 or x.device.type != "cpu":
             weight = self.weight if self.weight is not None else self.unpacked()
             return F.linear(x, weight, self.bias if self.weight is not None else self._bias())
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"x must have shape (M, K = {self.in_features}), got {tuple(x.shape)}")
         rows = x.shape[0]
         x = x.contiguous() if self.k == self.in_features else F.pad(x, (0, self.k - self.in_features)).contiguous()
         y = torch.empty((rows, self.n), dtype=torch.bfloat16)
-        _native._module.gemm_bf16(x.data_ptr(), rows, self.k, self.packed.data_ptr(), self.n,
-                                  0 if self.bias is None else self.bias.data_ptr(), y.data_ptr())
+        self._lib.linear_bf16(self._packed, x.data_ptr(), rows, y.data_ptr())
         return y if self.n == self.out_features else y[:, : self.out_features]
 
     def unpacked(self) -> torch.Tensor:

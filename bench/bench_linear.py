@@ -1,0 +1,75 @@
+"""linear throughput: decode-like products y = x W^T at SmolLM2-135M's weight matrices (bfloat16), M in {1, 16, 64}
+rows (one per live sample).
+
+Native: `spct.ops.linear.Linear` (the packed AVX-512 BF16 kernel; skipped on CPUs without it), the weight packed
+before timing as the runner packs it once. Baseline: torch.nn.functional.linear on the same bf16 tensors, what the
+runner would call otherwise. Both are validated against a float32 product before timing and timed in the same
+test; extra_info holds GB/s (the weight, x and y bytes each call must move) and the ratio of medians.
+
+    python -m pytest bench/bench_linear.py --benchmark-enable -s
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spct.ops.linear import Linear, native_bf16_available
+from timing import median_seconds
+
+# (N, K) of SmolLM2-135M's matrices: hidden 576, intermediate 1536, 9 query and 3 KV heads of 64, vocabulary 49152
+MATRICES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536), "lm_head": (49152, 576)}
+ROWS = [1, 16, 64]
+
+
+def load_tolerances() -> dict:
+    """The one tolerance table per dtype, tests/conftest.py's TOLERANCES."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("spct_tests_conftest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TOLERANCES
+
+
+TOLERANCES = load_tolerances()
+
+
+@pytest.mark.skipif(not native_bf16_available(torch.device("cpu")),
+                    reason="this CPU has no AVX-512 BF16 (Linear is torch's there)")
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("matrix", list(MATRICES))
+def test_linear_throughput(benchmark, matrix, rows):
+    n, k = MATRICES[matrix]
+    g = torch.Generator().manual_seed(n + k + rows)
+    weight = (torch.randn((n, k), generator=g) / k**0.5).bfloat16()
+    x = torch.randn((rows, k), generator=g).bfloat16()
+    lin = Linear(weight)
+    assert lin.native
+
+    def native():
+        return lin(x)
+
+    def torch_linear():
+        return F.linear(x, weight)
+
+    want = F.linear(x.float(), weight.float()).bfloat16()  # validate both before timing
+    torch.testing.assert_close(native().float(), want.float(), **TOLERANCES[torch.bfloat16])
+    torch.testing.assert_close(torch_linear().float(), want.float(), **TOLERANCES[torch.bfloat16])
+
+    benchmark.pedantic(native, rounds=max(20, 2000 // rows), warmup_rounds=3)
+    if benchmark.disabled:  # --benchmark-disable (the default addopts): validated, not timed
+        return
+    torch_s = median_seconds(torch_linear, max(20, 2000 // rows))
+    native_s = benchmark.stats.stats.median
+    moved = (n * k + rows * (k + n)) * weight.element_size()  # the weight once, x in, y out
+    benchmark.extra_info.update(
+        matrix=matrix, n=n, k=k, rows=rows, native_gb_per_s=moved / native_s / 1e9,
+        torch_gb_per_s=moved / torch_s / 1e9, ratio_vs_torch=torch_s / native_s,
+    )
+    print(f"\n{matrix:8s} ({n:5d} x {k:4d}) M={rows:2d} native {native_s * 1e6:8.1f} us "
+          f"({moved / native_s / 1e9:5.1f} GB/s)  torch {torch_s * 1e6:8.1f} us "
+          f"({moved / torch_s / 1e9:5.1f} GB/s)  ratio {torch_s / native_s:5.2f}x")
