@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spct import _native
-from spct.ops.prefix_attention import prefix_attention
+from spct.ops.prefix_attention import Plan, prefix_attention
 
 DTYPES = [torch.float32, torch.bfloat16]
 NAMES = ("q", "prefix_k", "prefix_v", "prefix_indptr", "prefix_index", "own_k", "own_v", "own_index", "own_len")
@@ -231,6 +231,22 @@ def test_head_dim_without_a_native_kernel():
     with pytest.raises(ValueError, match=r"head_dim 48 has no CPU kernel \(built: 32, 64, 128, 256\)"):
         run(layout, "native")
     assert run(layout, "reference").shape == (1, 2, 48)
+
+
+def test_plan_runs_each_layer_like_one_call():
+    """A Plan (the engine's per-step layout) gives each "layer" what one prefix_attention call gives, and checks
+    again when a call's shapes change."""
+    def layer(seed):
+        return make_layout([30, 4], [1, 0, 1], [2, 0, 3], heads=4, kv_heads=2, dim=32, capacity=3, seed=seed)
+
+    first = layer(0)
+    plan = Plan(*(first[name] for name in ("prefix_indptr", "prefix_index", "own_index", "own_len")), scale=0.2)
+    for seed in range(3):
+        t = layer(seed)
+        got = plan.run(t["q"], t["prefix_k"], t["prefix_v"], t["own_k"], t["own_v"])
+        assert torch.equal(bits(got), bits(run(t, "auto", scale=0.2)))
+    with pytest.raises(ValueError, match=r"prefix_k must have shape \(T, Hkv, D = 32\), got \(34, 2, 16\)"):
+        plan.run(first["q"], torch.ones(34, 2, 16), first["prefix_v"], first["own_k"], first["own_v"])
 
 
 # ---- other backends -------------------------------------------------------------------------------------------

@@ -295,105 +295,124 @@ struct Task {
   int64_t kind, index, head, chunk;
 };
 
-template <int D, typename T>
-void run_typed(const PrefixAttention& a) {
-  const int64_t S = a.rows, Hq = a.heads, Hkv = a.kv_heads, G = Hq / Hkv, P = a.prompts;
-  const T* q = static_cast<const T*>(a.q);
-  const auto chunks = [](int64_t n) { return (n + kChunk - 1) / kChunk; };
-  // rows of each prompt (counting sort keeps row order)
-  Buf<int64_t> start(P + 1, 0), rows_of(S), fill(P + 1, 0);
-  for (int64_t s = 0; s < S; ++s) ++start[a.prefix_index[s] + 1];
-  for (int64_t p = 0; p < P; ++p) start[p + 1] += start[p];
-  for (int64_t p = 0; p < P; ++p) fill[p] = start[p];
-  for (int64_t s = 0; s < S; ++s) rows_of[fill[a.prefix_index[s]]++] = s;
-  // partial slots: row s owns parts [first[s], first[s + 1]) (prompt chunks, then own chunks), each Hq x (D + 2)
-  Buf<int64_t> first(S + 1, 0);
+inline int64_t chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
+inline int64_t prompt_chunks(const PrefixAttention& a, int64_t p) {
+  return chunks(a.prefix_indptr[p + 1] - a.prefix_indptr[p]);
+}
+
+// The work of one call: the rows of each prompt (rows_of[start[p] .. start[p + 1]), in row order), the partial
+// slots of each row (row s owns parts [first[s], first[s + 1]): prompt chunks, then own chunks, each Hq x (D + 2)
+// floats) and the tasks.
+struct Work {
+  Buf<int64_t> start, rows_of, first;
+  Buf<Task> tasks;
+};
+
+void plan_work(const PrefixAttention& a, Work* w) {
+  const int64_t S = a.rows, Hkv = a.kv_heads, P = a.prompts;
+  Buf<int64_t> fill(P + 1, 0);
+  w->start.assign(P + 1, 0);
+  w->rows_of.resize(S);
+  for (int64_t s = 0; s < S; ++s) ++w->start[a.prefix_index[s] + 1];  // counting sort: keeps row order
+  for (int64_t p = 0; p < P; ++p) w->start[p + 1] += w->start[p];
+  for (int64_t p = 0; p < P; ++p) fill[p] = w->start[p];
+  for (int64_t s = 0; s < S; ++s) w->rows_of[fill[a.prefix_index[s]]++] = s;
+  const auto has_rows = [&](int64_t p) { return w->start[p] != w->start[p + 1]; };
   int64_t n_tasks = 0;
-  for (int64_t p = 0; p < P; ++p) {
-    if (start[p] != start[p + 1]) n_tasks += Hkv * chunks(a.prefix_indptr[p + 1] - a.prefix_indptr[p]);
-  }
+  for (int64_t p = 0; p < P; ++p) n_tasks += has_rows(p) ? Hkv * prompt_chunks(a, p) : 0;
   for (int64_t s = 0; s < S; ++s) n_tasks += Hkv * chunks(a.own_len[s]);
-  Buf<Task> tasks(n_tasks);
+  w->tasks.resize(n_tasks);
+  w->first.assign(S + 1, 0);
   int64_t next = 0;
   for (int64_t p = 0; p < P; ++p) {
-    if (start[p] == start[p + 1]) continue;
-    const int64_t c_n = chunks(a.prefix_indptr[p + 1] - a.prefix_indptr[p]);
+    if (!has_rows(p)) continue;
+    const int64_t c_n = prompt_chunks(a, p);
     for (int64_t h = 0; h < Hkv; ++h)
-      for (int64_t c = 0; c < c_n; ++c) tasks[next++] = Task{0, p, h, c};
+      for (int64_t c = 0; c < c_n; ++c) w->tasks[next++] = Task{0, p, h, c};
   }
   for (int64_t s = 0; s < S; ++s) {
-    const int64_t p = a.prefix_index[s];
     const int64_t own = chunks(a.own_len[s]);
-    first[s + 1] = first[s] + chunks(a.prefix_indptr[p + 1] - a.prefix_indptr[p]) + own;
+    w->first[s + 1] = w->first[s] + prompt_chunks(a, a.prefix_index[s]) + own;
     for (int64_t h = 0; h < Hkv; ++h)
-      for (int64_t c = 0; c < own; ++c) tasks[next++] = Task{1, s, h, c};
+      for (int64_t c = 0; c < own; ++c) w->tasks[next++] = Task{1, s, h, c};
   }
-  const int64_t stride = D + 2;
-  Buf<float> parts(first[S] * Hq * stride);
-  float* const part_base = parts.data();
-  const auto part_of = [&](int64_t s, int64_t c, int64_t hq) {
-    return part_base + ((first[s] + c) * Hq + hq) * stride;
-  };
+}
+
+// The partial of (row s, its part c, query head hq) in parts.
+inline float* part_of(const PrefixAttention& a, const Work& w, float* parts, int64_t s, int64_t c, int64_t hq) {
+  return parts + ((w.first.p[s] + c) * a.heads + hq) * (a.head_dim + 2);
+}
+
+// One task: its rows' queries (pre-scaled, float32) against its chunk of keys and values -> their partials.
+template <int D, typename T>
+void run_task(const PrefixAttention& a, const Work& w, const Task& task, float* parts, Scratch* sc,
+              Buf<float*>* out_parts) {
+  const int64_t Hq = a.heads, Hkv = a.kv_heads, G = Hq / Hkv;
+  const bool prompt = task.kind == 0;
+  const int64_t* rows = prompt ? w.rows_of.p + w.start.p[task.index] : &task.index;
+  const int64_t m_rows = prompt ? w.start.p[task.index + 1] - w.start.p[task.index] : 1;
+  int64_t n, first_token;  // the chunk's tokens, and the first one's row in prefix_k / own_k
+  if (prompt) {
+    first_token = a.prefix_indptr[task.index] + task.chunk * kChunk;
+    n = imin(kChunk, a.prefix_indptr[task.index + 1] - first_token);
+  } else {
+    n = imin(kChunk, a.own_len[task.index] - task.chunk * kChunk);
+    first_token = a.own_index[task.index] * a.capacity + task.chunk * kChunk;
+  }
+  const T* k = static_cast<const T*>(prompt ? a.prefix_k : a.own_k) + (first_token * Hkv + task.head) * D;
+  const T* v = static_cast<const T*>(prompt ? a.prefix_v : a.own_v) + (first_token * Hkv + task.head) * D;
+  const T* q = static_cast<const T*>(a.q);
+  sc->q.resize(m_rows * G * D);
+  out_parts->resize(m_rows * G);
+  for (int64_t i = 0; i < m_rows; ++i) {
+    const int64_t s = rows[i];
+    const int64_t c = prompt ? task.chunk : prompt_chunks(a, a.prefix_index[s]) + task.chunk;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t hq = task.head * G + g;
+      for (int d = 0; d < D; ++d) sc->q[(i * G + g) * D + d] = load1(q, (s * Hq + hq) * D + d) * a.scale;
+      (*out_parts)[i * G + g] = part_of(a, w, parts, s, c, hq);
+    }
+  }
+  if (prompt) {
+    attend_block<D, T, kRows>(sc->q.data(), m_rows * G, k, v, Hkv * D, n, sc, out_parts->data());
+  } else {
+    attend_direct<D, T>(sc->q.data(), G, k, v, Hkv * D, n, sc, out_parts->data());
+  }
+}
+
+// out[s, hq] from the row's partials, merged by log-sum-exp in order; zeros for a row with no token at all.
+template <int D, typename T>
+void merge(const PrefixAttention& a, const Work& w, float* parts, int64_t s, int64_t hq) {
+  const int64_t n_parts = w.first.p[s + 1] - w.first.p[s];
+  T* o = static_cast<T*>(a.out) + (s * a.heads + hq) * D;
+  float top = -INFINITY;
+  for (int64_t c = 0; c < n_parts; ++c) top = fmax2(top, part_of(a, w, parts, s, c, hq)[0]);
+  float acc[D] = {}, total = 0.0f;
+  for (int64_t c = 0; c < n_parts; ++c) {
+    const float* pc = part_of(a, w, parts, s, c, hq);
+    const float weight = std::exp(pc[0] - top);
+    total += weight * pc[1];
+    for (int d = 0; d < D; ++d) acc[d] += weight * pc[2 + d];
+  }
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  for (int d = 0; d < D; ++d) store1(o, d, acc[d] * inv);
+}
+
+template <int D, typename T>
+void run_typed(const PrefixAttention& a) {
+  Work w;
+  plan_work(a, &w);
+  const int64_t n_tasks = w.tasks.n, S = a.rows, Hq = a.heads;
+  Buf<float> parts_buf(w.first[S] * Hq * (D + 2));
+  float* const parts = parts_buf.data();
 #pragma omp parallel
   {
     Scratch sc;
     Buf<float*> out_parts;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t ti = 0; ti < n_tasks; ++ti) {
-      const Task& task = tasks[ti];
-      const int64_t* rows = task.kind == 0 ? rows_of.data() + start[task.index] : &task.index;
-      const int64_t m_rows = task.kind == 0 ? start[task.index + 1] - start[task.index] : 1;
-      const T *k, *v;
-      int64_t n;
-      if (task.kind == 0) {
-        const int64_t lo = a.prefix_indptr[task.index] + task.chunk * kChunk;
-        n = imin(kChunk, a.prefix_indptr[task.index + 1] - lo);
-        k = static_cast<const T*>(a.prefix_k) + (lo * Hkv + task.head) * D;
-        v = static_cast<const T*>(a.prefix_v) + (lo * Hkv + task.head) * D;
-      } else {
-        const int64_t lo = task.chunk * kChunk, slot = a.own_index[task.index];
-        n = imin(kChunk, a.own_len[task.index] - lo);
-        k = static_cast<const T*>(a.own_k) + ((slot * a.capacity + lo) * Hkv + task.head) * D;
-        v = static_cast<const T*>(a.own_v) + ((slot * a.capacity + lo) * Hkv + task.head) * D;
-      }
-      sc.q.resize(m_rows * G * D);
-      out_parts.resize(m_rows * G);
-      for (int64_t i = 0; i < m_rows; ++i) {
-        const int64_t s = rows[i];
-        const int64_t c = task.kind == 0
-                              ? task.chunk
-                              : chunks(a.prefix_indptr[a.prefix_index[s] + 1] - a.prefix_indptr[a.prefix_index[s]]) +
-                                    task.chunk;
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t hq = task.head * G + g;
-          for (int d = 0; d < D; ++d) sc.q[(i * G + g) * D + d] = load1(q, (s * Hq + hq) * D + d) * a.scale;
-          out_parts[i * G + g] = part_of(s, c, hq);
-        }
-      }
-      if (task.kind == 0) {
-        attend_block<D, T, kRows>(sc.q.data(), m_rows * G, k, v, Hkv * D, n, &sc, out_parts.data());
-      } else {
-        attend_direct<D, T>(sc.q.data(), G, k, v, Hkv * D, n, &sc, out_parts.data());
-      }
-    }
-    // merge each (row, head) by log-sum-exp, parts in order
+    for (int64_t ti = 0; ti < n_tasks; ++ti) run_task<D, T>(a, w, w.tasks.p[ti], parts, &sc, &out_parts);
 #pragma omp for schedule(static)
-    for (int64_t sh = 0; sh < S * Hq; ++sh) {
-      const int64_t s = sh / Hq, hq = sh % Hq;
-      const int64_t n_parts = first[s + 1] - first[s];
-      T* o = static_cast<T*>(a.out) + sh * D;
-      float top = -INFINITY;
-      for (int64_t c = 0; c < n_parts; ++c) top = fmax2(top, part_of(s, c, hq)[0]);
-      float acc[D] = {}, total = 0.0f;
-      for (int64_t c = 0; c < n_parts; ++c) {
-        const float* pc = part_of(s, c, hq);
-        const float w = std::exp(pc[0] - top);
-        total += w * pc[1];
-        for (int d = 0; d < D; ++d) acc[d] += w * pc[2 + d];
-      }
-      const float inv = total > 0.0f ? 1.0f / total : 0.0f;  // no token at all: zeros
-      for (int d = 0; d < D; ++d) store1(o, d, acc[d] * inv);
-    }
+    for (int64_t sh = 0; sh < S * Hq; ++sh) merge<D, T>(a, w, parts, sh / Hq, sh % Hq);
   }
 }
 

@@ -5,7 +5,20 @@ per step instead of k times. Every query row s attends to all tokens of its prom
 indptr[p + 1]] with p = prefix_index[s]) and to the first own_len[s] tokens of its own slot own_k[own_index[s]],
 softmax over both parts together (the kernels merge per-part results by log-sum-exp). Query head h reads KV head
 h // (Hq // Hkv). Backends: reference (`spct.ops.ref.prefix_attention`), C++ (CPU), CUDA and Triton; all agree with
-the reference within the dtype's tolerance.
+the reference within the dtype's tolerance; `spct.ops.dispatch.pick` chooses (CPU: C++; CUDA: CUDA, else Triton;
+else the reference).
+
+Two entry points: `prefix_attention(...)`, one call; `Plan(indices...).run(q, k, v, ...)`, the calls of one step
+that share their rows (the layers of a decode step), checked at the first call and then run at once.
+
+Who checks what:
+- this wrapper: the arguments - types, dtypes, shapes, devices, scale, backend, head_dim for a native kernel
+  (`_check`) - and, for every backend but the C++ kernel, the index values (`_check_indices`; on CUDA a sync, once
+  per Plan);
+- the C++ kernel (csrc/cpu/prefix_attention.cpp): the index values, on every call, worded as `_check_indices`
+  words them (the same first bad index);
+- the bindings (csrc/bindings/prefix_attention.cpp): nothing, they marshal addresses and sizes;
+- the CUDA and Triton kernels: nothing (the wrapper checked the index values).
 """
 
 from __future__ import annotations
@@ -14,11 +27,26 @@ import math
 
 import torch
 
-from spct import _native
+from spct.ops import dispatch
 from spct.ops.ref import prefix_attention as ref
 
-BACKENDS = ("auto", "native", "triton", "reference")
+__all__ = ["DTYPES", "HEAD_DIMS", "Plan", "native_cpu", "prefix_attention"]
+
+BACKENDS = dispatch.BACKENDS
 DTYPES = (torch.float32, torch.bfloat16)
+HEAD_DIMS = (32, 64, 128, 256)  # the head sizes the C++ and CUDA kernels are compiled for
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _scale(scale: float | None, dim: int) -> float:
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return scale
 
 
 def _check(q, prefix_k, prefix_v, prefix_indptr, prefix_index, own_k, own_v, own_index, own_len) -> None:
@@ -71,56 +99,109 @@ def _check_indices(prefix_indptr, prefix_index, own_index, own_len, prefix_token
             raise ValueError(f"{name}[{i}] = {int(values[i])} {allowed}")
 
 
-def _sizes(q, prefix_k, prefix_indptr, own_k) -> list[int]:
-    return [q.shape[0], q.shape[1], prefix_k.shape[1], q.shape[2], prefix_indptr.shape[0] - 1, prefix_k.shape[0],
-            own_k.shape[0], own_k.shape[1]]
+def native_cpu() -> bool:
+    """Whether CPU tensors run the C++ kernel under backend="auto" (the engine sizes its prefill chunks by it)."""
+    return dispatch.native_available("prefix_attention", "cpu")
 
 
-def run_native_cpu(q, prefix_k, prefix_v, prefix_indptr, prefix_index, own_k, own_v, own_index, own_len,
-                   scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The C++ kernel on contiguous CPU tensors already checked by `_check` (the engine checks a step's layout once
-    and calls this for each layer). The kernel checks the index values itself."""
-    out = torch.empty_like(q) if out is None else out
-    ptr = torch.Tensor.data_ptr
-    _native._module.prefix_attention(
-        ptr(q), ptr(prefix_k), ptr(prefix_v), ptr(prefix_indptr), ptr(prefix_index), ptr(own_k), ptr(own_v),
-        ptr(own_index), ptr(own_len), ptr(out), _sizes(q, prefix_k, prefix_indptr, own_k), scale,
-        q.dtype == torch.bfloat16)
-    return out
+class Plan:
+    """prefix_attention for calls that share their rows: the layers of a decode step (or of a prefill chunk).
 
+        plan = Plan(prefix_indptr, prefix_index, own_index, own_len, scale=scale)   # once per step
+        out = plan.run(q, prefix_k, prefix_v, own_k, own_v)                        # per layer -> (S, Hq, D)
 
-def _triton_kernel():
-    try:
-        from spct.ops.triton import prefix_attention as kernels
-    except ImportError:
-        return None
-    return kernels.prefix_attention
+    The index tensors, scale and backend are `prefix_attention`'s; they must not change while the plan is used.
+    The first `run` checks what `prefix_attention` checks (the index values too, except on the C++ path whose
+    kernel checks them on every call) and binds the native layout; a later call whose tensors have the same shapes,
+    dtypes and devices goes straight to the kernel (any other is checked again).
+    """
+
+    def __init__(self, prefix_indptr: torch.Tensor, prefix_index: torch.Tensor, own_index: torch.Tensor,
+                 own_len: torch.Tensor, *, scale: float | None = None, backend: str = "auto"):
+        _check_backend(backend)
+        if scale is not None:
+            _scale(scale, 1)
+        c = torch.Tensor.contiguous
+        self._index = (c(prefix_indptr), c(prefix_index), c(own_index), c(own_len))
+        self._scale_arg, self._backend = scale, backend
+        self._key = None
+
+    @classmethod
+    def _checked(cls, index: tuple, scale: float, backend: str) -> Plan:
+        """A plan on contiguous index tensors, scale and backend that `prefix_attention` has checked."""
+        plan = cls.__new__(cls)
+        plan._index, plan._scale_arg, plan._backend, plan._key = index, scale, backend, None
+        return plan
+
+    def run(self, q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, own_k: torch.Tensor,
+            own_v: torch.Tensor) -> torch.Tensor:
+        """q: (S, Hq, D); prefix_k, prefix_v: (T, Hkv, D); own_k, own_v: (C, M, Hkv, D) -> (S, Hq, D)."""
+        c = torch.Tensor.contiguous
+        q, prefix_k, prefix_v, own_k, own_v = c(q), c(prefix_k), c(prefix_v), c(own_k), c(own_v)
+        key = (q.shape, q.dtype, q.device, prefix_k.shape, prefix_k.dtype, prefix_k.device, prefix_v.shape,
+               prefix_v.dtype, prefix_v.device, own_k.shape, own_k.dtype, own_k.device, own_v.shape, own_v.dtype,
+               own_v.device)
+        if key != self._key:
+            indptr, index, slots, lengths = self._index
+            _check(q, prefix_k, prefix_v, indptr, index, own_k, own_v, slots, lengths)
+            self._bind(q, prefix_k, own_k)
+            self._key = key
+        return self._run(q, prefix_k, prefix_v, own_k, own_v)
+
+    def _bind(self, q: torch.Tensor, prefix_k: torch.Tensor, own_k: torch.Tensor) -> None:
+        """Chooses the backend for tensors shaped like these (already checked) and prepares it."""
+        indptr, index, slots, lengths = self._index
+        rows, heads, dim = q.shape
+        cuda = q.is_cuda
+        self.scale = _scale(self._scale_arg, dim)
+        backend = dispatch.pick("prefix_attention", q.device, self._backend)
+        if backend == "native" and dim not in HEAD_DIMS:
+            raise ValueError(f"head_dim {dim} has no {'CUDA' if cuda else 'CPU'} kernel "
+                             f"(built: {', '.join(map(str, HEAD_DIMS))})")
+        if backend != "native" or cuda:
+            _check_indices(indptr, index, slots, lengths, prefix_k.shape[0], own_k.shape[0], own_k.shape[1])
+        if backend == "native":
+            self._lib = dispatch.native()
+            # positional, in the binding's order (keywords cost ~3 us a call, a fifth of the one-shot overhead)
+            self._layout = self._lib.PrefixAttentionLayout(
+                indptr.data_ptr(), index.data_ptr(), slots.data_ptr(), lengths.data_ptr(),  # prefix_indptr,
+                # prefix_index, own_index, own_len; then rows, heads, kv_heads, head_dim, prompts, prefix_tokens,
+                # slots, capacity, scale, bf16
+                rows, heads, prefix_k.shape[1], dim, indptr.shape[0] - 1, prefix_k.shape[0], own_k.shape[0],
+                own_k.shape[1], self.scale, q.dtype == torch.bfloat16)
+            self._run = self._run_cuda if cuda else self._run_cpu
+        elif backend == "triton":
+            self._kernel = dispatch.triton("prefix_attention").prefix_attention
+            self._run = self._run_other
+        else:
+            self._kernel = ref.prefix_attention
+            self._run = self._run_other
+
+    def _run_cpu(self, q, prefix_k, prefix_v, own_k, own_v) -> torch.Tensor:
+        out = torch.empty_like(q)
+        self._lib.prefix_attention(self._layout, q.data_ptr(), prefix_k.data_ptr(), prefix_v.data_ptr(),
+                                   own_k.data_ptr(), own_v.data_ptr(), out.data_ptr())
+        return out
+
+    def _run_cuda(self, q, prefix_k, prefix_v, own_k, own_v) -> torch.Tensor:
+        out = torch.empty_like(q)
+        with torch.cuda.device(q.device):  # the kernel launches (and allocates its workspace) on the current device
+            self._lib.prefix_attention_cuda(self._layout, q.data_ptr(), prefix_k.data_ptr(), prefix_v.data_ptr(),
+                                            own_k.data_ptr(), own_v.data_ptr(), out.data_ptr(),
+                                            torch.cuda.current_stream(q.device).cuda_stream)
+        return out
+
+    def _run_other(self, q, prefix_k, prefix_v, own_k, own_v) -> torch.Tensor:
+        indptr, index, slots, lengths = self._index
+        return self._kernel(q, prefix_k, prefix_v, indptr, index, own_k, own_v, slots, lengths, self.scale)
 
 
 def _impl(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, prefix_indptr: torch.Tensor,
           prefix_index: torch.Tensor, own_k: torch.Tensor, own_v: torch.Tensor, own_index: torch.Tensor,
           own_len: torch.Tensor, scale: float, backend: str) -> torch.Tensor:
-    args = (q, prefix_k, prefix_v, prefix_indptr, prefix_index, own_k, own_v, own_index, own_len)
-    lib = None if backend == "triton" else _native.native("prefix_attention", q.device.type, backend)
-    if lib is not None and not q.is_cuda:
-        return run_native_cpu(*args, scale)
-    _check_indices(prefix_indptr, prefix_index, own_index, own_len, prefix_k.shape[0], own_k.shape[0],
-                   own_k.shape[1])
-    if lib is not None:
-        out = torch.empty_like(q)
-        ptr = torch.Tensor.data_ptr
-        with torch.cuda.device(q.device):  # the kernel launches (and allocates its workspace) on the current device
-            lib.prefix_attention_cuda(*(ptr(t) for t in args), ptr(out), _sizes(q, prefix_k, prefix_indptr, own_k),
-                                      scale, q.dtype == torch.bfloat16,
-                                      torch.cuda.current_stream(q.device).cuda_stream)
-        return out
-    if backend == "triton" or (q.is_cuda and backend == "auto"):
-        kernel = _triton_kernel()
-        if kernel is not None:
-            return kernel(*args, scale)
-        if backend == "triton":
-            raise RuntimeError("backend='triton' but triton is not installed (pip install 'spct[triton]')")
-    return ref.prefix_attention(*args, scale)
+    plan = Plan._checked((prefix_indptr, prefix_index, own_index, own_len), scale, backend)
+    plan._bind(q, prefix_k, own_k)  # the arguments were checked by prefix_attention()
+    return plan._run(q, prefix_k, prefix_v, own_k, own_v)
 
 
 _op = torch.library.custom_op("spct::prefix_attention", mutates_args=())(_impl)
@@ -154,12 +235,9 @@ def prefix_attention(
     q . k (default 1 / sqrt(D)); backend: "auto", "native", "triton" or "reference".
     returns: (S, Hq, D) in q's dtype; a row with no token at all gets zeros.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_backend(backend)
     _check(q, prefix_k, prefix_v, prefix_indptr, prefix_index, own_k, own_v, own_index, own_len)
-    scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
+    scale = _scale(scale, q.shape[2])
     op = torch.ops.spct.prefix_attention if torch.compiler.is_compiling() else _impl
     c = torch.Tensor.contiguous
     return op(c(q), c(prefix_k), c(prefix_v), c(prefix_indptr), c(prefix_index), c(own_k), c(own_v), c(own_index),
