@@ -95,8 +95,16 @@ def _why_no_native(op: str, device: torch.device) -> str:
 
 def pick(op: str, device: torch.device | str, backend: str = "auto") -> str:
     """"native", "triton" or "reference" for running `op` on a tensor on `device` (rules: module docstring)."""
+    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
+    # What decides the answer, environment included, is the cache key: a call costs a dictionary look-up (the
+    # ops call this once per call; small calls cost a few microseconds in all). Raised errors are not cached.
+    return _pick(op, kind, backend, strict(), os.environ.get("TRITON_INTERPRET"))
+
+
+@functools.lru_cache(maxsize=None)
+def _pick(op: str, kind: str, backend: str, strict_mode: bool, interpret: str | None) -> str:
     check_backend(op, backend)
-    device = torch.device(device)
+    device = torch.device(kind)
     if backend == "reference":
         return "reference"
     if backend == "triton":
@@ -108,11 +116,10 @@ def pick(op: str, device: torch.device | str, backend: str = "auto") -> str:
         return "native"
     if backend == "native":
         raise RuntimeError(f"backend='native' for {op}: {_why_no_native(op, device)}")
-    if device.type == "cuda" and "triton" in KERNELS[op] and _triton_why_not(device) is None:
+    if kind == "cuda" and "triton" in KERNELS[op] and _triton_why_not(device) is None:
         return "triton"
-    if strict() and device.type in KERNELS[op]:
-        raise RuntimeError(f"SPCT_STRICT=1 and no native {op} kernel for {device.type}: "
-                           f"{_why_no_native(op, device)}")
+    if strict_mode and kind in KERNELS[op]:
+        raise RuntimeError(f"SPCT_STRICT=1 and no native {op} kernel for {kind}: {_why_no_native(op, device)}")
     return "reference"
 
 
