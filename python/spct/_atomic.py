@@ -40,9 +40,11 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=path.suffix)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the result is as readable as any other output
     try:
         yield Path(tmp)
+        # mkstemp makes it 0600, and writers that replace the file (safetensors) do too; the result is as readable
+        # as any other output
+        os.chmod(tmp, 0o644)
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
