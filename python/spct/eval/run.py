@@ -66,16 +66,15 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
         done = {} if cache is None else cache.load(kpass)
         for start in range(0, len(items), batch_size):
             chunk = items[start: start + batch_size]
-            judged = [done.get(start + i) for i in range(len(chunk))]
+            numbers = range(start, start + len(chunk))  # the items' numbers: their seeds and tie-breaks
+            judged = [done.get(n) for n in numbers]
             if any(j is None for j in judged):
                 scored = grm.score_batch([(it.query, it.responses) for it in chunk], k=kpass, seed=seed,
-                                         max_new_tokens=max_new_tokens, indices=range(start, start + len(chunk)),
-                                         meta_rm=meta_rm, k_meta=None if k_meta is None else min(k_meta, kpass),
-                                         force_scores=force_scores)
+                                         max_new_tokens=max_new_tokens, indices=numbers, meta_rm=meta_rm,
+                                         k_meta=k_meta, force_scores=force_scores)
                 judged = [_record(j) for j in scored]
                 if cache is not None:
                     cache.append(kpass, start, judged)
-            numbers = range(start, start + len(chunk))
             for k in ([1] if kpass == 1 else sampled):
                 votes = {"k": [j.rewards for j in judged] if k == kpass else
                          revote(judged, k, seed, meta_rm, k_meta, indices=numbers)}
@@ -90,16 +89,16 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
                 valid[k] += sum(s.valid for j in judged for s in j.samples[:k])
             if progress is not None:
                 progress(len(chunk))
-    results = {kind: {} for kind in kinds}
-    for kind in kinds:
-        for k in ks:
-            tally = right[kind, k]
-            n = count[kind, k, "overall"]
-            cats = {c: tally[c] / count[kind, k, c] for c in sorted(tally) if c != "overall"}
-            results[kind][str(k)] = {"overall": tally["overall"] / max(1, n),
-                                     "overall_ci95": wilson(tally["overall"], n), "categories": cats,
-                                     "valid_rate": valid[k] / max(1, k * len(items)), "items": len(items)}
-    return results
+    return {kind: {str(k): _accuracy(right[kind, k], count, (kind, k), valid[k] / max(1, k * len(items)),
+                                     len(items)) for k in ks} for kind in kinds}
+
+
+def _accuracy(tally: dict, count: dict, key: tuple, valid_rate: float, num_items: int) -> dict:
+    """One (kind, k)'s results from its right answers per category (and "overall") and the counts."""
+    n = count[(*key, "overall")]
+    cats = {c: tally[c] / count[(*key, c)] for c in sorted(tally) if c != "overall"}
+    return {"overall": tally["overall"] / max(1, n), "overall_ci95": wilson(tally["overall"], n),
+            "categories": cats, "valid_rate": valid_rate, "items": num_items}
 
 
 def _record(judgement) -> SimpleNamespace:
