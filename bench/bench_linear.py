@@ -11,31 +11,17 @@ test; extra_info holds GB/s (the weight, x and y bytes each call must move) and 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from spct.ops.linear import Linear, native_bf16_available
-from timing import median_seconds
+from timing import TOLERANCES, median_seconds
 
 # (N, K) of SmolLM2-135M's matrices: hidden 576, intermediate 1536, 9 query and 3 KV heads of 64, vocabulary 49152
 MATRICES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536), "lm_head": (49152, 576)}
 ROWS = [1, 16, 64]
-
-
-def load_tolerances() -> dict:
-    """The one tolerance table per dtype, tests/conftest.py's TOLERANCES."""
-    path = Path(__file__).resolve().parents[1] / "tests" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("spct_tests_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.TOLERANCES
-
-
-TOLERANCES = load_tolerances()
 
 
 @pytest.mark.skipif(not native_bf16_available(torch.device("cpu")),

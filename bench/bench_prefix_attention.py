@@ -13,8 +13,6 @@ GB/s (the KV bytes each side must read) and the ratio of medians.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,24 +20,12 @@ import torch.nn.functional as F
 
 import spct
 from spct.ops.ref import prefix_attention as ref
-from timing import median_seconds
+from timing import TOLERANCES, median_seconds
 
 PROMPT, OWN = 1000, 128
 HEADS, KV_HEADS, DIM = 9, 3, 64
 KS = [1, 2, 4, 8, 16, 32]
 SCALE = DIM**-0.5
-
-
-def load_tolerances() -> dict:
-    """The one tolerance table per dtype, tests/conftest.py's TOLERANCES."""
-    path = Path(__file__).resolve().parents[1] / "tests" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("spct_tests_conftest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.TOLERANCES
-
-
-TOLERANCES = load_tolerances()
 
 
 def make_inputs(k: int, dtype: torch.dtype) -> tuple:

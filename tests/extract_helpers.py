@@ -1,6 +1,9 @@
-"""Helpers shared by the extract_scores tests: run native and reference side by side and compare exactly."""
+"""Helpers shared by the op tests: the native module (or a skip), backend availability, and running extract_scores
+native and reference side by side to compare exactly."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -101,3 +104,13 @@ def span_text(packed: ref.Packed, row: int, span) -> bytes | None:
         return None
     start = int(packed.row_offsets[row])
     return packed.text[start + b : start + e].tobytes()
+
+
+def need(backend: str):
+    """Skip (or, for the native module under SPCT_STRICT=1, fail) when a backend is not available here."""
+    if backend == "native":
+        native_lib()
+    if backend == "triton":
+        pytest.importorskip("triton", reason="triton is not installed (pip install 'spct[triton]')")
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("the Triton kernel needs a GPU or TRITON_INTERPRET=1 (set before triton is imported)")

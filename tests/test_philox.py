@@ -3,11 +3,10 @@ bit-identical across backends, 24-bit, with 64-bit seeds and offsets. (vote's ti
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
-from extract_helpers import native_lib
+from extract_helpers import native_lib, need
 
 from spct.ops import sample as sample_op
 from spct.ops.ref import philox as ref_philox
@@ -21,16 +20,6 @@ PHILOX_KAT = [
     ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0],
      [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
 ]
-
-
-def need(backend: str):
-    """Skip (or, for the native module under SPCT_STRICT=1, fail) when a backend is not available here."""
-    if backend == "native":
-        native_lib()
-    if backend == "triton":
-        pytest.importorskip("triton", reason="triton is not installed (pip install 'spct[triton]')")
-        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("the Triton kernel needs a GPU or TRITON_INTERPRET=1 (set before triton is imported)")
 
 
 @pytest.mark.parametrize(("counter", "key", "expected"), PHILOX_KAT)

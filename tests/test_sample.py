@@ -5,12 +5,11 @@ per-row parameters, awkward shapes, strided rows; every bad input."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 from conftest import TOLERANCES
-from extract_helpers import native_lib
+from extract_helpers import native_lib, need
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,15 +19,6 @@ from spct.ops.ref import sample as ref
 sample = sample_op.sample
 INF = float("inf")
 BACKENDS = ["native", "reference", "triton"]
-
-def need(backend: str):
-    """Skip (or, for the native module under SPCT_STRICT=1, fail) when a backend is not available here."""
-    if backend == "native":
-        native_lib()
-    if backend == "triton":
-        pytest.importorskip("triton", reason="triton is not installed (pip install 'spct[triton]')")
-        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("the Triton kernel needs a GPU or TRITON_INTERPRET=1 (set before triton is imported)")
 
 
 def triton_module():
