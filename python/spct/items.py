@@ -29,11 +29,21 @@ from typing import TextIO
 
 from spct._atomic import write_bytes
 
-__all__ = ["REQUIRE", "Item", "as_item", "check", "iter_jsonl", "open_text", "read_items", "turns", "write_items"]
+__all__ = ["REQUIRE", "Item", "ItemError", "as_item", "check", "iter_jsonl", "open_text", "read_items", "turns", "write_items"]
 
 REQUIRE = ("responses", "best", "label")
 _KEYS = ("id", "query", "responses", "best", "label", "category")
 _QUERY = "'query' must be a non-empty string or a non-empty list of {'role', 'content'} turns"
+
+
+class ItemError(ValueError):
+    """A ValueError about one item of a batch: `index` is its position in the batch, `detail` what is wrong with it
+    (the message without the position), so a caller that knows where the item came from (a file's line, an id) can
+    say so instead of the position: ``str(error)`` is "items[3]: <detail>" or the caller's own ``name``."""
+
+    def __init__(self, index: int, detail: str, name: str | None = None):
+        super().__init__(f"{name or f'items[{index}]'}: {detail}")
+        self.index, self.detail = index, detail
 
 
 @dataclass
