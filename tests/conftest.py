@@ -52,6 +52,23 @@ def smollm2_tokenizer(default_model_dir):
     return AutoTokenizer.from_pretrained(default_model_dir)
 
 
+# The fixtures that load the real default model (fetched and converted on first use: a 93 MB download on an empty
+# cache), directly or through another fixture. A test that needs one of them gets the `model` marker, so
+# `-m "not slow and not model"` is the quick subset that needs no model. Keyed by test file for fixtures whose
+# name is local to one file.
+MODEL_FIXTURES = {"default_model_dir", "smollm2_tokenizer"}
+MODEL_FIXTURES_IN_FILE = {"test_models.py": {"model_dir"}}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks with `model` every test that needs the real default model (item.fixturenames holds the fixtures a test
+    uses through other fixtures too)."""
+    for item in items:
+        needs = MODEL_FIXTURES | MODEL_FIXTURES_IN_FILE.get(item.path.name, set())
+        if needs.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
 def pytest_report_header(config):
     import spct
     from spct import _native
