@@ -16,6 +16,7 @@ from conftest import TOLERANCES
 
 import spct
 from spct.engine import Allow, Force
+from spct.items import ItemError
 
 NEW_TOKENS = 24
 LENGTHS = [20, 35, 60, 120, 250, 400, 600, 800, 1000, 1200, 1350, 1500]
@@ -306,17 +307,82 @@ def test_bad_arguments(engine16, kwargs, match):
 
 
 def test_bad_prompts(engine16):
-    with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
-        engine16.generate(["Hello", ""])
-    with pytest.raises(ValueError, match=r"prompts\[0\] is empty"):
-        engine16.generate([[]])
+    """Errors about one prompt are ItemErrors: the prompt's position apart, the message naming it and the limit."""
     ctx = engine16.context
-    with pytest.raises(ValueError, match=rf"prompts\[0\] has {ctx + 5} tokens, but the model's context is {ctx}"):
-        engine16.generate([[1] * (ctx + 5)])
-    with pytest.raises(ValueError, match=r"token id 49152, outside \[0, 49152\)"):
-        engine16.generate([[1, 49152]])
+    cases = [(["Hello", ""], r"^prompts\[1\]: the prompt is empty$"),
+             ([[]], r"^prompts\[0\]: the prompt is empty"),
+             (["Hi", [1] * (ctx + 5)], rf"^prompts\[1\]: the prompt has {ctx + 5} tokens, but the model's context is "
+                                       rf"{ctx} tokens"),
+             ([[1, 49152]], r"^prompts\[0\]: the prompt holds token id 49152, outside \[0, 49152\)"),
+             ([[1, True]], r"token id True, outside"),
+             (["a", 7], r"^prompts\[1\]: the prompt is int")]
+    for prompts, match in cases:
+        with pytest.raises(ItemError, match=match) as error:
+            engine16.generate(prompts)
+        assert error.value.index == len(prompts) - 1
     with pytest.raises(ValueError, match="prompts must be a list"):
         engine16.generate("Hello")
+
+
+def _templated(tokenizer, messages) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def test_chat_prompts_go_through_the_chat_template(engine16, tokenizer):
+    """A chat conversation samples exactly what its templated ids (generation prompt added) sample, mixed in one call
+    with a string and token ids, as vLLM's LLM.chat."""
+    chat = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a primary color."}]
+    ids = _templated(tokenizer, chat)
+    turn = tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
+    assert ids[-len(turn):] == turn  # the generation prompt was added
+    prefills = []
+    outs = engine16.generate([chat, ids, "Hello"], k=3, max_new_tokens=8, temperature=0.8, seed=[5, 5, 6],
+                             progress=prefills.append)
+    assert prefills[:3] == [len(ids), len(ids), len(tokenizer("Hello").input_ids)]
+    assert [s.token_ids for s in outs[0]] == [s.token_ids for s in outs[1]]
+    alone = engine16.generate(["Hello"], k=3, max_new_tokens=8, temperature=0.8, seed=6)[0]
+    assert [s.token_ids for s in outs[2]] == [s.token_ids for s in alone]
+
+
+@pytest.mark.parametrize(
+    ("chat", "match"),
+    [([{"role": "user"}], r"^prompts\[1\]: message 0 has no 'content'; a chat message is a dict"),
+     ([{"content": "hi"}], r"^prompts\[1\]: message 0 has no 'role'"),
+     ([{"role": "user", "content": 3}], r"^prompts\[1\]: message 0's 'content' is int 3"),
+     ([{"role": "user", "content": "hi"}, "and"], r"^prompts\[1\]: message 1 is str 'and'")],
+)
+def test_bad_chat_prompts(engine16, chat, match):
+    with pytest.raises(ItemError, match=match) as error:
+        engine16.generate(["Hello", chat])
+    assert error.value.index == 1
+
+
+def test_chat_prompts_need_a_chat_template(engine16, tokenizer):
+    import copy
+
+    plain = copy.copy(tokenizer)
+    plain.chat_template = None
+    engine = spct.engine.Engine(engine16.runner, plain, engine16.eos_token_ids)
+    with pytest.raises(ItemError, match=r"^prompts\[0\]: the prompt is a chat conversation, but the tokenizer has no "
+                                        r"chat template"):
+        engine.generate([[{"role": "user", "content": "hi"}]])
+
+
+def test_progress_adds_up_to_prompt_and_generated_tokens(engine16, prompts):
+    """Calls after each prefill (the prompt's length) and after each step (one per running sample), across groups
+    of max_batch rows; samples of different lengths (stop strings), forced tokens past max_new_tokens included."""
+    small = spct.engine.Engine(engine16.runner, engine16.tokenizer, engine16.eos_token_ids, max_batch=4)
+    chosen = [p[:30] for p in prompts[1:4]]
+    calls = []
+    outs = small.generate(chosen, k=[2, 3, 2], max_new_tokens=12, temperature=1.0, seed=3, stop=["\n", " the"],
+                          constraints=[None, _Extend([7, 8], 2), None], progress=calls.append)
+    generated = [len(s.token_ids) for o in outs for s in o]
+    assert len(set(generated)) > 1  # samples stopped at different steps
+    assert sum(calls) == sum(len(p) for p in chosen) + sum(generated)
+    assert calls[0] == 30 and calls[1] == 2  # group 1: prompt 0 (2 rows), then its first step
+    with pytest.raises(ValueError, match="progress must be a callable"):
+        engine16.generate(["Hi"], progress=5)
 
 
 def test_bad_engine_arguments(default_model_dir):
@@ -329,7 +395,7 @@ def test_generation_near_the_context_stops_with_length(engine16):
     small.context = 40  # a short context, so the test does not prefill 8,000 tokens
     out = small.generate([[1] * 37], max_new_tokens=10, temperature=0.0)[0][0]
     assert len(out.token_ids) == 3 and out.finish_reason == "length"
-    with pytest.raises(ValueError, match="has 40 tokens, but the model's context is 40"):
+    with pytest.raises(ValueError, match="the prompt has 40 tokens, but the model's context is 40"):
         small.generate([[1] * 40])
 
 

@@ -13,7 +13,8 @@ from spct.ops.vote import Vote, vote
 
 # Heavy subpackages load on first use, so `import spct` stays cheap.
 _LAZY = {"engine": "spct.engine", "grm": "spct.grm", "models": "spct.engine.models"}
-_LAZY_ATTRS = {"Engine": "spct.engine", "GenerativeRewardModel": "spct.grm", "MetaRewardModel": "spct.grm"}
+_LAZY_ATTRS = {"Engine": "spct.engine", "GenerativeRewardModel": "spct.grm", "MetaRewardModel": "spct.grm",
+               "pad_samples": "spct.engine"}
 
 __all__ = ["Extraction", "TokenBytes", "Vote", "__version__", "extract_scores", "prefix_attention", "sample", "vote",
            *_LAZY, *_LAZY_ATTRS]

@@ -11,6 +11,10 @@ prompts (the runner's arithmetic per row does not depend on the batch either; se
 The engine runs one generation loop over a runner (`spct.engine.runner.Runner`): `LlamaRunner` for the Llama family,
 `HFRunner` (any `transformers` causal LM, the slow path) for other architectures.
 
+A prompt is a string, token ids or a chat conversation (messages through the tokenizer's chat template, as vLLM's
+`LLM.chat`): `spct.engine.prompts`. `spct.pad_samples(outs)` turns the samples into the padded ids that
+`spct.extract_scores` takes.
+
 Choices where the usual engines differ, spelled out:
 - `logprobs` are the model's own: log_softmax of the raw logits (before temperature, masks and constraints), as
   vLLM returns by default; one per generated token.
@@ -36,6 +40,7 @@ import torch
 from spct.engine.hf import HFRunner
 from spct.engine.llama import DecodeStep, LlamaRunner, supported
 from spct.engine.models import fetch
+from spct.engine.prompts import prompt_token_ids
 from spct.engine.runner import KV, Runner
 from spct.ops.sample import sample
 
@@ -166,20 +171,28 @@ class Engine:
         reinforcement-learning steps (Hugging Face names; copied into the runner's dtype and layout)."""
         self.runner = self.runner.with_weights(weights)
 
-    def generate(self, prompts: Sequence[str | Sequence[int]], *, k: int | Sequence[int] = 1,
+    def generate(self, prompts: Sequence[str | Sequence[int] | Sequence[dict]], *, k: int | Sequence[int] = 1,
                  max_new_tokens: int = 256, min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, seed: int | Sequence[int] = 0,
                  stop: str | Sequence[str] = (), return_logprobs: bool = False,
-                 constraints: Sequence[Constraint | None] | None = None) -> list[list[Sample]]:
-        """k samples for each prompt (token-id lists or strings) -> outs[i][j], sample j of prompt i.
+                 constraints: Sequence[Constraint | None] | None = None,
+                 progress: Callable[[int], object] | None = None) -> list[list[Sample]]:
+        """k samples for each prompt -> outs[i][j], sample j of prompt i. A prompt is a string, token ids or a chat
+        conversation (a list of {"role", "content"} messages, put through the tokenizer's chat template with the
+        generation prompt, as vLLM's `LLM.chat`); one call may mix them (`spct.engine.prompts`).
 
         k: samples per prompt, one int or one per prompt; seed: one int for all prompts or one per prompt; stop: a
         string or strings that end a sample;
         constraints: one per prompt (or None), see `Constraint`. Sampling as `spct.sample` (temperature 0 =
-        greedy). Semantics of logprobs, stop strings, min_new_tokens and the context: module docstring."""
+        greedy). Semantics of logprobs, stop strings, min_new_tokens and the context: module docstring.
+        progress: called with a number of tokens processed: a prompt's length after its prefill, and after each
+        step the tokens it generated (one per sample still running); the calls add up to the prompts' tokens plus
+        the samples' tokens. An error about one prompt is a `spct.items.ItemError` named prompts[i]."""
         settings = _check_settings(max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
                                    return_logprobs)
-        ids = self._token_ids(prompts)
+        if progress is not None and not callable(progress):
+            raise ValueError(f"progress must be a callable taking a token count, or None; got {progress!r}")
+        ids = prompt_token_ids(self.tokenizer, prompts, self.vocab_size, self.context)
         ks = _ks(k, len(ids))
         seeds = _seeds(seed, len(ids))
         if constraints is not None and len(constraints) != len(ids):
@@ -190,7 +203,7 @@ class Engine:
             if i == len(ids) or (group and sum(ks[g] for g in group) + ks[i] > self.max_batch):
                 outs += self._generate_group([ids[g] for g in group], [ks[g] for g in group], [seeds[g] for g in group],
                                              [None if constraints is None else constraints[g] for g in group],
-                                             settings)
+                                             settings, progress)
                 group = []
             if i < len(ids):
                 group.append(i)
@@ -198,30 +211,8 @@ class Engine:
 
     # -- internals ----------------------------------------------------------------------------------------------
 
-    def _token_ids(self, prompts) -> list[list[int]]:
-        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
-            raise ValueError(f"prompts must be a list of strings or token-id lists, got {type(prompts).__name__}")
-        ids = []
-        vocab = self.vocab_size
-        for i, p in enumerate(prompts):
-            if isinstance(p, str):
-                p = self.tokenizer(p).input_ids
-            elif isinstance(p, torch.Tensor):
-                p = p.tolist()
-            p = list(p)
-            if not p:
-                raise ValueError(f"prompts[{i}] is empty")
-            if not all(isinstance(t, int) and 0 <= t < vocab for t in p):
-                bad = next(t for t in p if not (isinstance(t, int) and 0 <= t < vocab))
-                raise ValueError(f"prompts[{i}] holds token id {bad!r}, outside [0, {vocab})")
-            if len(p) >= self.context:
-                raise ValueError(f"prompts[{i}] has {len(p)} tokens, but the model's context is {self.context} "
-                                 f"tokens (at least one must be left to generate)")
-            ids.append(p)
-        return ids
-
     def _generate_group(self, ids: list[list[int]], ks: list[int], seeds: list[int], constraints: list,
-                        st: _Settings):
+                        st: _Settings, progress: Callable[[int], object] | None):
         runner = self.runner
         device = runner.device
         samples = []
@@ -234,11 +225,17 @@ class Engine:
         own = st.max_new_tokens + _extra_tokens(constraints)
         kv = runner.new_kv([len(p) for p in ids], len(samples) + multiple - 1, own)  # + slots for padding rows
         self.last_kv_bytes = kv.nbytes  # the KV of the last group generated (prompt KV once + the samples' own)
-        first = torch.stack([runner.prefill(torch.tensor(p, device=device), kv, i) for i, p in enumerate(ids)])
-        logits = first[torch.tensor([s.prompt for s in live], device=device)]
+        first = []
+        for i, p in enumerate(ids):
+            first.append(runner.prefill(torch.tensor(p, device=device), kv, i))
+            if progress is not None:
+                progress(len(p))
+        logits = torch.stack(first)[torch.tensor([s.prompt for s in live], device=device)]
         step = 0
         while True:
             self._choose(logits, live, step, constraints, st)
+            if progress is not None:
+                progress(len(live))  # one token per live sample
             live_next = [s for s in live if s.finish is None]
             if not live_next:
                 break
