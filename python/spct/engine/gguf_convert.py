@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -173,18 +174,25 @@ def _tensor_f32(tensor) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32).reshape(tuple(int(d) for d in reversed(tensor.shape)))
 
 
-def convert_tensors(reader, config: dict) -> dict[str, np.ndarray]:
-    """All GGUF tensors as float32 arrays keyed by Hugging Face parameter name."""
+def convert_tensors(reader, config: dict, progress: bool = False) -> dict[str, np.ndarray]:
+    """All GGUF tensors as float32 arrays keyed by Hugging Face parameter name (progress: a bar over tensors on
+    stderr)."""
+    from tqdm import tqdm
+
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
     out: dict[str, np.ndarray] = {}
-    for tensor in reader.tensors:
+    for tensor in tqdm(reader.tensors, desc="converting tensors", unit="tensor", disable=not progress,
+                       file=sys.stderr):
         if tensor.name in _SKIPPED:
             warnings.warn(f"GGUF tensor {tensor.name!r} has no Llama equivalent and is dropped", stacklevel=2)
             continue
         name = hf_tensor_name(tensor.name)
         if name is None:
             raise ValueError(f"unexpected tensor {tensor.name!r} in a Llama GGUF file")
-        w = _tensor_f32(tensor)
+        try:
+            w = _tensor_f32(tensor)
+        except (ValueError, NotImplementedError, IndexError) as e:  # an unknown quant type or a short data block
+            raise ValueError(f"GGUF tensor {tensor.name!r} cannot be read ({e})") from None
         kind = tensor.name.split(".")[-2]
         if kind in heads:  # q/k rows are stored permuted for llama.cpp's RoPE
             w = unpermute_rope_rows(w, heads[kind])
@@ -200,23 +208,47 @@ def _write_tokenizer(gguf_path: Path, out_dir: Path) -> None:
     tok.save_pretrained(str(out_dir))
 
 
-def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _reader(gguf_path: Path):
+    """A ``gguf.GGUFReader`` of ``gguf_path``, or ValueError naming the file."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(gguf_path))
+    except Exception as e:  # noqa: BLE001 - the reader fails on a bad file in many ways (ValueError, IndexError, ...)
+        raise ValueError(f"{gguf_path} is not a readable GGUF file ({type(e).__name__}: {e})") from None
+
+
+def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, progress: bool = False) -> Path:
     """Write a Hugging Face Llama model directory for ``gguf_path`` into ``out_dir``.
 
-    Weights are dequantized to float32 (``model.safetensors``). Raises ValueError
-    for architectures other than Llama. Returns ``out_dir`` as a Path.
+    Weights are dequantized to float32 (``model.safetensors``). Raises ValueError naming the file for a file the
+    GGUF reader cannot parse, architectures other than Llama and missing metadata or tensors. progress: a bar over
+    the tensors on stderr. Returns ``out_dir`` as a Path.
     """
-    import gguf
     from safetensors.numpy import save_file
 
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
-    reader = gguf.GGUFReader(str(gguf_path))
-    config = llama_config(reader)
-    tensors = convert_tensors(reader, config)
+    # the reader (~7 s for the default model's 49k-token vocab) and the tokenizer (~14 s: transformers reads the
+    # file again) take longer than the tensors; a line each says what is running
+    _say(progress, f"reading {gguf_path.name} ...")
+    reader = _reader(gguf_path)
+    try:
+        config = llama_config(reader)
+        tensors = convert_tensors(reader, config, progress)
+    except KeyError as e:  # a tensor llama_config reads (token_embd.weight) is absent
+        raise ValueError(f"{gguf_path}: GGUF tensor {e.args[0]!r} is missing") from None
+    except ValueError as e:
+        raise ValueError(f"{gguf_path}: {e}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(out_dir / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     del tensors, reader
+    _say(progress, "converting the tokenizer ...")
     _write_tokenizer(gguf_path, out_dir)
     write_json(out_dir / "generation_config.json", {k: config[k] for k in ("bos_token_id", "eos_token_id",
                                                                         "pad_token_id")})

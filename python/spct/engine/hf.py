@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from spct.engine.llama import DecodeStep
+from spct.engine.models import fetch
 
 __all__ = ["HFConfig", "HFKV", "HFRunner"]
 
@@ -59,12 +60,19 @@ class HFRunner:
 
     @classmethod
     def from_dir(cls, path: str | Path, dtype: torch.dtype, device: torch.device, why: str) -> HFRunner:
-        """A Hugging Face checkpoint directory, loaded with `AutoModelForCausalLM`."""
+        """A Hugging Face checkpoint directory, loaded with `AutoModelForCausalLM`; ValueError naming the directory
+        (and transformers' reason, its first line) when the directory is broken or transformers cannot load it."""
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM
 
+        path = fetch(path, progress=False)  # checks the directory: config.json, weights' headers, tokenizer
         log.warning("spct.Engine: %s is not supported by the runner; using transformers (slow path)", why)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        return cls(model, why)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            reason = (str(e).strip().splitlines() or [""])[0]
+            raise ValueError(f"{path}: transformers cannot load this model ({type(e).__name__}: {reason})") from None
+        return cls(model.to(device).eval(), why)
 
     def with_weights(self, weights: dict[str, torch.Tensor]) -> HFRunner:
         """The same model on other weights (its own state_dict names), copied into the model's dtype and device."""

@@ -13,15 +13,16 @@ token. Two entry points:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from spct.engine.models import fetch, read_json
 from spct.ops import prefix_attention as pa
 from spct.ops.linear import Linear
 
@@ -79,6 +80,55 @@ def supported(cfg: dict) -> str | None:
     if rope not in STATIC_ROPE:
         return f"rope type {rope!r}"
     return None
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint in `path` (its *.safetensors, else its pytorch_model*.bin), on the CPU;
+    ValueError naming a file that cannot be read."""
+    weights: dict[str, torch.Tensor] = {}
+    files = sorted(path.glob("*.safetensors"))
+    for f in files:
+        try:
+            weights.update(load_file(f))
+        except (SafetensorError, OSError) as e:
+            reason = str(e).removeprefix("Error while deserializing header: ")
+            raise ValueError(f"{f} is not a valid safetensors file ({reason})") from None
+    for f in [] if files else sorted(path.glob("pytorch_model*.bin")):
+        try:  # weights_only: tensors and containers, no arbitrary pickled code
+            weights.update(torch.load(f, map_location="cpu", weights_only=True))
+        except Exception as e:  # noqa: BLE001 - pickle and zip readers fail in many ways on a bad file
+            raise ValueError(f"{f} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    return weights
+
+
+def _expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the runner reads, with the shape config.json implies (lm_head is optional: tied or absent, the
+    embedding serves)."""
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    shapes = {"model.embed_tokens.weight": (c.vocab_size, c.hidden_size), "model.norm.weight": (c.hidden_size,)}
+    per_layer = {"input_layernorm.weight": (c.hidden_size,), "post_attention_layernorm.weight": (c.hidden_size,),
+                 "self_attn.q_proj.weight": (q, c.hidden_size), "self_attn.k_proj.weight": (kv, c.hidden_size),
+                 "self_attn.v_proj.weight": (kv, c.hidden_size), "self_attn.o_proj.weight": (c.hidden_size, q),
+                 "mlp.gate_proj.weight": (c.intermediate_size, c.hidden_size),
+                 "mlp.up_proj.weight": (c.intermediate_size, c.hidden_size),
+                 "mlp.down_proj.weight": (c.hidden_size, c.intermediate_size)}
+    if c.qkv_bias:
+        per_layer.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
+                          "self_attn.v_proj.bias": (kv,)})
+    for i in range(c.num_layers):
+        shapes.update({f"model.layers.{i}.{name}": shape for name, shape in per_layer.items()})
+    return shapes
+
+
+def _check_weights(path: Path, config: LlamaConfig, weights: dict[str, torch.Tensor]) -> None:
+    """ValueError naming the first tensor that is missing or whose shape differs from what config.json implies."""
+    for name, shape in _expected_shapes(config).items():
+        if name not in weights:
+            raise ValueError(f"{path}: tensor {name!r} is missing from the weights (config.json has "
+                             f"{config.num_layers} layers; the files hold {len(weights)} tensors)")
+        if tuple(weights[name].shape) != shape:
+            raise ValueError(f"{path}: tensor {name!r} has shape {tuple(weights[name].shape)}, config.json implies "
+                             f"{shape}")
 
 
 def _rope_type(cfg: dict) -> str:
@@ -165,16 +215,19 @@ class LlamaRunner:
 
     @classmethod
     def from_dir(cls, path: str | Path, dtype: torch.dtype, device: torch.device) -> LlamaRunner:
-        """A Hugging Face checkpoint directory: config.json and *.safetensors (sharded or not)."""
-        path = Path(path)
-        cfg = json.loads((path / "config.json").read_text())
-        config = LlamaConfig.from_hf(cfg)
-        files = sorted(path.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"no *.safetensors in {path}")
-        weights: dict[str, torch.Tensor] = {}
-        for f in files:
-            weights.update(load_file(f))
+        """A Hugging Face checkpoint directory: config.json and *.safetensors (sharded or not) or pytorch_model*.bin.
+        A broken checkpoint (a file, a config field, a tensor missing or of the wrong shape) is a ValueError that
+        names it."""
+        path = fetch(path, progress=False)  # checks the directory: config.json, weights' headers, tokenizer
+        cfg = read_json(path / "config.json")
+        try:
+            config = LlamaConfig.from_hf(cfg)
+        except KeyError as e:
+            raise ValueError(f"{path / 'config.json'}: no {e.args[0]!r} field (the Llama runner reads vocab_size, "
+                             "hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, "
+                             "rms_norm_eps)") from None
+        weights = _load_weights(path)
+        _check_weights(path, config, weights)
         inv_freq, factor = _inv_freq(path, cfg, config)
         return cls(config, weights, inv_freq, factor, dtype, device)
 

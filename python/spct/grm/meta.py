@@ -24,6 +24,27 @@ __all__ = ["MetaRewardModel"]
 CONFIG, HEAD = "meta_rm.json", "meta_rm_head.safetensors"
 
 
+def _load_head(path: Path) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """(base, weight, bias) of the Meta RM checkpoint in `path`; ValueError naming the broken file."""
+    from safetensors import SafetensorError
+
+    from spct.engine.models import read_json
+
+    meta = read_json(path / CONFIG)
+    if not isinstance(meta, dict) or not isinstance(meta.get("base"), str):
+        raise ValueError(f'{path / CONFIG}: no "base" string (expected {{"base": the backbone\'s alias or directory, '
+                         '"hidden_size": n})')
+    try:
+        head = load_file(path / HEAD)
+    except (SafetensorError, OSError) as e:
+        reason = str(e).removeprefix("Error while deserializing header: ")
+        raise ValueError(f"{path / HEAD} is not a readable safetensors file ({reason})") from None
+    if {"weight", "bias"} - set(head) or head["weight"].dim() != 1 or head["bias"].numel() != 1:
+        shapes = {name: tuple(t.shape) for name, t in head.items()}
+        raise ValueError(f"{path / HEAD}: holds {shapes}, expected weight (hidden,) and bias ()")
+    return meta["base"], head["weight"], head["bias"].reshape(())
+
+
 class MetaRewardModel:
     """backbone: an `spct.engine.llama.LlamaRunner`; head: weight (hidden,) and bias () in float32."""
 
@@ -34,6 +55,8 @@ class MetaRewardModel:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "smollm2-135m", *, dtype: str = "bfloat16",
                         device: str = "cpu", seed: int = 0) -> MetaRewardModel:
+        """A Meta RM checkpoint directory (meta_rm.json and its head), or a backbone (alias, model directory, .gguf
+        file, Hugging Face id) with a fresh head. A broken checkpoint is a ValueError naming the file."""
         from transformers import AutoTokenizer
 
         from spct.engine.engine import DTYPES
@@ -43,17 +66,22 @@ class MetaRewardModel:
         path = Path(name_or_path)
         saved = path / CONFIG if path.is_dir() else None
         if saved is not None and saved.is_file():
-            base = json.loads(saved.read_text())["base"]
-            head = load_file(path / HEAD)
-            weight, bias = head["weight"], head["bias"]
+            base, weight, bias = _load_head(path)
+            try:
+                model_dir = fetch(base)
+            except ValueError as e:
+                raise ValueError(f"{saved}: base {base!r}: {e}") from None
         else:
             base, weight, bias = str(name_or_path), None, None
-        model_dir = fetch(base)
+            model_dir = fetch(base)
         runner = LlamaRunner.from_dir(model_dir, DTYPES[dtype], torch.device(device))
+        hidden = runner.config.hidden_size
         if weight is None:  # a fresh head: small random weights, zero bias
             g = torch.Generator().manual_seed(seed)
-            hidden = runner.config.hidden_size
             weight, bias = torch.randn(hidden, generator=g) / hidden**0.5, torch.zeros(())
+        elif weight.shape != (hidden,):
+            raise ValueError(f"{path / HEAD}: weight has shape {tuple(weight.shape)}, but the base {base!r} has "
+                             f"hidden size {hidden}")
         return cls(runner, AutoTokenizer.from_pretrained(model_dir), weight, bias, base)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
