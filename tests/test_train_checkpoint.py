@@ -176,3 +176,31 @@ def test_check_finite():
         with pytest.raises(NonFiniteLossError, match=r"step 7 is (nan|inf|-inf).*last good checkpoint is kept"):
             check_finite(bad, 7)
     assert issubclass(NonFiniteLossError, RuntimeError)
+
+
+def test_training_progress_bar_is_opt_in_off_a_terminal(tmp_path, capsys):
+    """loop.train's bar over optimizer steps goes to stderr with the loss as postfix when asked; by default
+    (progress=None) it shows only on a terminal (pytest's captured stderr is none); metrics.jsonl is the same."""
+    from types import SimpleNamespace
+
+    from spct.train import loop
+
+    def micro_loss(model, examples):
+        ids = torch.tensor(examples)
+        logits = model(ids[:, :-1])
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)), {}
+
+    lines = {}
+    for progress in (True, None):
+        torch.manual_seed(0)
+        out = tmp_path / str(progress)
+        out.mkdir()
+        cfg = SimpleNamespace(output_dir=str(out), batch_size=2, micro_batch_size=1, learning_rate=1e-2, max_steps=3,
+                              grad_clip=1.0, log_every=1, save_every=10, keep_checkpoints=1)
+        loop.train(cfg, TiedLM(), lambda step: [[step % 11, 1, 2, 3]] * 2, micro_loss, d=loop.Dist(), resume=False,
+                   progress=progress)
+        err = capsys.readouterr().err
+        assert ("training" in err and "3/3" in err and "loss=" in err) == bool(progress), err
+        lines[progress] = [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                           for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[True] == lines[None] and [r["step"] for r in lines[True]] == [1, 2, 3]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,9 +100,10 @@ def _mean_metrics(parts: Sequence[dict], d: Dist) -> dict:
 
 
 def train(cfg, model: torch.nn.Module, make_batch: Callable[[int], list], micro_loss: Callable, *, d: Dist,
-          resume: bool, on_step: Callable[[int], None] | None = None, progress: bool = True) -> int:
+          resume: bool, on_step: Callable[[int], None] | None = None, progress: bool | None = None) -> int:
     """Runs steps until cfg.max_steps; returns the number of steps this call ran. on_step(step) runs after each
-    optimizer step (e.g. to hand new weights to the rollout engine)."""
+    optimizer step (e.g. to hand new weights to the rollout engine). progress: a bar over optimizer steps on stderr
+    (rank 0), the loss as its postfix; None = when stderr is a terminal."""
     out = Path(cfg.output_dir)
     micro = cfg.batch_size // cfg.micro_batch_size
     if micro % d.world:
@@ -121,7 +123,7 @@ def train(cfg, model: torch.nn.Module, make_batch: Callable[[int], list], micro_
     if d.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda"
                                                             else None)
-    bar = _progress(start, cfg.max_steps) if progress and d.main else None
+    bar = _progress(start, cfg.max_steps, progress) if d.main else None
     for step in range(start, cfg.max_steps):
         began = time.perf_counter()
         batch = make_batch(step)
@@ -159,9 +161,12 @@ def train(cfg, model: torch.nn.Module, make_batch: Callable[[int], list], micro_
     return cfg.max_steps - start
 
 
-def _progress(start: int, total: int):
+def _progress(start: int, total: int, progress: bool | None):
+    """A tqdm bar over optimizer steps on stderr, or None: progress off (None: when stderr is not a terminal)."""
+    if not (sys.stderr.isatty() if progress is None else progress):
+        return None
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, initial=start, unit="step")
+    return tqdm(total=total, initial=start, unit="step", desc="training", file=sys.stderr, dynamic_ncols=True)
