@@ -52,10 +52,9 @@ def test_cli_errors(tmp_path):
     assert proc.returncode != 0 and "unknown model 'no-such-model'" in proc.stderr
 
 
-def test_cli_fetch_passes_a_checkpoint_through(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    proc = run_cli("fetch", str(tmp_path))
-    assert proc.returncode == 0 and proc.stdout.strip() == str(tmp_path)
+def test_cli_fetch_passes_a_checkpoint_through(default_model_dir):
+    proc = run_cli("fetch", str(default_model_dir))
+    assert proc.returncode == 0 and proc.stdout.strip() == str(default_model_dir)
 
 
 def test_cli_generate(tmp_path, default_model_dir):
@@ -72,7 +71,7 @@ def test_cli_generate(tmp_path, default_model_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": 1}\n')
     proc = run_cli("generate", str(bad), "-m", str(default_model_dir))
-    assert proc.returncode != 0 and "record 1 has neither 'prompt'" in proc.stderr
+    assert proc.returncode != 0 and "bad.jsonl:1: needs 'prompt'" in proc.stderr
 
 
 def test_cli_score_resumes_without_duplicates(tmp_path, default_model_dir):
