@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TMP_PREFIX", "append_lines", "atomic_dir", "atomic_file", "complete_lines", "fsync_path", "remove_tree",
-           "scratch_dir", "write_bytes", "write_json", "write_jsonl", "write_text"]
+__all__ = ["TMP_PREFIX", "append_lines", "atomic_dir", "atomic_file", "check_writable", "complete_lines", "fsync_path",
+           "remove_tree", "scratch_dir", "write_bytes", "write_json", "write_jsonl", "write_text"]
 
 TMP_PREFIX = ".tmp-"
 
@@ -137,13 +137,31 @@ def scratch_dir(prefix: str = "spct-") -> Iterator[Path]:
 
 
 def append_lines(path: str | os.PathLike, lines: list[str]) -> None:
-    """One write of whole lines, fsynced: a kill leaves at most a torn last line, which `complete_lines` cuts off."""
+    """Append whole lines, fsynced, all or nothing: a write that fails part-way (disk full, file size limit, I/O
+    error) is cut back to the file's previous end before the error propagates, and a kill leaves at most a torn
+    last line, which `complete_lines` cuts off."""
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, "".join(line + "\n" for line in lines).encode("utf-8"))
-        os.fsync(fd)
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (it does at a file size limit)
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
     finally:
         os.close(fd)
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise the OSError a write into `folder` would meet (missing, not a folder, read-only, no space for a file
+    entry), by creating and removing an empty temporary file there; nothing is left behind."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}probe.")
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def complete_lines(path: str | os.PathLike) -> list[str]:

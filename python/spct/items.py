@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,23 +167,41 @@ def open_text(path: str | os.PathLike) -> TextIO:
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each line; a .gz file that is not gzip, or ends early, is a ValueError naming it."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+            yield from enumerate(f, 1)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: not a complete gzip file ({exc}); a .gz name means gzip-compressed JSONL") from None
+
+
+def _record(path: Path, lineno: int, raw: bytes) -> object:
+    """The JSON value of one line, or a ValueError naming path:line (bytes that are not UTF-8, text not JSON)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                         "JSONL files must be UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+
+
 def iter_jsonl(path: str | os.PathLike, on_error: Callable[[ValueError], None] | None = None
                ) -> Iterator[tuple[int, object]]:
-    """(line number, record) of each non-blank line of a .jsonl or .jsonl.gz file. A line that is not JSON raises
-    ValueError("path:line: not valid JSON (...)"), or with on_error is passed to it and skipped."""
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                error = ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})")
-                if on_error is None:
-                    raise error from None
-                on_error(error)
-                continue
-            yield lineno, record
+    """(line number, record) of each non-blank line of a .jsonl or .jsonl.gz file. A line that is not UTF-8 JSON
+    raises ValueError("path:line: ..."), or with on_error is passed to it and skipped. A .gz file that is not gzip
+    raises ValueError naming the file."""
+    path = Path(path)
+    for lineno, raw in _lines(path):
+        if not raw.strip():
+            continue
+        try:
+            yield lineno, _record(path, lineno, raw)
+        except ValueError as error:
+            if on_error is None:
+                raise
+            on_error(error)
 
 
 def read_items(path: str | os.PathLike, require: str = "responses",
