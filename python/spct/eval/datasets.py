@@ -28,29 +28,86 @@ def _rmb_category(path: str) -> str:
     return parts[1] if len(parts) > 1 and parts[0].endswith("_set") else parts[0]
 
 
+# format -> the fields each of its records must have (what a reader given the wrong file says it expected)
+FIELDS = {
+    "rmb-bon": ("bon_uid", "conversation_input", "bon_best", "loser_list", "category_path"),
+    "rmb-pairwise": ("pair_uid", "conversation_input", "chosen", "reject", "category_path"),
+    "llmbar": ("input", "output_1", "output_2", "label"),
+    "rewardbench": ("prompt", "chosen", "rejected"),
+}
+
+
+def _wrong_format(where: str, format: str, record: object, problem: str) -> ValueError:
+    has = f"the fields {', '.join(sorted(record))}" if isinstance(record, dict) else f"a {type(record).__name__}"
+    hint = " (an items file: use --format jsonl)" if isinstance(record, dict) and "responses" in record else ""
+    return ValueError(f"{where}: --format {format} expects records with the fields {', '.join(FIELDS[format])}; "
+                      f"{problem}, and the record has {has}{hint}")
+
+
+def _parse(where: str, format: str, record: object, make) -> Item:
+    """make(record) -> Item, with a record of the wrong shape (a missing field, a field of the wrong type) turned
+    into a ValueError naming where it is, what the format expects and what the record has."""
+    if not isinstance(record, dict):
+        raise _wrong_format(where, format, record, "this is not a JSON object")
+    missing = [f for f in FIELDS[format] if f not in record]
+    if missing:
+        gone = "none of them is there" if len(missing) == len(FIELDS[format]) else f"{', '.join(missing)} missing"
+        raise _wrong_format(where, format, record, gone)
+    try:
+        return make(record)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise _wrong_format(where, format, record, f"a field is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _rmb_bon(r: dict) -> Item:
+    return _item(str(r["bon_uid"]), turns(r["conversation_input"]), r["bon_best"]["answer"],
+                 [x["answer"] for x in r["loser_list"]], _rmb_category(r["category_path"]))
+
+
+def _rmb_pairwise(r: dict) -> Item:
+    return _item(str(r["pair_uid"]), turns(r["conversation_input"]), r["chosen"]["answer"],
+                 [r["reject"]["answer"]], _rmb_category(r["category_path"]))
+
+
 def read_rmb_bon(path: Path) -> Iterator[Item]:
-    for _, r in iter_jsonl(path):
-        yield _item(str(r["bon_uid"]), turns(r["conversation_input"]), r["bon_best"]["answer"],
-                    [x["answer"] for x in r["loser_list"]], _rmb_category(r["category_path"]))
+    for lineno, r in iter_jsonl(path):
+        yield _parse(f"{path}:{lineno}", "rmb-bon", r, _rmb_bon)
 
 
 def read_rmb_pairwise(path: Path) -> Iterator[Item]:
-    for _, r in iter_jsonl(path):
-        yield _item(str(r["pair_uid"]), turns(r["conversation_input"]), r["chosen"]["answer"],
-                    [r["reject"]["answer"]], _rmb_category(r["category_path"]))
+    for lineno, r in iter_jsonl(path):
+        yield _parse(f"{path}:{lineno}", "rmb-pairwise", r, _rmb_pairwise)
+
+
+def _llmbar_records(f: Path) -> list:
+    try:
+        records = json.loads(f.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{f}: not a UTF-8 JSON file ({exc}); --format llmbar reads LLMBar's JSON lists") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{f}: --format llmbar expects a JSON list of records, the file holds a "
+                         f"{type(records).__name__}")
+    return records
 
 
 def read_llmbar(path: Path) -> Iterator[Item]:
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"{path}: --format llmbar expects an LLMBar .json file or a folder of them; none found")
     for f in files:
-        for i, r in enumerate(json.loads(f.read_text(encoding="utf-8"))):
-            good, bad = (r["output_1"], r["output_2"]) if r["label"] == 1 else (r["output_2"], r["output_1"])
-            yield _item(f"{f.stem}-{i}", r["input"], good, [bad], f.stem.split("__")[0])
+        for i, r in enumerate(_llmbar_records(f)):
+            def make(r: dict, i: int = i, f: Path = f) -> Item:
+                if str(r["label"]) not in ("1", "2"):
+                    raise TypeError(f"label must be 1 or 2 (the better output), got {r['label']!r}")
+                good, bad = (r["output_1"], r["output_2"]) if str(r["label"]) == "1" else (r["output_2"], r["output_1"])
+                return _item(f"{f.stem}-{i}", r["input"], good, [bad], f.stem.split("__")[0])
+            yield _parse(f"{f}[{i}]", "llmbar", r, make)
 
 
 def read_rewardbench(path: Path) -> Iterator[Item]:
     for lineno, r in iter_jsonl(path):
-        yield _item(str(r.get("id", lineno)), r["prompt"], r["chosen"], [r["rejected"]], str(r.get("subset", "all")))
+        yield _parse(f"{path}:{lineno}", "rewardbench", r, lambda r, n=lineno: _item(
+            str(r.get("id", n)), r["prompt"], r["chosen"], [r["rejected"]], str(r.get("subset", "all"))))
 
 
 def read_jsonl(path: Path) -> Iterator[Item]:

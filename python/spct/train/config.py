@@ -218,8 +218,11 @@ def _read(path: Path) -> dict:
                 table = tomllib.load(f)
         else:
             table = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); config files are UTF-8") from None
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: not valid {suffix[1:].upper()} ({exc})") from None
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{path}: not valid {suffix[1:].upper()} ({reason})") from None
     table = {} if table is None else table  # an empty YAML file
     if not isinstance(table, dict):
         raise ValueError(f"{path}: expected a table of fields at the top, got {type(table).__name__}")
