@@ -1,4 +1,4 @@
-"""The package's shape, checked on the source with `ast` (nothing of spct is imported): the layers of design.md
+"""The package's shape, checked on the source with `ast` (nothing of spct is imported): the layers of docs/design.md
 ("Layers"), no import circle, no private name used across modules, small files and functions.
 
 What counts as an import of module M by module A (all of them, wherever they sit in A):
@@ -17,11 +17,11 @@ Layers, bottom to top (`LAYERS`; a module belongs to the longest entry its dotte
     6  spct.grm                        the reward models and judging
     7  spct.train, spct.eval           training and evaluation (siblings: neither imports the other)
     8  spct                            the facade (__init__: public names, the lazy table of engine and grm)
-    9  spct.cli, spct.integrations,    the top of design.md's drawing: the command line, adapters for other
+    9  spct.cli, spct.integrations,    the top of docs/design.md's drawing: the command line, adapters for other
        spct.serve, spct.ray            libraries, the server, Ray workers (siblings)
    10  spct.__main__                   `python -m spct`, which runs the CLI
 A module may import its own unit (an entry of LAYERS) and any unit of a lower layer; nothing else.
-design.md puts grm/, train/ and eval/ on one row. The row is read as grm below the two others: training trains a
+docs/design.md puts grm/, train/ and eval/ on one row. The row is read as grm below the two others: training trains a
 GRM and evaluation evaluates one, so train -> grm and eval -> grm point down; grm imports neither, and train and
 eval are siblings that do not import each other (shared helpers live below them, e.g. in spct.items).
 ONLY_FROM narrows two bottom modules further: `_native` and `_C` are imported inside spct.ops only (the engine asks

@@ -1,4 +1,4 @@
-"""The one item type of the package and its JSONL files (design.md, "Data and checkpoints").
+"""The one item type of the package and its JSONL files (docs/design.md, "Data and checkpoints").
 
 One item, one JSON object a line:
 
@@ -30,7 +30,8 @@ from typing import TextIO
 
 from spct._atomic import write_bytes
 
-__all__ = ["REQUIRE", "Item", "ItemError", "as_item", "check", "iter_jsonl", "open_text", "read_items", "turns", "write_items"]
+__all__ = ["REQUIRE", "Item", "ItemError", "as_item", "check", "iter_jsonl", "open_text", "read_items", "turns",
+           "write_items"]
 
 REQUIRE = ("responses", "best", "label")
 _KEYS = ("id", "query", "responses", "best", "label", "category")

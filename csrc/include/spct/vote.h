@@ -1,4 +1,4 @@
-// Framework-free voting over k sampled GRM judgements of one item (grm-method section 3), shared by the C++
+// Framework-free voting over k sampled GRM judgements of one item (docs/method.md section 3), shared by the C++
 // and CUDA kernels. Exactness rules (mirrored by python/spct/ops/ref/vote.py):
 //   - used samples: the valid ones; with meta scores, the k_meta valid samples ranked first by (meta desc,
 //     sample index asc);

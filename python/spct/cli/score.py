@@ -149,7 +149,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=1, help="samples per item (1: greedy)")
     p.add_argument("--reduce", default="sum", choices=["sum", "mean"], help="sum: the method's rule, the sum of "
                    "the voted samples' scores; mean: that sum over the number of samples voted (compares across k)")
-    p.add_argument("--seed", type=int, default=0, help="samples depend only on the item, its position in the input and this seed")
+    p.add_argument("--seed", type=int, default=0, help="samples depend only on the item, its position in the input "
+                   "and this seed")
     p.add_argument("--max-new-tokens", type=int, default=512, help="tokens per judgement, at most")
     p.add_argument("--batch-size", type=int, default=16, help="items decoded together (results do not depend on it)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights and activations")

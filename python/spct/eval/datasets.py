@@ -111,7 +111,7 @@ def read_rewardbench(path: Path) -> Iterator[Item]:
 
 
 def read_jsonl(path: Path) -> Iterator[Item]:
-    """design.md's item format with "best" set (`spct.items.check`, require="best"); an item without an id is named
+    """docs/design.md's item format with "best" set (`spct.items.check`, require="best"); an item without an id is named
     by its line number, one without a category is in "all". The responses are kept in the file's order."""
     for lineno, record in iter_jsonl(path):
         item = check(record, f"{path}:{lineno}", "best")

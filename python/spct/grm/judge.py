@@ -7,7 +7,7 @@ and training (RFT, GRPO, Meta RM under `spct.train`) all go through these functi
 - `to_original`: one sample's scores from the order its prompt showed the responses back to the original order;
 - `cast_votes`: the `spct.vote` call for a batch of items, its exact ties broken by each item's NUMBER
   (`indices`), never by its position in the batch, so a result does not depend on how a job is batched;
-- `is_correct`: the rule (grm-method.md section 4): with n >= 2 responses the best response's score is strictly
+- `is_correct`: the rule (docs/method.md section 4): with n >= 2 responses the best response's score is strictly
   above every other (a tie at the top is wrong); with n = 1 and a label, the score equals it; any NaN is wrong.
 
 `check_k` and `meta_k` are the one place that validates k and derives k_meta's default (k // 2, at least 1).

@@ -1,4 +1,4 @@
-"""`spct.MetaRewardModel`: a Llama-family backbone plus a scalar head that rates GRM judgements (grm-method.md
+"""`spct.MetaRewardModel`: a Llama-family backbone plus a scalar head that rates GRM judgements (docs/method.md
 sections 2-3). Guided voting keeps the k_meta samples with the highest meta scores (`spct.vote`).
 
 A checkpoint directory holds `meta_rm.json` ({"base": the backbone's alias or directory, "hidden_size"}) and

@@ -1,4 +1,4 @@
-"""GRM prompt formats (grm-method.md section 2), in our own words, with the markers the released DeepSeek-GRM
+"""GRM prompt formats (docs/method.md section 2), in our own words, with the markers the released DeepSeek-GRM
 checkpoints expect: `#### Conversation Context ####`, `#### Responses to be Scored ####`, `[The Begin of Response
 i]` / `[The End of Response i]`, and the output parts `Specific Criteria:`, `Analysis:`, `Scores: \\boxed{...}`.
 

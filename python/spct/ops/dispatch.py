@@ -4,7 +4,7 @@
     lib = dispatch.native()                                     # spct._C, once pick() said "native"
     kernels = dispatch.triton("vote")                           # spct.ops.triton.vote, once pick() said "triton"
 
-Rules (design.md, "The native module"), for an op registered in `KERNELS` with the backends it has:
+Rules (docs/design.md, "The native module and its kernels"), for an op registered in `KERNELS` with the backends it has:
 - backend="auto": a CPU tensor runs the C++ kernel; a CUDA tensor runs the CUDA kernel, else the Triton kernel;
   anything else (no kernel for the device, no build) runs the reference.
 - backend="native" | "triton" | "reference" forces one; a forced backend that cannot run is an error that says why.

@@ -1,4 +1,4 @@
-"""One validated dataclass per SPCT training stage (grm-method.md section 4), read from TOML or YAML and overridden
+"""One validated dataclass per SPCT training stage (docs/method.md section 4), read from TOML or YAML and overridden
 from the command line.
 
     cfg = load_config("rl", "rl.toml", overrides={"group_size": 8})
@@ -110,7 +110,7 @@ def _problem(cls: type, name: str, value, allowed: str) -> ValueError:
 class TrainConfig:
     """Fields shared by every stage. The defaults are the RFT stage's (see RFTConfig)."""
 
-    data: str = _field(MISSING, _STR, "training items, JSONL (design.md item format)")
+    data: str = _field(MISSING, _STR, "training items, JSONL (docs/design.md item format)")
     output_dir: str = _field(MISSING, _STR, "checkpoints, config.json and logs go here")
     model: str = _field("smollm2-135m", _STR, "alias, checkpoint directory or .gguf to start from")
     # < 2**32: numpy's global generator takes no larger seed.

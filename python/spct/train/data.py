@@ -1,6 +1,6 @@
-"""Labelled training items for SPCT (grm-method.md section 4) and a programmatic teacher for rejective fine-tuning.
+"""Labelled training items for SPCT (docs/method.md section 4) and a programmatic teacher for rejective fine-tuning.
 
-Items follow design.md's format, one JSON object a line:
+Items follow docs/design.md's format, one JSON object a line:
     {"id": str, "query": str | chat turns, "responses": [str, ...] (n >= 2), "best": int in [0, n)}
     {"id": str, "query": str | chat turns, "responses": [str], "label": 0 | 1}
 plus "solution" (the gold worked solution) where the source has one.

@@ -1,4 +1,4 @@
-"""Stage 2, rule-based online RL: GRPO on the GRM's own judgements (grm-method.md section 4).
+"""Stage 2, rule-based online RL: GRPO on the GRM's own judgements (docs/method.md section 4).
 
     spct train rl --config rl.toml             # or spct.train.grpo.run(RLConfig(...))
 

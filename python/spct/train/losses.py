@@ -1,4 +1,4 @@
-"""Pure loss functions of SPCT training (grm-method.md section 4); no model, no optimizer, no state.
+"""Pure loss functions of SPCT training (docs/method.md section 4); no model, no optimizer, no state.
 
 Stage 1, rejective fine-tuning:  loss = -mean over completion tokens of log p(token | prefix).
 Stage 2, rule-based GRPO, per prompt G generations o_1..o_G with rewards r_i = +1 (correct) / -1 (not):

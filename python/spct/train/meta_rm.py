@@ -1,4 +1,4 @@
-"""Meta RM training (grm-method.md sections 3-4): a scalar head that rates the GRM's judgements.
+"""Meta RM training (docs/method.md sections 3-4): a scalar head that rates the GRM's judgements.
 
     spct train meta-rm --config meta.toml      # or spct.train.meta_rm.run(MetaRMConfig(...))
 

@@ -1,4 +1,4 @@
-"""Stage 1, rejective fine-tuning (grm-method.md section 4).
+"""Stage 1, rejective fine-tuning (docs/method.md section 4).
 
     spct train rft --config rft.toml            # or spct.train.rft.run(RFTConfig(...))
 

@@ -1,6 +1,6 @@
 """Reference voting in plain torch: the oracle for the native kernels and the benchmark baseline.
 
-Rules (grm-method section 3; the C++/CUDA/Triton kernels follow them exactly):
+Rules (docs/method.md section 3; the C++/CUDA/Triton kernels follow them exactly):
 - used samples: the valid ones; with meta scores and k_meta, the valid samples whose rank by (meta score desc,
   sample index asc) is below k_meta;
 - rewards[b, i]: the float32 sum, accumulated in ascending sample order, of the scores that the used samples gave
