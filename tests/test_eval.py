@@ -89,7 +89,7 @@ def test_cli_eval(tmp_path, fixtures, default_model_dir):
     assert "overall" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "spct", "eval", "--data", str(fixtures["own"]), "--format",
                            "jsonl", "--k", "1,x", "--out", str(out)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "--k must be comma-separated ints" in proc.stderr
+    assert proc.returncode != 0 and "--k must be comma-separated integers" in proc.stderr
 
 
 def test_wilson_interval():
