@@ -11,6 +11,7 @@ from conftest import TOLERANCES
 
 import spct
 from spct.engine import Sample
+from spct.items import ItemError
 from spct.grm.model import orders
 
 
@@ -88,21 +89,84 @@ def test_score_batch_end_to_end_is_seeded(grm):
 
 
 @pytest.mark.parametrize(
-    ("items", "match"),
-    [([("", ["a"])], r"items\[0\] has an empty query"), ([("q", [])], r"items\[0\] has no responses"),
-     ([{"query": "q"}], r"items\[0\] has no responses"), (["q"], r"items\[0\] must be a dict")],
+    ("bad", "match"),
+    [(("", ["a"]), r"^items\[1\]: the item has an empty query"),
+     (("q", []), r"^items\[1\]: the item: 'responses' must be a non-empty list of strings"),
+     ({"id": "x", "query": "q"}, r"^items\[1\]: the item: 'responses' must be"),
+     ({"query": [{"role": "user"}], "responses": ["a"]}, r"^items\[1\]: the item: 'query' must be .* turn 0 is"),
+     ("q", r"^items\[1\]: the item must be a dict")],
 )
-def test_bad_items(grm, items, match):
-    with pytest.raises(ValueError, match=match):
-        grm.score_batch(items)
+def test_bad_items(grm, bad, match):
+    """An error about one item is an ItemError at its position in the batch (the CLI names its line and id)."""
+    with pytest.raises(ItemError, match=match) as error:
+        grm.score_batch([("q", ["a"]), bad])
+    assert error.value.index == 1
 
 
 def test_a_prompt_that_cannot_fit_names_the_token_counts(grm):
-    with pytest.raises(ValueError, match=r"the prompt has \d+ tokens; with max_new_tokens = 8192 it needs \d+, but "
-                                         r"the model's context is 8192 tokens"):
-        grm.score("q", ["a", "b"], max_new_tokens=8192)
+    with pytest.raises(ItemError, match=r"^items\[1\]: the prompt has \d+ tokens; with max_new_tokens = 7800 it "
+                                        r"needs \d+, but the model's context is 8192 tokens") as error:
+        grm.score_batch([("q", ["a"]), ("q", ["a b c " * 100, "b"])], max_new_tokens=7800)
+    assert error.value.index == 1
     with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
         grm.score("q", ["a"], k=0)
+    with pytest.raises(ValueError, match="reduce must be one of 'sum', 'mean', got 'max'"):
+        grm.score("q", ["a"], reduce="max")
+
+
+def test_reduce_mean_divides_by_the_samples_voted(grm):
+    """reduce="mean": each reward over the samples voted (num_valid), so rewards compare across k; an item with no
+    valid sample keeps NaN rewards and best -1 under both."""
+    items = [("What is 2 + 2?", ["4", "5"]), ("Name a color.", ["Blue", "Seven", "Red"])]
+    for k in (2, 3):
+        total = grm.score_batch(items, k=k, max_new_tokens=8, seed=1, force_scores=True)
+        mean = grm.score_batch(items, k=k, max_new_tokens=8, seed=1, force_scores=True, reduce="mean")
+        for t, m in zip(total, mean):
+            assert t.num_valid == m.num_valid == k and t.best == m.best
+            assert m.rewards == pytest.approx([r / k for r in t.rewards]) and all(1 <= r <= 10 for r in m.rewards)
+    free = grm.score_batch(items, k=2, max_new_tokens=4, seed=1, reduce="mean")
+    assert [j.num_valid for j in free] == [0, 0]  # 4 tokens are too few for a score group
+    assert all(math.isnan(r) for j in free for r in j.rewards) and [j.best for j in free] == [-1, -1]
+
+
+def test_score_batch_reports_every_token_to_progress(grm):
+    """The prompts' tokens (each distinct response order prefilled once) plus every sample's tokens, forced score
+    groups included."""
+    items = [("What is 2 + 2?", ["4", "5"]), ("Name a color.", ["Blue", "Seven", "Red"])]
+    calls = []
+    judged = grm.score_batch(items, k=3, max_new_tokens=6, seed=2, force_scores=True, progress=calls.append)
+    prompts = {(i, tuple(o)): len(grm.prompt_ids(q, [r[x] for x in o]))
+               for i, (q, r) in enumerate(items) for o in orders(len(r), 3, 2, i, True)}
+    generated = [s.num_tokens for j in judged for s in j.samples]
+    assert max(generated) > 6  # forced groups ran past max_new_tokens
+    assert calls[: len(prompts)] == list(prompts.values())
+    assert sum(calls) == sum(prompts.values()) + sum(generated)
+
+
+def test_pad_samples_feed_extract_scores(grm):
+    """Real samples (forced score groups, so some scores exist) padded by spct.pad_samples: extract_scores on the
+    tensor equals extraction from their texts and the GRM's own extraction; the nested and flat forms agree."""
+    from spct.grm.judge import extract
+
+    prompts = [grm.prompt_ids("What is 2 + 2?", ["4", "5"]), grm.prompt_ids("Name a color.", ["Blue", "7"])]
+    outs = grm.engine.generate(prompts, k=[2, 3], max_new_tokens=10, temperature=0.8, seed=4,
+                               constraints=[grm._force_scores(2)] * 2)
+    flat = [s for o in outs for s in o]
+    ids, lengths = spct.pad_samples(outs)
+    assert ids.dtype == lengths.dtype == torch.int64 and ids.shape == (5, max(len(s.token_ids) for s in flat))
+    assert lengths.tolist() == [len(s.token_ids) for s in flat] and len(set(lengths.tolist())) > 1
+    assert all(ids[r, : len(s.token_ids)].tolist() == s.token_ids and not ids[r, len(s.token_ids):].any()
+               for r, s in enumerate(flat))
+    flat_ids, flat_lengths = spct.pad_samples(flat, pad_id=7)
+    assert torch.equal(flat_lengths, lengths) and torch.equal(flat_ids[ids != 0], ids[ids != 0])
+    ex = spct.extract_scores(token_ids=ids, lengths=lengths, vocab=grm.vocab, num_responses=2)
+    assert ex.valid.all()
+    from_texts = spct.extract_scores([s.text for s in flat], num_responses=2)
+    own = extract([s.token_ids for s in flat], grm.engine.eos_token_ids, grm.vocab, 2, (1, 10))
+    for other in (from_texts, own):
+        assert torch.equal(ex.valid, other.valid) and torch.equal(ex.scores, other.scores)
+    with pytest.raises(ValueError, match=r"samples\[0\]\[1\] is int, not a Sample"):
+        spct.pad_samples([[flat[0], 3]])
 
 
 @pytest.fixture(scope="module")

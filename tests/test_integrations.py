@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 
 import spct
+from spct import integrations
 from spct.integrations import GRMReward, compute_score
 
 
@@ -41,6 +43,51 @@ def test_verl_compute_score(default_model_dir):
     assert isinstance(score, float) and math.isfinite(score)
     with pytest.raises(ValueError, match="needs the question"):
         compute_score("gsm8k", "4", "4", {})
+
+
+def _invalid_warnings(caught) -> int:
+    return sum("pass force_scores=True" in str(w.message) for w in caught)
+
+
+def test_verl_settings_come_from_reward_kwargs_and_extra_info(default_model_dir, monkeypatch):
+    """verl passes custom_reward_function.reward_kwargs as keyword arguments; extra_info overrides them per sample
+    (numpy scalars, as parquet gives them, included). A call with no valid sample warns, once per process."""
+    import numpy as np
+
+    monkeypatch.setattr(integrations, "_WARNED", set())
+    kw = {"model": str(default_model_dir), "max_new_tokens": 8, "invalid_reward": -1.0}
+    info = {"question": "What is 2 + 2?"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        free = [compute_score("gsm8k", "4", None, info, **kw) for _ in range(2)]
+    assert free == [-1.0, -1.0] and _invalid_warnings(caught) == 1  # 8 free tokens never hold a score group
+    forced = compute_score("gsm8k", "4", None, info, force_scores=True, **kw)
+    assert 1 <= forced <= 10  # one forced sample: a valid score
+    per_sample = compute_score("gsm8k", "4", None, {**info, "force_scores": np.bool_(True), "k": np.int64(2)}, **kw)
+    assert 2 <= per_sample <= 20  # extra_info turned forcing on, with k = 2 samples summed
+    mean = compute_score("gsm8k", "4", None, {**info, "force_scores": True, "k": 2, "reduce": "mean"}, **kw)
+    assert mean == per_sample / 2  # the same seeded samples, averaged
+    assert compute_score("gsm8k", "4", None, {**info, "force_scores": False}, force_scores=True, **kw) == -1.0
+    with pytest.raises(ValueError, match=r"compute_score: k = 'two' \(from extra_info\) must be an int"):
+        compute_score("gsm8k", "4", None, {**info, "k": "two"}, **kw)
+    with pytest.raises(ValueError, match="reduce must be one of 'sum', 'mean', got 'max'"):
+        compute_score("gsm8k", "4", None, info, reduce="max", **kw)
+    with pytest.warns(UserWarning, match=r"ignores the keyword arguments \['force_score'\]"):
+        compute_score("gsm8k", "4", None, info, force_score=True, **kw)
+
+
+def test_trl_reward_warns_once_and_takes_reduce(grm):
+    free = GRMReward(grm, mode="listwise", k=2, max_new_tokens=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            assert free(["What is 2 + 2?"] * 2, ["4", "5"]) == [0.0, 0.0] and free.last_num_valid == [0]
+    assert _invalid_warnings(caught) == 1
+    total = GRMReward(grm, k=2, max_new_tokens=8, force_scores=True)(["What is 2 + 2?"] * 2, ["4", "5"])
+    mean = GRMReward(grm, k=2, max_new_tokens=8, force_scores=True, reduce="mean")(["What is 2 + 2?"] * 2, ["4", "5"])
+    assert mean == [r / 2 for r in total] and all(1 <= r <= 10 for r in mean)
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        GRMReward(grm, reduce="median")
 
 
 def test_trl_grpo_trainer_runs_two_steps_with_the_grm_reward(grm, smollm2_tokenizer, tmp_path):

@@ -13,8 +13,8 @@ Extraction, the mapping and the vote call live in `spct.grm.judge`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -22,9 +22,12 @@ import torch
 from spct.grm.grammar import PREFIX, ForceScores
 from spct.grm.judge import cast_votes, check_k, extract, judgement_text, to_original
 from spct.grm.templates import Template, messages
+from spct.items import ItemError, as_item
 from spct.ops.token_bytes import TokenBytes
 
-__all__ = ["GenerativeRewardModel", "Judgement", "SampleJudgement"]
+__all__ = ["REDUCE", "GenerativeRewardModel", "Judgement", "SampleJudgement", "check_reduce"]
+
+REDUCE = ("sum", "mean")  # how score_batch turns the voted samples' scores into a reward
 
 
 @dataclass
@@ -46,8 +49,9 @@ class SampleJudgement:
 
 @dataclass
 class Judgement:
-    """rewards: per response (original order), the sum over the valid samples (NaN when none is valid); best: the
-    argmax (-1 when no valid sample); num_valid: valid samples; samples: all k."""
+    """rewards: per response (original order), the sum over the valid samples (NaN when none is valid), or with
+    reduce="mean" that sum divided by num_valid; best: the argmax (-1 when no valid sample); num_valid: the samples
+    voted (the valid ones, or those a Meta RM kept); samples: all k."""
 
     rewards: list[float]
     best: int
@@ -56,19 +60,28 @@ class Judgement:
 
 
 def _item(item, i: int) -> tuple[object, list[str]]:
+    """An item's (query, responses), checked by `spct.items.as_item`; an error is an `ItemError` at position i."""
     if isinstance(item, dict):
-        query, responses = item.get("query"), item.get("responses")
-    elif isinstance(item, (tuple, list)) and len(item) == 2:
-        query, responses = item
-    else:
-        raise ValueError(f"items[{i}] must be a dict with 'query' and 'responses' or a (query, responses) pair")
-    if query is None or (isinstance(query, str) and not query.strip()) or (not isinstance(query, str) and not query):
-        raise ValueError(f"items[{i}] has an empty query")
-    if not isinstance(responses, (list, tuple)) or not responses:
-        raise ValueError(f"items[{i}] has no responses (need a list of at least one string)")
-    if not all(isinstance(r, str) for r in responses):
-        raise ValueError(f"items[{i}]: every response must be a string")
-    return query, list(responses)
+        item = {key: v for key, v in item.items() if key != "id"}  # scoring ignores ids; the caller names the item
+    try:
+        checked = as_item(item, "the item")
+    except ValueError as error:
+        raise ItemError(i, str(error)) from None
+    return checked.query, checked.responses
+
+
+def check_reduce(reduce: object) -> str:
+    """reduce: "sum" (the method's rule) or "mean" (per sample voted)."""
+    if reduce not in REDUCE:
+        raise ValueError(f"reduce must be one of {', '.join(map(repr, REDUCE))}, got {reduce!r}")
+    return reduce
+
+
+def _mean(j: Judgement) -> Judgement:
+    """The judgement with each reward divided by the samples voted (NaN stays NaN: no sample voted)."""
+    if j.num_valid == 0:
+        return j
+    return replace(j, rewards=[r / j.num_valid for r in j.rewards])
 
 
 def orders(n: int, k: int, seed: int, item: int, shuffle: bool) -> list[list[int]]:
@@ -118,7 +131,8 @@ class GenerativeRewardModel:
 
     def score_batch(self, items: Sequence, *, k: int = 1, temperature: float | None = None, seed: int = 0,
                     max_new_tokens: int = 512, shuffle: bool | None = None, indices: Sequence[int] | None = None,
-                    meta_rm=None, k_meta: int | None = None, force_scores: bool = False) -> list[Judgement]:
+                    meta_rm=None, k_meta: int | None = None, force_scores: bool = False, reduce: str = "sum",
+                    progress: Callable[[int], object] | None = None) -> list[Judgement]:
         """items: dicts {"query", "responses"} (design.md's item format) or (query, responses) pairs.
         temperature: None = greedy for k = 1, 0.5 for k > 1; shuffle: None = shuffle the responses per sample when
         k > 1 (seeded); indices: each item's number (default its position) in the seeding and in the vote's
@@ -127,10 +141,14 @@ class GenerativeRewardModel:
         voted; force_scores: a sample that ends (or reaches max_new_tokens) without a valid score group gets
         "\nScores: \\boxed{" appended and its group decoded under the score grammar (n integers in range, then
         "}"), continuing the sample in place (`spct.grm.grammar`; it may run past max_new_tokens by the few tokens
-        that takes). All samples of all items are decoded together."""
+        that takes); reduce: "sum" (the method's rule: the sum over the voted samples) or "mean" (that sum divided
+        by the samples voted, so rewards compare across k); progress: called with token counts as the engine
+        prefills and decodes (`Engine.generate`), forced score groups included. All samples of all items are decoded
+        together. An error about one item is an `ItemError` whose index is its position in items."""
         if k_meta is not None and (meta_rm is None or not isinstance(k_meta, int) or k_meta < 1):
             raise ValueError(f"k_meta must be an int >= 1 used with meta_rm, got {k_meta!r}")
         check_k(k)
+        check_reduce(reduce)
         temperature = (0.0 if k == 1 else 0.5) if temperature is None else temperature
         shuffle = k > 1 if shuffle is None else shuffle
         parsed = [_item(it, i) for i, it in enumerate(items)]
@@ -139,15 +157,26 @@ class GenerativeRewardModel:
             raise ValueError(f"indices must have one entry per item ({len(parsed)}), got {len(numbers)}")
         all_orders = [orders(len(r), k, seed, numbers[i], shuffle) for i, (_, r) in enumerate(parsed)]
         prompts, ks, seeds, where = self._prompts(parsed, all_orders, numbers, seed, max_new_tokens)
-        constraints = None
-        if force_scores and prompts:
-            n_of = {p: len(parsed[i][1]) for i, w in enumerate(where) for p, _ in w}
-            constraints = [self._force_scores(n_of[p]) for p in range(len(prompts))]
-        outs = self.engine.generate(prompts, k=ks, temperature=temperature, max_new_tokens=max_new_tokens,
-                                    seed=seeds, constraints=constraints) if prompts else []
+        outs = self._generate(prompts, ks, seeds, where, [len(r) for _, r in parsed], force_scores, progress,
+                              temperature=temperature, max_new_tokens=max_new_tokens)
         samples = [[outs[p][s] for p, s in w] for w in where]
-        return self._judge(parsed, samples, all_orders, k=k, seed=seed, indices=numbers, meta_rm=meta_rm,
-                           k_meta=k_meta)
+        judged = self._judge(parsed, samples, all_orders, k=k, seed=seed, indices=numbers, meta_rm=meta_rm,
+                             k_meta=k_meta)
+        return judged if reduce == "sum" else [_mean(j) for j in judged]
+
+    def _generate(self, prompts, ks, seeds, where, num_responses: list[int], force_scores: bool, progress,
+                  **sampling) -> list:
+        """The engine's samples of every prompt (where[i]: item i's (prompt, sample) pairs); with force_scores each
+        prompt gets the forced-scores constraint for its item's responses. The prompts were checked against the
+        context (`_prompts`), so no engine error is about one item."""
+        if not prompts:
+            return []
+        constraints = None
+        if force_scores:
+            n_of = {p: num_responses[i] for i, w in enumerate(where) for p, _ in w}
+            constraints = [self._force_scores(n_of[p]) for p in range(len(prompts))]
+        return self.engine.generate(prompts, k=ks, seed=seeds, constraints=constraints, progress=progress,
+                                    **sampling)
 
     def _prompts(self, parsed, all_orders, numbers: list[int], seed: int, max_new_tokens: int):
         """One prompt per distinct response order of an item: (prompt ids, samples per prompt, seed per prompt,
@@ -161,9 +190,9 @@ class GenerativeRewardModel:
                 if key not in by_order:
                     ids = self.prompt_ids(query, [responses[o] for o in order])
                     if len(ids) + max_new_tokens > self.engine.context:
-                        raise ValueError(f"items[{i}]: the prompt has {len(ids)} tokens; with max_new_tokens = "
-                                         f"{max_new_tokens} it needs {len(ids) + max_new_tokens}, but the model's "
-                                         f"context is {self.engine.context} tokens")
+                        raise ItemError(i, f"the prompt has {len(ids)} tokens; with max_new_tokens = "
+                                           f"{max_new_tokens} it needs {len(ids) + max_new_tokens}, but the model's "
+                                           f"context is {self.engine.context} tokens")
                     by_order[key] = len(prompts)
                     prompts.append(ids)
                     ks.append(0)
