@@ -34,10 +34,19 @@ def _check(args: argparse.Namespace) -> list[int]:
     return ks
 
 
-def _bar(total: int):
-    from tqdm import tqdm
+class _Bar:
+    """Tokens prefilled and decoded (a batch of long prompts moves too), with the judged items beside them."""
 
-    return tqdm(total=total, unit="item", file=sys.stderr, desc="evaluating", dynamic_ncols=True)
+    def __init__(self, total_items: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit="tok", unit_scale=True, file=sys.stderr, desc="evaluating", dynamic_ncols=True)
+        self.items, self.total = 0, total_items
+        self.bar.set_postfix_str(f"items 0/{total_items}")
+
+    def judged(self, items: int) -> None:
+        self.items += items
+        self.bar.set_postfix_str(f"items {self.items}/{self.total}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -64,15 +73,16 @@ def _evaluate(args, grm, meta_rm, items: list, ks: list[int], out: Path) -> None
     from spct.eval import run
 
     passes = (1 in ks) + any(k > 1 for k in ks)  # greedy k = 1, then the largest k (smaller ks reuse its samples)
-    bar = _bar(len(items) * passes)
+    bar = _Bar(len(items) * passes)
     try:
         results = run.evaluate(grm, items, ks, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size, meta_rm=meta_rm, k_meta=args.k_meta, progress=bar.update,
+                               batch_size=args.batch_size, meta_rm=meta_rm, k_meta=args.k_meta, progress=bar.judged,
+                               token_progress=bar.bar.update,
                                force_scores=args.force_scores, cache_dir=out / "samples",
                                settings={"model": args.model, "dtype": args.dtype, "data": Path(args.data).name,
                                          "format": args.format, "meta_rm": args.meta_rm})
     finally:
-        bar.close()
+        bar.bar.close()
     results["config"] = {"model": args.model, "data": Path(args.data).name, "format": args.format,
                          "limit": args.limit, "items": len(items), "ks": ks, "seed": args.seed,
                          "max_new_tokens": args.max_new_tokens, "meta_rm": args.meta_rm, "k_meta": args.k_meta,

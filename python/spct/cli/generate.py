@@ -119,12 +119,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompts = [_prompt(path, lineno, r) for lineno, r in records]
     checks.model(args.model, "--model")
     engine = spct.Engine.from_pretrained(args.model, dtype=args.dtype)
-    try:
-        outs = engine.generate(prompts, k=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                               top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=args.seed, stop=args.stop)
-    except ItemError as exc:
-        lineno, r = records[exc.index]
-        raise ValueError(f"{_where(path, lineno, r)}: {exc.detail}") from None
+    from tqdm import tqdm
+
+    with tqdm(unit="tok", unit_scale=True, file=sys.stderr, desc="generating", dynamic_ncols=True) as bar:
+        try:
+            outs = engine.generate(prompts, k=args.k, max_new_tokens=args.max_new_tokens,
+                                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                   seed=args.seed, stop=args.stop, progress=bar.update)
+        except ItemError as exc:
+            lineno, r = records[exc.index]
+            raise ValueError(f"{_where(path, lineno, r)}: {exc.detail}") from None
     lines = [json.dumps({**({"id": r["id"]} if "id" in r else {}),
                          "samples": [{"text": s.text, "token_ids": s.token_ids, "finish_reason": s.finish_reason}
                                      for s in samples]}) for (_, r), samples in zip(records, outs)]

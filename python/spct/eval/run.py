@@ -22,6 +22,23 @@ __all__ = ["correct", "evaluate", "plot", "revote", "table", "wilson", "write_js
 correct = is_correct  # the rule of `spct.grm.judge`, under the name the tests import: correct(rewards, best)
 
 
+def _tally(tally: SimpleNamespace, chunk: list, judged: list, k: int, kpass: int, seed: int, meta_rm, k_meta,
+           numbers: Sequence[int]) -> None:
+    """Count one batch's right answers at k (voting the first k of the pass's kpass samples) by kind and category,
+    and its valid samples."""
+    votes = {"k": [j.rewards for j in judged] if k == kpass else
+             revote(judged, k, seed, meta_rm, k_meta, indices=numbers)}
+    if meta_rm is not None:
+        votes["k_plain"] = revote(judged, k, seed, indices=numbers)
+    for kind, rewards in votes.items():
+        for it, r in zip(chunk, rewards):
+            ok = is_correct(r, it.best)
+            for name in (it.category, "overall"):
+                tally.right[kind, k][name] += ok
+                tally.count[kind, k, name] += 1
+    tally.valid[k] += sum(s.valid for j in judged for s in j.samples[:k])
+
+
 def wilson(right: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """The 95% Wilson score interval of an accuracy of right / n (valid near 0 and 1, unlike the normal one)."""
     if n <= 0:
@@ -33,7 +50,7 @@ def wilson(right: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 
 def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_new_tokens: int = 512,
-             batch_size: int = 16, meta_rm=None, k_meta: int | None = None, progress=None,
+             batch_size: int = 16, meta_rm=None, k_meta: int | None = None, progress=None, token_progress=None,
              force_scores: bool = False, cache_dir: str | os.PathLike | None = None,
              settings: dict | None = None) -> dict:
     """{"k": {k: {"overall": acc, "overall_ci95": (lo, hi), "categories": {name: acc}, "valid_rate": ...,
@@ -43,7 +60,8 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
     k = 1 is one greedy sample. The sampled ks share their samples: each item is judged once with the largest k and
     every smaller k votes over the first k of those samples, which are the samples a run with that k alone draws
     (orders and seeds depend on the sample's number only). With meta_rm, k_meta defaults to k // 2 for each k.
-    progress(items) is called after each batch of each pass (batches resumed from the cache included).
+    progress(items) is called after each batch of each pass (batches resumed from the cache included);
+    token_progress(tokens) as the engine prefills and decodes (`GenerativeRewardModel.score_batch`'s progress).
 
     cache_dir: each batch's sample scores are appended there (one JSONL file per pass) as soon as they are judged,
     and a rerun with the same settings reuses them, so an interrupted evaluation resumes where it stopped. settings
@@ -55,9 +73,8 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
     sampled = [k for k in ks if k > 1]
     passes = ([1] if 1 in ks else []) + ([max(sampled)] if sampled else [])
     kinds = ["k"] + (["k_plain"] if meta_rm is not None else [])
-    right = {(kind, k): defaultdict(int) for kind in kinds for k in ks}
-    count = defaultdict(int)
-    valid = defaultdict(int)
+    tally = SimpleNamespace(right={(kind, k): defaultdict(int) for kind in kinds for k in ks},
+                            count=defaultdict(int), valid=defaultdict(int))
     settings = {**(settings or {}), "seed": seed, "max_new_tokens": max_new_tokens, "force_scores": force_scores,
                 "k_meta": k_meta, "guided": meta_rm is not None,
                 "items": [it.id for it in items]}
@@ -71,24 +88,15 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
             if any(j is None for j in judged):
                 scored = grm.score_batch([(it.query, it.responses) for it in chunk], k=kpass, seed=seed,
                                          max_new_tokens=max_new_tokens, indices=numbers, meta_rm=meta_rm,
-                                         k_meta=k_meta, force_scores=force_scores)
+                                         k_meta=k_meta, force_scores=force_scores, progress=token_progress)
                 judged = [_record(j) for j in scored]
                 if cache is not None:
                     cache.append(kpass, start, judged)
             for k in ([1] if kpass == 1 else sampled):
-                votes = {"k": [j.rewards for j in judged] if k == kpass else
-                         revote(judged, k, seed, meta_rm, k_meta, indices=numbers)}
-                if meta_rm is not None:
-                    votes["k_plain"] = revote(judged, k, seed, indices=numbers)
-                for kind, rewards in votes.items():
-                    for it, r in zip(chunk, rewards):
-                        ok = is_correct(r, it.best)
-                        for name in (it.category, "overall"):
-                            right[kind, k][name] += ok
-                            count[kind, k, name] += 1
-                valid[k] += sum(s.valid for j in judged for s in j.samples[:k])
+                _tally(tally, chunk, judged, k, kpass, seed, meta_rm, k_meta, numbers)
             if progress is not None:
                 progress(len(chunk))
+    right, count, valid = tally.right, tally.count, tally.valid
     return {kind: {str(k): _accuracy(right[kind, k], count, (kind, k), valid[k] / max(1, k * len(items)),
                                      len(items)) for k in ks} for kind in kinds}
 
