@@ -68,6 +68,20 @@ def test_a_missing_input_is_named_and_nothing_is_left_behind(tmp_path, no_model,
     assert sorted(os.listdir(tmp_path)) == []  # no empty output file or folder
 
 
+@pytest.mark.parametrize("argv", [
+    ["score", "--input", "{empty}", "--output", "{tmp}/out.jsonl"],
+    ["extract", "{empty}"],
+    ["generate", "{empty}"],
+    ["eval", "--data", "{empty}", "--format", "jsonl", "--out", "{tmp}/eval"],
+    ["train", "rft", "--data", "{empty}", "--output-dir", "{tmp}/run"],
+])
+def test_an_empty_input_is_named_and_nothing_is_left_behind(tmp_path, no_model, argv):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    fails([a.format(empty=empty, tmp=tmp_path) for a in argv], str(empty), "no ")
+    assert sorted(os.listdir(tmp_path)) == ["empty.jsonl"]
+
+
 def test_an_input_that_is_a_folder_or_not_gzip(tmp_path, no_model):
     fails(["score", "--input", tmp_path, "--output", tmp_path / "o.jsonl"], str(tmp_path), "is a folder")
     fake = tmp_path / "items.jsonl.gz"

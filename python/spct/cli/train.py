@@ -20,7 +20,8 @@ def _check(cfg, stage: str) -> None:
     from spct.items import read_items
 
     data = checks.readable(cfg.data, "--data")
-    read_items(data, require="label")  # a bad line is named by its line and id before training starts
+    if not read_items(data, require="label"):  # a bad line is named by its line and id before training starts
+        raise ValueError(f"--data {data}: no items (one JSON object a line: {{'id', 'query', 'responses', 'best'}})")
     checks.model(cfg.model, "--model")
     if getattr(cfg, "ref_model", None):
         checks.model(cfg.ref_model, "--ref-model")
