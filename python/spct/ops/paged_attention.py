@@ -1,0 +1,279 @@
+"""paged_attention: attention of query rows over KV stored in a paged cache, described by shared segments.
+
+The online engine keeps each layer's KV in blocks of a fixed number of tokens. What several rows share (a GRM
+query read by every response order, an order's suffix read by its k samples) is stored once, and this op reads it
+once per step for all those rows: today's `prefix_attention` optimisation with any number of levels.
+
+Layout (the index tensors are int32, as block tables are in vLLM and FlashInfer: half the bytes of int64 and what
+a CUDA kernel indexes with; `causal` is bool; all of them the same for every layer of a step):
+
+    k_cache, v_cache   (N, B, Hkv, D)  N blocks of B tokens each; token i of block b is [b, i]
+    segment s          seg_len[s] tokens, in order, in the blocks block_ids[seg_block_indptr[s] :
+                       seg_block_indptr[s + 1]], exactly ceil(seg_len[s] / B) of them (the last one may be partial;
+                       a segment starts at the start of its first block), read by the distinct rows
+                       seg_rows[seg_row_indptr[s] : seg_row_indptr[s + 1]]
+    row r              q[r]: (Hq, D); attends to every token of every segment that lists it, with ONE softmax over
+                       all of them (per-segment partial results merged by log-sum-exp); query head h reads KV head
+                       h // (Hq // Hkv)
+    causal (optional)  causal[s] True: token i of segment s sits at position seg_start[s] + i, and row r sees it only
+                       if that position is <= q_pos[r]; a non-causal segment is seen whole
+
+Every row must see at least one token. The segments of one row should not overlap (a token in two of them counts
+twice; not checked). Levels of sharing are just segments: a GRM decode step whose rows are the k samples of a few
+response orders has one segment for the shared query (every row), one per order for that order's suffix (its
+samples) and one per sample for its own tokens. A prefill chunk of C tokens of one sequence is C rows (q_pos their
+positions) over its cached context (non-causal segments, shareable) and one causal segment holding the context's
+partial last block and the chunk's own tokens (seg_start: its first token's position; the chunk's K and V are
+written into the cache before the call).
+
+Why a CSR of rows per segment rather than FlashInfer's multi-level cascade (per level, contiguous query ranges and
+one block table each, a fixed number of levels): the rows of a continuous batch are not sorted by sharing group
+(samples join and leave at any step, and one row is grouped by query and by order at once), and a row may be in
+any number of segments, so the engine never reorders rows and never pads levels. A kernel works segment by segment:
+it loads a segment's blocks once, computes all its rows, and merges each row's partial output and log-sum-exp.
+
+Backends: the reference (`spct.ops.ref.paged_attention`) only, for now; the C++, CUDA and Triton kernels come next
+and must agree with it within the tolerance table. `spct.ops.dispatch.pick` chooses.
+
+Two entry points, as for prefix_attention: `paged_attention(...)`, one call; `Plan(indices...).run(q, k_cache,
+v_cache)`, the calls of one step that share the layout (its layers), checked at the first call. This wrapper checks
+everything (types, dtypes, shapes, devices, scale, backend, and the index values: `_check_indices`, a sync on CUDA).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from spct.ops import dispatch
+from spct.ops.ref import paged_attention as ref
+
+__all__ = ["DTYPES", "Plan", "paged_attention"]
+
+OP = "paged_attention"
+DTYPES = (torch.float32, torch.bfloat16)
+INDEX = ("block_ids", "seg_block_indptr", "seg_len", "seg_row_indptr", "seg_rows", "causal", "q_pos", "seg_start")
+
+
+def _scale(scale: float | None, dim: int) -> float:
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return scale
+
+
+def _describe(t) -> str:
+    return f"{tuple(t.shape)} {t.dtype} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check_tensors(q, k_cache, v_cache) -> None:
+    if not isinstance(q, torch.Tensor) or q.dim() != 3 or q.dtype not in DTYPES:
+        raise ValueError(f"q must be a float32 or bfloat16 tensor (R, Hq, D), got {_describe(q)}")
+    heads, dim = q.shape[1:]
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] < 1 or t.shape[3] != dim:
+            raise ValueError(f"{name} must have shape (N, B >= 1, Hkv, D = {dim}), got {_describe(t)}")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"{name} must match q ({q.dtype} on {q.device}), got {t.dtype} on {t.device}")
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}")
+    kv_heads = k_cache.shape[2]
+    if kv_heads == 0 or heads % kv_heads:
+        raise ValueError(f"q's {heads} heads must be a multiple of the {kv_heads} KV heads")
+
+
+def _check_layout(index: tuple, rows: int, device: torch.device) -> None:
+    """The index tensors' types, shapes and devices (not their values)."""
+    named = dict(zip(INDEX, index))
+    given = [name for name in ("causal", "q_pos", "seg_start") if named[name] is not None]
+    if given and len(given) < 3:
+        raise ValueError(f"causal, q_pos and seg_start go together, got only {', '.join(given)}")
+    if not isinstance(named["seg_len"], torch.Tensor) or named["seg_len"].dim() != 1:
+        raise ValueError(f"seg_len must be a 1-D int32 tensor on {device}, got {_describe(named['seg_len'])}")
+    segments = named["seg_len"].shape[0]
+    shapes = {"seg_block_indptr": ("S + 1", segments + 1), "seg_row_indptr": ("S + 1", segments + 1),
+              "causal": ("S", segments), "seg_start": ("S", segments), "q_pos": ("R", rows)}
+    for name, t in named.items():
+        if t is None:
+            continue
+        dtype = torch.bool if name == "causal" else torch.int32
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != dtype or t.device != device:
+            raise ValueError(f"{name} must be a 1-D {str(dtype)[6:]} tensor on {device}, got {_describe(t)}")
+        if name in shapes and t.shape[0] != shapes[name][1]:
+            symbol, size = shapes[name]
+            raise ValueError(f"{name} must have shape ({symbol},) = ({size},), got {tuple(t.shape)}")
+
+
+def _first_bad(name: str, values: torch.Tensor, bad: torch.Tensor, allowed: str) -> None:
+    where = torch.nonzero(bad)
+    if where.shape[0]:
+        i = int(where[0, 0])
+        raise ValueError(f"{name}[{i}] = {int(values[i])} {allowed}")
+
+
+def _check_indptr(name: str, indptr: torch.Tensor, items: str, nnz: int) -> None:
+    _first_bad(name, indptr[:1], indptr[:1] != 0, "must be 0")
+    steps = torch.cat([indptr[:1] * 0, indptr.diff()])
+    _first_bad(name, indptr, steps < 0, "is below the entry before it (must be non-decreasing)")
+    last = int(indptr[-1])
+    if last != nnz:
+        raise ValueError(f"{name}[-1] = {last} must equal len({items}) = {nnz}")
+
+
+def _check_blocks(block_ids, seg_block_indptr, seg_len, num_blocks: int, block_size: int) -> None:
+    _check_indptr("seg_block_indptr", seg_block_indptr, "block_ids", block_ids.shape[0])
+    _first_bad("block_ids", block_ids, (block_ids < 0) | (block_ids >= num_blocks), f"is outside [0, {num_blocks})")
+    _first_bad("seg_len", seg_len, seg_len < 0, "must be >= 0")
+    need = (seg_len.long() + block_size - 1) // block_size
+    have = seg_block_indptr.diff().long()
+    where = torch.nonzero(need != have)
+    if where.shape[0]:
+        s = int(where[0, 0])
+        n = int(seg_len[s])
+        raise ValueError(f"seg_len[{s}] = {n} needs ceil({n} / {block_size}) = {int(need[s])} blocks, segment {s} "
+                         f"has {int(have[s])} in block_ids")
+
+
+def _check_rows(seg_row_indptr, seg_rows, rows: int) -> torch.Tensor:
+    """Checks the row lists; returns each entry's segment: (nnz_rows,) int64."""
+    _check_indptr("seg_row_indptr", seg_row_indptr, "seg_rows", seg_rows.shape[0])
+    _first_bad("seg_rows", seg_rows, (seg_rows < 0) | (seg_rows >= rows), f"is outside [0, {rows}) (R rows of q)")
+    counts = seg_row_indptr.diff().long()
+    segment = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
+    pairs, order = torch.sort(segment * max(rows, 1) + seg_rows.long(), stable=True)
+    twice = torch.nonzero(pairs.diff() == 0)
+    if twice.shape[0]:
+        i = int(order[int(twice[0, 0]) + 1])
+        raise ValueError(f"seg_rows[{i}] = {int(seg_rows[i])} lists row {int(seg_rows[i])} twice in segment "
+                         f"{int(segment[i])} (a segment's rows must be distinct)")
+    return segment
+
+
+def _check_visible(seg_len, seg_rows, segment, causal, q_pos, seg_start, rows: int) -> None:
+    """Every row is in a segment and sees at least one token of its segments."""
+    members = seg_rows.long()
+    covered = torch.zeros(rows, dtype=torch.int64, device=seg_rows.device).index_add_(0, members,
+                                                                                        torch.ones_like(members))
+    where = torch.nonzero(covered == 0)
+    if where.shape[0]:
+        raise ValueError(f"row {int(where[0, 0])} of q is in no segment (every row needs one, in seg_rows)")
+    seen = seg_len.long()[segment]
+    if causal is not None:
+        _first_bad("q_pos", q_pos, q_pos < 0, "must be >= 0")
+        _first_bad("seg_start", seg_start, seg_start < 0, "must be >= 0")
+        upto = (q_pos.long()[members] - seg_start.long()[segment] + 1).clamp(min=0)
+        seen = torch.where(causal[segment], torch.minimum(seen, upto), seen)
+    visible = torch.zeros(rows, dtype=torch.int64, device=seg_rows.device).index_add_(0, members, seen)
+    where = torch.nonzero(visible == 0)
+    if where.shape[0]:
+        r = int(where[0, 0])
+        after = f" or start after q_pos[{r}] = {int(q_pos[r])}" if causal is not None else ""
+        raise ValueError(f"row {r} of q sees no token: its segments are empty{after}")
+
+
+def _check_indices(index: tuple, rows: int, num_blocks: int, block_size: int) -> None:
+    """The index values against q's R rows and the cache's N blocks of B tokens (a sync on CUDA)."""
+    block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start = index
+    _check_blocks(block_ids, seg_block_indptr, seg_len, num_blocks, block_size)
+    segment = _check_rows(seg_row_indptr, seg_rows, rows)
+    _check_visible(seg_len, seg_rows, segment, causal, q_pos, seg_start, rows)
+
+
+def _contiguous(index: tuple) -> tuple:
+    return tuple(t.contiguous() if isinstance(t, torch.Tensor) else t for t in index)
+
+
+def _run(q, k_cache, v_cache, index: tuple, scale: float, backend: str) -> torch.Tensor:
+    """The backend for checked arguments: the reference (KERNELS lists no kernel of this op yet)."""
+    picked = dispatch.pick(OP, q.device, backend)
+    if picked != "reference":
+        raise RuntimeError(f"{OP} has no {picked} kernel yet")
+    return ref.paged_attention(q, k_cache, v_cache, *index, scale)
+
+
+class Plan:
+    """paged_attention for the calls of one step that share the layout (its layers).
+
+        plan = Plan(block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows)  # once per step
+        out = plan.run(q, k_cache, v_cache)                                          # per layer -> (R, Hq, D)
+
+    The index tensors, causal/q_pos/seg_start, scale and backend are `paged_attention`'s and must not change while
+    the plan is used. The first `run` checks what `paged_attention` checks; a later call whose tensors have the same
+    shapes, dtypes and devices runs at once (any other is checked again).
+    """
+
+    def __init__(self, block_ids: torch.Tensor, seg_block_indptr: torch.Tensor, seg_len: torch.Tensor,
+                 seg_row_indptr: torch.Tensor, seg_rows: torch.Tensor, *, causal: torch.Tensor | None = None,
+                 q_pos: torch.Tensor | None = None, seg_start: torch.Tensor | None = None,
+                 scale: float | None = None, backend: str = "auto"):
+        dispatch.check_backend(OP, backend)
+        if scale is not None:
+            _scale(scale, 1)
+        self._index = _contiguous((block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos,
+                                   seg_start))
+        self._scale_arg, self._backend, self._key = scale, backend, None
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        """q: (R, Hq, D); k_cache, v_cache: (N, B, Hkv, D) -> (R, Hq, D) in q's dtype."""
+        _check_tensors(q, k_cache, v_cache)
+        key = (q.shape, q.dtype, q.device, k_cache.shape, v_cache.shape)
+        if key != self._key:
+            _check_layout(self._index, q.shape[0], q.device)
+            _check_indices(self._index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
+            self._scale = _scale(self._scale_arg, q.shape[2])
+            self._key = key
+        return _run(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), self._index, self._scale,
+                    self._backend)
+
+
+def _impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_ids: torch.Tensor,
+          seg_block_indptr: torch.Tensor, seg_len: torch.Tensor, seg_row_indptr: torch.Tensor, seg_rows: torch.Tensor,
+          causal: torch.Tensor | None, q_pos: torch.Tensor | None, seg_start: torch.Tensor | None, scale: float,
+          backend: str) -> torch.Tensor:
+    index = (block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start)
+    _check_indices(index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
+    return _run(q, k_cache, v_cache, index, scale, backend)
+
+
+_op = torch.library.custom_op("spct::paged_attention", mutates_args=())(_impl)
+
+
+@_op.register_fake
+def _(q, k_cache, v_cache, block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start,
+      scale, backend):
+    return torch.empty_like(q)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_ids: torch.Tensor,
+    seg_block_indptr: torch.Tensor,
+    seg_len: torch.Tensor,
+    seg_row_indptr: torch.Tensor,
+    seg_rows: torch.Tensor,
+    *,
+    causal: torch.Tensor | None = None,
+    q_pos: torch.Tensor | None = None,
+    seg_start: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Attention of R query rows over segments of a paged KV cache (layout: module docstring).
+
+    q: (R, Hq, D) float32 or bfloat16; k_cache, v_cache: (N, B, Hkv, D), q's dtype and device, Hq a multiple of
+    Hkv; block_ids: (nnz_blocks,) int32, each segment's blocks in order, < N; seg_block_indptr: (S + 1,) int32;
+    seg_len: (S,) int32, tokens per segment; seg_row_indptr: (S + 1,) int32; seg_rows: (nnz_rows,) int32, each
+    segment's rows, < R; causal: (S,) bool, q_pos: (R,) int32, seg_start: (S,) int32, all three or none; scale:
+    multiplies q . k (default 1 / sqrt(D)); backend: "auto", "native" or "reference" (only the reference exists).
+    returns: (R, Hq, D) in q's dtype, accumulated in float32.
+    """
+    dispatch.check_backend(OP, backend)
+    _check_tensors(q, k_cache, v_cache)
+    index = (block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start)
+    _check_layout(index, q.shape[0], q.device)
+    scale = _scale(scale, q.shape[2])
+    op = torch.ops.spct.paged_attention if torch.compiler.is_compiling() else _impl
+    return op(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), *_contiguous(index), scale, backend)
