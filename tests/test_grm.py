@@ -27,6 +27,33 @@ def test_orders_are_seeded_permutations():
     assert orders(3, 2, seed=1, item=0, shuffle=False) == [[0, 1, 2], [0, 1, 2]]
 
 
+@pytest.mark.parametrize("n, k", [(1, 3), (2, 4), (3, 6), (4, 8), (4, 6), (5, 2)])
+def test_balanced_orders_rotate_one_seeded_order(n, k):
+    a = orders(n, k, seed=1, item=7, shuffle="balanced")
+    assert all(sorted(o) == list(range(n)) for o in a)
+    assert len({tuple(o) for o in a}) == min(n, k)  # n prompts, not up to k
+    for p in range(n):  # each response sits at each position k // n or k // n + 1 times
+        counts = [sum(o[p] == r for o in a) for r in range(n)]
+        assert max(counts) - min(counts) <= 1 and (k % n or min(counts) == k // n)
+    assert a[:2] == orders(n, 2, seed=1, item=7, shuffle="balanced")  # sample j depends on j only
+    assert a == orders(n, k, seed=1, item=7, shuffle="balanced")
+    if n > 2:
+        assert a != orders(n, k, seed=1, item=8, shuffle="balanced")
+    with pytest.raises(ValueError, match="shuffle must be one of"):
+        orders(n, k, seed=1, item=7, shuffle="sorted")
+
+
+def test_balanced_orders_prefill_one_prompt_per_rotation(grm):
+    items = [("Name a color.", ["Blue", "Seven", "Red"])]
+    calls = []
+    j = grm.score_batch(items, k=6, max_new_tokens=2, seed=3, shuffle="balanced", progress=calls.append,
+                        force_scores=True)[0]
+    shown = [tuple(s.order) for s in j.samples]
+    assert len(set(shown)) == 3 and shown == [tuple(o) for o in orders(3, 6, 3, 0, "balanced")]
+    prompt_lengths = sorted({len(grm.prompt_ids(items[0][0], [items[0][1][x] for x in o])) for o in shown})
+    assert len([c for c in calls if c in prompt_lengths and c > 20]) == 3  # three prefills, one per rotation
+
+
 def test_scores_are_mapped_back_and_voted(grm):
     """Judgements written as a GRM would write them (tokenized by the real tokenizer): each sample's scores are in
     the order it was shown; the rewards are per original response."""

@@ -78,6 +78,7 @@ def _evaluate(args, grm, meta_rm, items: list, ks: list[int], out: Path) -> None
         results = run.evaluate(grm, items, ks, seed=args.seed, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size, meta_rm=meta_rm, k_meta=args.k_meta, progress=bar.judged,
                                token_progress=bar.bar.update,
+                               shuffle="balanced" if args.orders == "balanced" else None,
                                force_scores=args.force_scores, cache_dir=out / "samples",
                                settings={"model": args.model, "dtype": args.dtype, "data": Path(args.data).name,
                                          "format": args.format, "meta_rm": args.meta_rm})
@@ -86,7 +87,7 @@ def _evaluate(args, grm, meta_rm, items: list, ks: list[int], out: Path) -> None
     results["config"] = {"model": args.model, "data": Path(args.data).name, "format": args.format,
                          "limit": args.limit, "items": len(items), "ks": ks, "seed": args.seed,
                          "max_new_tokens": args.max_new_tokens, "meta_rm": args.meta_rm, "k_meta": args.k_meta,
-                         "dtype": args.dtype, "force_scores": args.force_scores}
+                         "dtype": args.dtype, "force_scores": args.force_scores, "orders": args.orders}
     run.write_json(out / "results.json", results)
     run.plot(results, out / "accuracy_vs_k.png", f"{Path(args.model).name} on {Path(args.data).name} "
              f"({len(items)} items)")
@@ -108,6 +109,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    "judged batches, so a rerun resumes)")
     p.add_argument("--model", default="smollm2-135m", help="alias, checkpoint folder, .gguf or Hugging Face id")
     p.add_argument("--limit", type=int, help="the first N items only")
+    p.add_argument("--orders", default="random", choices=["random", "balanced"], help="the response order each "
+                   "sampled judgement sees: a seeded random one per sample, or rotations of one seeded order")
     p.add_argument("--seed", type=int, default=0, help="samples depend only on the item and this seed")
     p.add_argument("--max-new-tokens", type=int, default=512, help="tokens per judgement, at most")
     p.add_argument("--batch-size", type=int, default=16, help="items decoded together")

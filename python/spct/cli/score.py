@@ -120,7 +120,8 @@ def _score(args, grm, meta_rm, inp: Path, out: Path, todo: list) -> None:
                 judged = grm.score_batch([item for _, _, item in chunk], k=args.k, seed=args.seed,
                                          max_new_tokens=args.max_new_tokens, indices=[n for n, _, _ in chunk],
                                          meta_rm=meta_rm, k_meta=args.k_meta, force_scores=args.force_scores,
-                                         reduce=args.reduce, progress=bar.update)
+                                         reduce=args.reduce, progress=bar.update,
+                                         shuffle="balanced" if args.orders == "balanced" else None)
             except ItemError as exc:
                 _, lineno, item = chunk[exc.index]
                 raise ValueError(f"{_where(inp, lineno, item)}: {exc.detail}") from None
@@ -149,6 +150,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=1, help="samples per item (1: greedy)")
     p.add_argument("--reduce", default="sum", choices=["sum", "mean"], help="sum: the method's rule, the sum of "
                    "the voted samples' scores; mean: that sum over the number of samples voted (compares across k)")
+    p.add_argument("--orders", default="random", choices=["random", "balanced"], help="the response order each "
+                   "sample sees (k > 1): a seeded random one per sample, or rotations of one seeded order (each "
+                   "response in each position equally often; n prompts to prefill instead of up to k)")
     p.add_argument("--seed", type=int, default=0, help="samples depend only on the item, its position in the input "
                    "and this seed")
     p.add_argument("--max-new-tokens", type=int, default=512, help="tokens per judgement, at most")

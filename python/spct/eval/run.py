@@ -51,7 +51,7 @@ def wilson(right: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_new_tokens: int = 512,
              batch_size: int = 16, meta_rm=None, k_meta: int | None = None, progress=None, token_progress=None,
-             force_scores: bool = False, cache_dir: str | os.PathLike | None = None,
+             force_scores: bool = False, shuffle: bool | str | None = None, cache_dir: str | os.PathLike | None = None,
              settings: dict | None = None) -> dict:
     """{"k": {k: {"overall": acc, "overall_ci95": (lo, hi), "categories": {name: acc}, "valid_rate": ...,
     "items": n}}}; with meta_rm, "k" holds the Meta-RM guided votes and "k_plain" the plain votes over the same
@@ -60,6 +60,7 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
     k = 1 is one greedy sample. The sampled ks share their samples: each item is judged once with the largest k and
     every smaller k votes over the first k of those samples, which are the samples a run with that k alone draws
     (orders and seeds depend on the sample's number only). With meta_rm, k_meta defaults to k // 2 for each k.
+    shuffle: the sampled passes' response orders, as `score_batch` (None: random, "balanced": rotations).
     progress(items) is called after each batch of each pass (batches resumed from the cache included);
     token_progress(tokens) as the engine prefills and decodes (`GenerativeRewardModel.score_batch`'s progress).
 
@@ -76,7 +77,7 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
     tally = SimpleNamespace(right={(kind, k): defaultdict(int) for kind in kinds for k in ks},
                             count=defaultdict(int), valid=defaultdict(int))
     settings = {**(settings or {}), "seed": seed, "max_new_tokens": max_new_tokens, "force_scores": force_scores,
-                "k_meta": k_meta, "guided": meta_rm is not None,
+                "k_meta": k_meta, "guided": meta_rm is not None, **({"shuffle": shuffle} if shuffle else {}),
                 "items": [it.id for it in items]}
     cache = None if cache_dir is None else _SampleCache(Path(cache_dir), settings)
     for kpass in passes:
@@ -88,7 +89,8 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
             if any(j is None for j in judged):
                 scored = grm.score_batch([(it.query, it.responses) for it in chunk], k=kpass, seed=seed,
                                          max_new_tokens=max_new_tokens, indices=numbers, meta_rm=meta_rm,
-                                         k_meta=k_meta, force_scores=force_scores, progress=token_progress)
+                                         k_meta=k_meta, force_scores=force_scores, progress=token_progress,
+                                         shuffle=shuffle if kpass > 1 else None)
                 judged = [_record(j) for j in scored]
                 if cache is not None:
                     cache.append(kpass, start, judged)

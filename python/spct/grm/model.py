@@ -25,7 +25,7 @@ from spct.grm.templates import Template, messages
 from spct.items import ItemError, as_item
 from spct.ops.token_bytes import TokenBytes
 
-__all__ = ["REDUCE", "GenerativeRewardModel", "Judgement", "SampleJudgement", "check_reduce"]
+__all__ = ["REDUCE", "SHUFFLES", "GenerativeRewardModel", "Judgement", "SampleJudgement", "check_reduce"]
 
 REDUCE = ("sum", "mean")  # how score_batch turns the voted samples' scores into a reward
 
@@ -84,11 +84,24 @@ def _mean(j: Judgement) -> Judgement:
     return replace(j, rewards=[r / j.num_valid for r in j.rewards])
 
 
-def orders(n: int, k: int, seed: int, item: int, shuffle: bool) -> list[list[int]]:
+SHUFFLES = (False, True, "random", "balanced")
+
+
+def orders(n: int, k: int, seed: int, item: int, shuffle: bool | str) -> list[list[int]]:
     """The response order of each of the k samples of an item: order[p] = original index shown at position p.
-    Seeded by (seed, item, sample), so an item's orders do not depend on the rest of the batch."""
+
+    shuffle False: the original order for every sample; True or "random": a seeded permutation per sample, keyed
+    by (seed, item, sample); "balanced": one seeded permutation per item, keyed by (seed, item), rotated by the
+    sample's number (sample j shows base[(p + j) % n] at position p), so with k a multiple of n every response sits
+    in every position k / n times and the k samples need only n distinct prompts (n prefills instead of up to k).
+    Either way sample j's order depends only on (seed, item, j): the first k of K samples are a run with k alone."""
+    if shuffle not in SHUFFLES:
+        raise ValueError(f"shuffle must be one of {SHUFFLES} (or None), got {shuffle!r}")
     if not shuffle:
         return [list(range(n)) for _ in range(k)]
+    if shuffle == "balanced":
+        base = np.random.default_rng([seed, item]).permutation(n).tolist()
+        return [[base[(p + j) % n] for p in range(n)] for j in range(k)]
     return [np.random.default_rng([seed, item, j]).permutation(n).tolist() for j in range(k)]
 
 
@@ -130,12 +143,14 @@ class GenerativeRewardModel:
         return self.score_batch([(query, responses)], **kwargs)[0]
 
     def score_batch(self, items: Sequence, *, k: int = 1, temperature: float | None = None, seed: int = 0,
-                    max_new_tokens: int = 512, shuffle: bool | None = None, indices: Sequence[int] | None = None,
+                    max_new_tokens: int = 512, shuffle: bool | str | None = None,
+                    indices: Sequence[int] | None = None,
                     meta_rm=None, k_meta: int | None = None, force_scores: bool = False, reduce: str = "sum",
                     progress: Callable[[int], object] | None = None) -> list[Judgement]:
         """items: dicts {"query", "responses"} (design.md's item format) or (query, responses) pairs.
-        temperature: None = greedy for k = 1, 0.5 for k > 1; shuffle: None = shuffle the responses per sample when
-        k > 1 (seeded); indices: each item's number (default its position) in the seeding and in the vote's
+        temperature: None = greedy for k = 1, 0.5 for k > 1; shuffle: None = a seeded random order of the responses
+        per sample when k > 1; "balanced": rotations of one seeded order, so each response sits in each position
+        equally often and an item needs n prompts, not up to k (`orders`); False: the given order; indices: each item's number (default its position) in the seeding and in the vote's
         tie-break, so a job split into batches or resumed draws the same samples and writes the same results;
         meta_rm: a `MetaRewardModel` whose k_meta (default k // 2, at least 1) best-rated valid samples alone are
         voted; force_scores: a sample that ends (or reaches max_new_tokens) without a valid score group gets
