@@ -17,7 +17,7 @@ from pathlib import Path
 
 from spct._atomic import check_writable
 
-__all__ = ["HelpFormatter", "Parser", "at_least", "between", "cleanup_on_failure", "describe", "model",
+__all__ = ["HelpFormatter", "Parser", "at_least", "between", "cleanup_on_failure", "describe", "judging", "model",
            "readable", "remove_if_empty", "writable_dir", "writable_file"]
 
 
@@ -68,6 +68,18 @@ def between(option: str, value: float | None, low: float, high: float, *, low_op
         return
     if not (low < value <= high if low_open else low <= value <= high):
         raise ValueError(f"{option} must be in {'(' if low_open else '['}{low}, {high}], got {value}")
+
+
+def judging(args: argparse.Namespace, k: int) -> None:
+    """The numbers `spct score` and `spct eval` share: batch size, tokens, seed, and --k-meta (with --meta-rm, in
+    [1, k] for the largest k)."""
+    at_least("--batch-size", args.batch_size, 1)
+    at_least("--max-new-tokens", args.max_new_tokens, 1)
+    at_least("--seed", args.seed, 0)
+    if args.k_meta is not None:
+        if args.meta_rm is None:
+            raise ValueError("--k-meta needs --meta-rm (the Meta RM that picks the samples to vote)")
+        between("--k-meta", args.k_meta, 1, k)
 
 
 def readable(path: str | os.PathLike, option: str, *, folder_ok: bool = False) -> Path:

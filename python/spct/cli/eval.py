@@ -22,13 +22,7 @@ def _ks(text: str) -> list[int]:
 def _check(args: argparse.Namespace) -> list[int]:
     ks = _ks(args.k)
     checks.at_least("--limit", args.limit, 1)
-    checks.at_least("--batch-size", args.batch_size, 1)
-    checks.at_least("--max-new-tokens", args.max_new_tokens, 1)
-    checks.at_least("--seed", args.seed, 0)
-    if args.k_meta is not None:
-        if args.meta_rm is None:
-            raise ValueError("--k-meta needs --meta-rm (the Meta RM that picks the samples to vote)")
-        checks.between("--k-meta", args.k_meta, 1, max(ks))
+    checks.judging(args, max(ks))
     checks.readable(args.data, "--data", folder_ok=args.format == "llmbar")
     checks.writable_dir(args.out, "--out")
     return ks

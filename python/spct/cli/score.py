@@ -64,13 +64,7 @@ def _done_keys(path: Path) -> set[str]:
 def _check(args: argparse.Namespace) -> tuple[Path, Path, bool]:
     """Numbers, then paths: (input, output, whether the output exists already)."""
     checks.at_least("--k", args.k, 1)
-    checks.at_least("--batch-size", args.batch_size, 1)
-    checks.at_least("--max-new-tokens", args.max_new_tokens, 1)
-    checks.at_least("--seed", args.seed, 0)
-    if args.k_meta is not None:
-        if args.meta_rm is None:
-            raise ValueError("--k-meta needs --meta-rm (the Meta RM that picks the samples to vote)")
-        checks.between("--k-meta", args.k_meta, 1, args.k)
+    checks.judging(args, args.k)
     inp = checks.readable(args.input, "--input")
     out = Path(args.output)
     return inp, out, checks.writable_file(out, "--output")
