@@ -1,0 +1,60 @@
+// paged_attention: attention of R query rows over KV stored in a paged cache, described by segments (runs of
+// blocks read by any set of rows). Layout and index rules: python/spct/ops/paged_attention.py.
+//
+// Layouts (row-major):
+//   q                  (R, Hq, D)
+//   k_cache, v_cache   (N, B, Hkv, D)   N blocks of B tokens; token i of block b is [b, i]
+//   out                (R, Hq, D)
+//   segment s          seg_len[s] tokens in blocks block_ids[seg_block_indptr[s] .. seg_block_indptr[s + 1]),
+//                      ceil(seg_len[s] / B) of them, read by rows seg_rows[seg_row_indptr[s] .. [s + 1])
+//   causal (optional)  causal[s] != 0: token i of segment s sits at position seg_start[s] + i and row r sees it
+//                      only if that position is <= q_pos[r]
+// Query head h reads KV head h / (Hq / Hkv).
+//
+// The rule every kernel follows (the engine's batch invariance rests on it): a row's output is an online softmax
+// over ITS blocks, block by block, in the order of the segments that list the row and, within a segment, in block
+// order. For each block: the row's scores over the block's tokens it sees (all tokens of a full block, the first
+// seg_len % B of a segment's partial last block, for a causal segment only positions <= q_pos), then the running
+// max, sum and float32 accumulator updated once. A row's result thus depends only on q[r], the sequence of blocks
+// it sees and how many tokens of each: not on the other rows, on how its blocks are split into segments, on the
+// number of rows or of threads.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace spct {
+namespace attn {
+
+struct PagedAttention {
+  const void* q;
+  const void* k_cache;
+  const void* v_cache;
+  void* out;
+  const int32_t* block_ids;         // (nnz_blocks,) each segment's blocks in order, < num_blocks
+  const int32_t* seg_block_indptr;  // (segments + 1,)
+  const int32_t* seg_len;           // (segments,) tokens per segment
+  const int32_t* seg_row_indptr;    // (segments + 1,)
+  const int32_t* seg_rows;          // (nnz_rows,) each segment's distinct rows, < rows
+  const uint8_t* causal;            // (segments,) 0 or 1 (torch.bool); null: no causal segment
+  const int32_t* q_pos;             // (rows,) null when causal is null
+  const int32_t* seg_start;         // (segments,) null when causal is null
+  int64_t rows, heads, kv_heads, head_dim;
+  int64_t num_blocks, block_size, segments, nnz_blocks, nnz_rows;
+  float scale;  // applied to q . k (usually 1 / sqrt(D))
+  bool bf16;    // q, caches and out are bfloat16 (else float32); the arithmetic is float32 either way
+};
+
+}  // namespace attn
+
+namespace cpu {
+// "" or the first bad index value, worded as the Python wrapper words it.
+std::string paged_attention(const attn::PagedAttention& a);
+}  // namespace cpu
+
+namespace cuda {
+// Same on device pointers (index values already checked by the wrapper); "" or the CUDA error text.
+const char* paged_attention(const attn::PagedAttention& a, void* stream);
+}  // namespace cuda
+
+}  // namespace spct
