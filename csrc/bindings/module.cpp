@@ -5,6 +5,8 @@
 
 namespace spct_bind {
 
+void bind_paged_attention(py::module_& m);  // csrc/bindings/paged_attention.cpp
+
 void bind_view(py::module_& m) {
   py::class_<View>(m, "View", "A buffer by address: data, dtype, shape, strides (elements), device (-1: host).")
       .def(py::init([](uintptr_t data, std::string dtype, std::vector<int64_t> shape, std::vector<int64_t> strides,
@@ -33,6 +35,7 @@ PYBIND11_MODULE(_C, m) {
   spct_bind::bind_vote(m);
   spct_bind::bind_sample(m);
   spct_bind::bind_prefix_attention(m);
+  spct_bind::bind_paged_attention(m);
   spct_bind::bind_linear(m);
   spct_bind::bind_score_group(m);
 }

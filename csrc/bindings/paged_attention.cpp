@@ -1,0 +1,87 @@
+// spct._C bindings of paged_attention: marshalling only. The Python wrapper (spct.ops.paged_attention) checks
+// everything first; the CPU kernel checks the index values it reads again, worded the same way.
+//
+// A call comes in two parts, so that the calls of one step (one per layer) pass only what changes:
+//   layout = PagedAttentionLayout(block_ids, ..., seg_start, rows, ..., scale, bf16)   once per step: indices, sizes
+//   paged_attention(layout, q, k_cache, v_cache, out)                                per layer: host addresses
+// Index arrays are int32 and causal is torch.bool (one byte each), passed by address; causal, q_pos and seg_start
+// are 0 (null) together when no segment is causal. Each call's tensors have the shapes the layout was made for.
+#include "common.h"
+
+#include "spct/paged_attention.h"
+
+namespace spct_bind {
+namespace {
+
+// The index arrays and sizes shared by the calls of one step; the tensors are filled in per call.
+struct PagedAttentionLayout {
+  spct::attn::PagedAttention a{};
+};
+
+PagedAttentionLayout make_layout(uintptr_t block_ids, uintptr_t seg_block_indptr, uintptr_t seg_len,
+                                 uintptr_t seg_row_indptr, uintptr_t seg_rows, uintptr_t causal, uintptr_t q_pos,
+                                 uintptr_t seg_start, int64_t rows, int64_t heads, int64_t kv_heads,
+                                 int64_t head_dim, int64_t num_blocks, int64_t block_size, int64_t segments,
+                                 int64_t nnz_blocks, int64_t nnz_rows, float scale, bool bf16) {
+  SPCT_CHECK((causal == 0) == (q_pos == 0) && (causal == 0) == (seg_start == 0),
+             "causal, q_pos and seg_start go together (all three addresses or none)");
+  PagedAttentionLayout l;
+  spct::attn::PagedAttention& a = l.a;
+  a.block_ids = dptr<const int32_t>(block_ids);
+  a.seg_block_indptr = dptr<const int32_t>(seg_block_indptr);
+  a.seg_len = dptr<const int32_t>(seg_len);
+  a.seg_row_indptr = dptr<const int32_t>(seg_row_indptr);
+  a.seg_rows = dptr<const int32_t>(seg_rows);
+  a.causal = dptr<const uint8_t>(causal);
+  a.q_pos = dptr<const int32_t>(q_pos);
+  a.seg_start = dptr<const int32_t>(seg_start);
+  a.rows = rows;
+  a.heads = heads;
+  a.kv_heads = kv_heads;
+  a.head_dim = head_dim;
+  a.num_blocks = num_blocks;
+  a.block_size = block_size;
+  a.segments = segments;
+  a.nnz_blocks = nnz_blocks;
+  a.nnz_rows = nnz_rows;
+  a.scale = scale;
+  a.bf16 = bf16;
+  return l;
+}
+
+void bind_layout(py::module_& m) {
+  py::class_<PagedAttentionLayout>(m, "PagedAttentionLayout",
+                                   "The index arrays (addresses) and sizes that the calls of one step share.")
+      .def(py::init(&make_layout), py::arg("block_ids"), py::arg("seg_block_indptr"), py::arg("seg_len"),
+           py::arg("seg_row_indptr"), py::arg("seg_rows"), py::arg("causal"), py::arg("q_pos"), py::arg("seg_start"),
+           py::arg("rows"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("num_blocks"),
+           py::arg("block_size"), py::arg("segments"), py::arg("nnz_blocks"), py::arg("nnz_rows"), py::arg("scale"),
+           py::arg("bf16"))
+      .def_property_readonly("rows", [](const PagedAttentionLayout& l) { return l.a.rows; })
+      .def_property_readonly("head_dim", [](const PagedAttentionLayout& l) { return l.a.head_dim; });
+}
+
+}  // namespace
+
+void bind_paged_attention(py::module_& m) {
+  bind_layout(m);
+  m.def(
+      "paged_attention",
+      [](const PagedAttentionLayout& layout, uintptr_t q, uintptr_t k_cache, uintptr_t v_cache, uintptr_t out) {
+        spct::attn::PagedAttention a = layout.a;
+        a.q = dptr<const void>(q);
+        a.k_cache = dptr<const void>(k_cache);
+        a.v_cache = dptr<const void>(v_cache);
+        a.out = dptr<void>(out);
+        std::string error;
+        {
+          py::gil_scoped_release nogil;
+          error = spct::cpu::paged_attention(a);
+        }
+        if (!error.empty()) fail(error);
+      },
+      py::arg("layout"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("out"),
+      "Attention over a paged KV cache described by segments (host addresses).");
+}
+
+}  // namespace spct_bind
