@@ -1,7 +1,9 @@
-"""paged_attention (reference): equals a plain per-row oracle (each row's segments gathered into one contiguous K/V,
-the causal rule applied, torch's scaled_dot_product_attention) within the dtype's tolerance on GRM layouts of two
-and three levels, awkward shapes, shuffled blocks, causal prefill chunks and random layouts (hypothesis); equals
-prefix_attention on the two-level layout; every bad input named; dispatch picks the reference, strict or not."""
+"""paged_attention: the backend "auto" picks (the C++ kernel where built) and the reference both equal a plain per-row
+oracle (each row's segments gathered into one contiguous K/V, the causal rule applied, torch's
+scaled_dot_product_attention) within the dtype's tolerance on GRM layouts of two and three levels, awkward shapes,
+shuffled blocks, causal prefill chunks and random layouts (hypothesis); equals prefix_attention on the two-level
+layout; the C++ kernel's rows are bitwise independent of segmentation, of the other rows and of causal vs decode
+rows; every bad input named, by the wrapper and by the C++ checks; dispatch picks the C++ kernel on CPU."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TOLERANCES
+from extract_helpers import native_lib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spct.ops import dispatch
-from spct.ops.paged_attention import Plan, paged_attention
+from spct.ops.paged_attention import Plan, native_cpu, paged_attention
 from spct.ops.prefix_attention import prefix_attention
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -100,9 +103,12 @@ def oracle(layout: dict, scale: float | None = None) -> torch.Tensor:
 
 
 def assert_matches_oracle(layout: dict, **kwargs) -> torch.Tensor:
+    """The backend "auto" picks (the C++ kernel where built) and the reference, each against the oracle."""
     got = run(layout, **kwargs)
     assert got.shape == layout["q"].shape and got.dtype == layout["q"].dtype
-    torch.testing.assert_close(got, oracle(layout, kwargs.get("scale")), **TOLERANCES[got.dtype])
+    want = oracle(layout, kwargs.get("scale"))
+    torch.testing.assert_close(got, want, **TOLERANCES[got.dtype])
+    torch.testing.assert_close(run(layout, **kwargs, backend="reference"), want, **TOLERANCES[got.dtype])
     return got
 
 
@@ -333,16 +339,17 @@ def test_plan_runs_each_layer_like_one_call():
         plan.run(first["q"][:3], first["k_cache"], first["v_cache"])  # fewer rows: checked again
 
 
-def test_dispatch_picks_the_reference(monkeypatch):
+def test_dispatch_picks_the_cpu_kernel(monkeypatch):
+    native_lib()
     monkeypatch.setattr(dispatch, "_environment", lambda: (True, None))  # SPCT_STRICT=1
-    for device in ("cpu", "cuda"):
-        assert dispatch.pick("paged_attention", device) == "reference"
-        assert not dispatch.native_available("paged_attention", device)
+    assert dispatch.pick("paged_attention", "cpu") == "native" and native_cpu()
+    assert dispatch.pick("paged_attention", "cuda") == "reference"  # no CUDA kernel yet
+    assert not dispatch.native_available("paged_attention", "cuda")
     layout = three_levels(torch.float32)
-    assert torch.equal(run(layout), run(layout, backend="reference"))
+    assert torch.equal(run(layout), run(layout, backend="native"))
     with pytest.raises(RuntimeError, match=r"backend='native' for paged_attention: paged_attention has no native "
-                                           r"kernel for cpu tensors"):
-        run(layout, backend="native")
+                                           r"kernel for cuda tensors"):
+        dispatch.pick("paged_attention", "cuda", "native")
 
 
 def test_registered_op_passes_opcheck():
@@ -352,3 +359,97 @@ def test_registered_op_passes_opcheck():
                 *(layout.get(n) for n in CAUSAL), 0.25, "auto")
         torch.library.opcheck(torch.ops.spct.paged_attention.default, args,
                               test_utils=("test_schema", "test_faketensor"))
+
+
+# ---- the C++ kernel: bitwise rules and its own index checks ---------------------------------------------------
+def cache_of(blocks: int, block_size: int, dtype, seed: int, kv_heads=3, dim=16) -> tuple:
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(blocks, block_size, kv_heads, dim, generator=gen).to(dtype) for _ in range(2))
+
+
+def over_blocks(q, k_cache, v_cache, segs, **causal) -> torch.Tensor:
+    """segs: (block ids, tokens, rows) per segment, over the given cache."""
+    extra = {name: i32(causal[name]) for name in ("q_pos", "seg_start") if name in causal}
+    if causal:
+        extra["causal"] = torch.tensor(causal["causal"], dtype=torch.bool)
+    return paged_attention(q, k_cache, v_cache, i32([b for ids, _, _ in segs for b in ids]),
+                           indptr([len(ids) for ids, _, _ in segs]), i32([n for _, n, _ in segs]),
+                           indptr([len(rows) for _, _, rows in segs]), i32([r for _, _, rows in segs for r in rows]),
+                           backend="native", **extra)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_native_rows_do_not_depend_on_segments_or_other_rows(dtype):
+    """A row over 7 blocks of 4 tokens and 3 of an eighth, alone (one segment), and among 13 other rows (lanes
+    of several vector groups, two tiles) with its blocks split into 4 segments shared differently: the same bits."""
+    native_lib()
+    k_cache, v_cache = cache_of(40, 4, dtype, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    q = (torch.randn(14, 9, 16, generator=gen) * 3).to(dtype)
+    mine = [31, 2, 17, 5, 0, 38, 23, 9]  # the row's blocks, in order; 31 tokens
+    alone = over_blocks(q[9:10], k_cache, v_cache, [(mine, 31, [0])])
+    others = [r for r in range(14) if r != 9]
+    split = [(mine[:1], 4, [9, 3, 0]), (mine[1:5], 16, others[:10] + [9]), (mine[5:7], 8, [9, *others[4:]]),
+             (mine[7:], 3, [12, 9]), ([1, 3], 5, others), ([30], 2, [0, 1])]
+    beside = over_blocks(q, k_cache, v_cache, split)
+    assert torch.equal(bits(beside[9]), bits(alone[0]))
+    shuffled = over_blocks(q.flip(0), k_cache, v_cache, [(ids, n, [13 - r for r in rows]) for ids, n, rows in split])
+    assert torch.equal(bits(shuffled.flip(0)), bits(beside))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_native_causal_rows_equal_decode_rows(dtype):
+    """A prefill chunk of 10 rows at positions 21..30 over a context of 2 blocks of 8 and a causal segment from
+    position 16 (2 blocks: 5 context tokens, then the chunk's 10; rows interleaved with 2 decode rows): each chunk row
+    equals, bit for bit, a decode row over the same context and the first q_pos - 15 tokens of the causal segment as
+    a plain segment."""
+    native_lib()
+    k_cache, v_cache = cache_of(9, 8, dtype, seed=13, kv_heads=1)
+    q = torch.randn(12, 3, 16, generator=torch.Generator().manual_seed(14)).to(dtype)
+    chunk, context, tail = [0, 2, 3, 4, 6, 7, 8, 9, 10, 11], [4, 7], [1, 6]
+    q_pos = [0] * 12
+    for i, r in enumerate(chunk):
+        q_pos[r] = 21 + i
+    segs = [(context[:1], 8, chunk + [5]), (context[1:], 8, chunk + [1, 5]), (tail, 15, chunk), ([0], 1, [1])]
+    got = over_blocks(q, k_cache, v_cache, segs, causal=[False, False, True, False], q_pos=q_pos,
+                      seg_start=[0, 8, 16, 0])
+    for r in chunk:
+        seen = q_pos[r] - 15
+        parts = [(context, 16, [0]), (tail[:math.ceil(seen / 8)], seen, [0])]
+        assert torch.equal(bits(over_blocks(q[r:r + 1], k_cache, v_cache, parts)[0]), bits(got[r])), r
+
+
+def native_call(layout: dict, scale: float = 0.25) -> torch.Tensor:
+    """Straight into spct._C, past the wrapper's checks: the C++ kernel's own."""
+    lib = native_lib()
+    q, k_cache = layout["q"], layout["k_cache"]
+    addresses = [0 if layout.get(n) is None else layout[n].data_ptr() for n in INDEX + CAUSAL]
+    plan = lib.PagedAttentionLayout(*addresses, *q.shape[:2], k_cache.shape[2], q.shape[2], *k_cache.shape[:2],
+                                    layout["seg_len"].shape[0], layout["block_ids"].shape[0],
+                                    layout["seg_rows"].shape[0], scale, q.dtype == torch.bfloat16)
+    out = torch.empty_like(q)
+    lib.paged_attention(plan, q.data_ptr(), k_cache.data_ptr(), layout["v_cache"].data_ptr(), out.data_ptr())
+    return out
+
+
+VALUES = [(changes, match) for changes, match in BAD if match.startswith(
+    ("block_ids\\[", "seg_block_indptr\\[", "seg_row_indptr\\[", "seg_len\\[", "seg_rows\\[", "row ", "q_pos\\[",
+     "seg_start\\["))]
+
+
+@pytest.mark.parametrize(("changes", "match"), VALUES, ids=[m[:40] for _, m in VALUES])
+def test_native_checks_index_values(changes, match):
+    with pytest.raises(ValueError, match=match):
+        native_call({**BASE, **changes})
+
+
+def test_native_head_dims_and_binding_checks():
+    assert torch.equal(native_call(BASE), run(BASE, scale=0.25, backend="native"))
+    layout = make_layout([5], [[0]], 1, heads=2, kv_heads=1, dim=48)
+    with pytest.raises(ValueError, match=r"head_dim 48 has no CPU kernel \(built: 8, 16, 32, 64, 128, 256\)"):
+        run(layout, backend="native")
+    with pytest.raises(ValueError, match=r"head_dim 48 has no CPU kernel"):
+        native_call(layout)
+    assert run(layout, backend="reference").shape == (1, 2, 48)
+    with pytest.raises(ValueError, match=r"causal, q_pos and seg_start go together"):
+        native_call({**BASE, "causal": torch.zeros(3, dtype=torch.bool)})

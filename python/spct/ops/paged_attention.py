@@ -32,12 +32,18 @@ one block table each, a fixed number of levels): the rows of a continuous batch 
 any number of segments, so the engine never reorders rows and never pads levels. A kernel works segment by segment:
 it loads a segment's blocks once, computes all its rows, and merges each row's partial output and log-sum-exp.
 
-Backends: the reference (`spct.ops.ref.paged_attention`) only, for now; the C++, CUDA and Triton kernels come next
-and must agree with it within the tolerance table. `spct.ops.dispatch.pick` chooses.
+Backends: the reference (`spct.ops.ref.paged_attention`) and the C++ kernel (csrc/cpu/paged_attention*.{cpp,h},
+head sizes `HEAD_DIMS`, any block size); `spct.ops.dispatch.pick` chooses. The kernels follow one rule the
+reference does not need (csrc/include/spct/paged_attention.h): a row's output is an online softmax over its blocks,
+one update per block, in the order of its segments and of their blocks, so a row's bits depend only on q[r], the
+blocks it sees and how many tokens of each: not on the other rows, on how its blocks are split into segments, or on
+the thread count. They agree with the reference within the tolerance table.
 
 Two entry points, as for prefix_attention: `paged_attention(...)`, one call; `Plan(indices...).run(q, k_cache,
-v_cache)`, the calls of one step that share the layout (its layers), checked at the first call. This wrapper checks
-everything (types, dtypes, shapes, devices, scale, backend, and the index values: `_check_indices`, a sync on CUDA).
+v_cache)`, the calls of one step that share the layout (its layers), checked at the first call, which also makes the
+C++ kernel's layout (the index addresses and sizes) once. This wrapper checks everything (types, dtypes, shapes,
+devices, scale, backend, head_dim for the C++ kernel, and the index values: `_check_indices`, a sync on CUDA); the C++
+kernel checks the index values again on every call, worded the same way (a caller of spct._C gets the same message).
 """
 
 from __future__ import annotations
@@ -49,10 +55,11 @@ import torch
 from spct.ops import dispatch
 from spct.ops.ref import paged_attention as ref
 
-__all__ = ["DTYPES", "Plan", "paged_attention"]
+__all__ = ["DTYPES", "HEAD_DIMS", "Plan", "native_cpu", "paged_attention"]
 
 OP = "paged_attention"
 DTYPES = (torch.float32, torch.bfloat16)
+HEAD_DIMS = (8, 16, 32, 64, 128, 256)  # the head sizes the C++ kernel is compiled for
 INDEX = ("block_ids", "seg_block_indptr", "seg_len", "seg_row_indptr", "seg_rows", "causal", "q_pos", "seg_start")
 
 
@@ -184,12 +191,39 @@ def _contiguous(index: tuple) -> tuple:
     return tuple(t.contiguous() if isinstance(t, torch.Tensor) else t for t in index)
 
 
-def _run(q, k_cache, v_cache, index: tuple, scale: float, backend: str) -> torch.Tensor:
-    """The backend for checked arguments: the reference (KERNELS lists no kernel of this op yet)."""
+def native_cpu() -> bool:
+    """Whether CPU tensors run the C++ kernel under backend="auto"."""
+    return dispatch.native_available(OP, "cpu")
+
+
+def _address(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _bind(index: tuple, q: torch.Tensor, k_cache: torch.Tensor, scale: float, backend: str):
+    """The backend for checked, contiguous arguments shaped like q: (R, Hq, D) and k_cache: (N, B, Hkv, D), as a
+    function (q, k_cache, v_cache) -> (R, Hq, D); the C++ kernel's layout is made here, once. It holds the index
+    tensors' addresses: the caller keeps them alive while it uses the function (a Plan holds them)."""
     picked = dispatch.pick(OP, q.device, backend)
-    if picked != "reference":
-        raise RuntimeError(f"{OP} has no {picked} kernel yet")
-    return ref.paged_attention(q, k_cache, v_cache, *index, scale)
+    if picked == "reference":
+        return lambda q, k_cache, v_cache: ref.paged_attention(q, k_cache, v_cache, *index, scale)
+    rows, heads, dim = q.shape
+    if dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim {dim} has no CPU kernel (built: {', '.join(map(str, HEAD_DIMS))})")
+    lib = dispatch.native()
+    block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows = index[:5]
+    # positional, in the binding's order: the eight index addresses (0: no causal segment), then rows, heads,
+    # kv_heads, head_dim, num_blocks, block_size, segments, nnz_blocks, nnz_rows, scale, bf16
+    layout = lib.PagedAttentionLayout(*map(_address, index), rows, heads, k_cache.shape[2], dim, k_cache.shape[0],
+                                      k_cache.shape[1], seg_len.shape[0], block_ids.shape[0], seg_rows.shape[0],
+                                      scale, q.dtype == torch.bfloat16)
+
+    def native(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(q)
+        lib.paged_attention(layout, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr())
+        return out
+
+    return native
 
 
 class Plan:
@@ -199,8 +233,9 @@ class Plan:
         out = plan.run(q, k_cache, v_cache)                                          # per layer -> (R, Hq, D)
 
     The index tensors, causal/q_pos/seg_start, scale and backend are `paged_attention`'s and must not change while
-    the plan is used. The first `run` checks what `paged_attention` checks; a later call whose tensors have the same
-    shapes, dtypes and devices runs at once (any other is checked again).
+    the plan is used. The first `run` checks what `paged_attention` checks and binds the backend (the C++ kernel's
+    layout); a later call whose tensors have the same shapes, dtypes and devices runs at once (any other is checked
+    and bound again).
     """
 
     def __init__(self, block_ids: torch.Tensor, seg_block_indptr: torch.Tensor, seg_len: torch.Tensor,
@@ -221,10 +256,9 @@ class Plan:
         if key != self._key:
             _check_layout(self._index, q.shape[0], q.device)
             _check_indices(self._index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
-            self._scale = _scale(self._scale_arg, q.shape[2])
+            self._run = _bind(self._index, q, k_cache, _scale(self._scale_arg, q.shape[2]), self._backend)
             self._key = key
-        return _run(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), self._index, self._scale,
-                    self._backend)
+        return self._run(q.contiguous(), k_cache.contiguous(), v_cache.contiguous())
 
 
 def _impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_ids: torch.Tensor,
@@ -233,7 +267,7 @@ def _impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_i
           backend: str) -> torch.Tensor:
     index = (block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start)
     _check_indices(index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
-    return _run(q, k_cache, v_cache, index, scale, backend)
+    return _bind(index, q, k_cache, scale, backend)(q, k_cache, v_cache)
 
 
 _op = torch.library.custom_op("spct::paged_attention", mutates_args=())(_impl)
@@ -267,8 +301,8 @@ def paged_attention(
     Hkv; block_ids: (nnz_blocks,) int32, each segment's blocks in order, < N; seg_block_indptr: (S + 1,) int32;
     seg_len: (S,) int32, tokens per segment; seg_row_indptr: (S + 1,) int32; seg_rows: (nnz_rows,) int32, each
     segment's rows, < R; causal: (S,) bool, q_pos: (R,) int32, seg_start: (S,) int32, all three or none; scale:
-    multiplies q . k (default 1 / sqrt(D)); backend: "auto", "native" or "reference" (only the reference exists).
-    returns: (R, Hq, D) in q's dtype, accumulated in float32.
+    multiplies q . k (default 1 / sqrt(D)); backend: "auto", "native" (the C++ kernel, CPU tensors, D in HEAD_DIMS)
+    or "reference". returns: (R, Hq, D) in q's dtype, accumulated in float32.
     """
     dispatch.check_backend(OP, backend)
     _check_tensors(q, k_cache, v_cache)
