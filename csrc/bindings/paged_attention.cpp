@@ -4,6 +4,7 @@
 // A call comes in two parts, so that the calls of one step (one per layer) pass only what changes:
 //   layout = PagedAttentionLayout(block_ids, ..., seg_start, rows, ..., scale, bf16)   once per step: indices, sizes
 //   paged_attention(layout, q, k_cache, v_cache, out)                                per layer: host addresses
+// (paged_attention_cuda: the same on device addresses, plus the stream; the layout made from device tensors.)
 // Index arrays are int32 and causal is torch.bool (one byte each), passed by address; causal, q_pos and seg_start
 // are 0 (null) together when no segment is causal. Each call's tensors have the shapes the layout was made for.
 #include "common.h"
@@ -82,6 +83,22 @@ void bind_paged_attention(py::module_& m) {
       },
       py::arg("layout"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("out"),
       "Attention over a paged KV cache described by segments (host addresses).");
+#if defined(SPCT_WITH_CUDA)
+  m.def(
+      "paged_attention_cuda",
+      [](const PagedAttentionLayout& layout, uintptr_t q, uintptr_t k_cache, uintptr_t v_cache, uintptr_t out,
+         uintptr_t stream) {
+        spct::attn::PagedAttention a = layout.a;
+        a.q = dptr<const void>(q);
+        a.k_cache = dptr<const void>(k_cache);
+        a.v_cache = dptr<const void>(v_cache);
+        a.out = dptr<void>(out);
+        cuda_check(spct::cuda::paged_attention(a, dptr<void>(stream)));
+      },
+      py::arg("layout"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("out"), py::arg("stream"),
+      "paged_attention on device addresses (a layout made from device index tensors), launched on `stream` (index "
+      "values already checked).");
+#endif
 }
 
 }  // namespace spct_bind

@@ -274,8 +274,10 @@ const char* run(const attn::PagedAttention& a, cudaStream_t stream) {
   }
   const int64_t smem = int64_t(sizeof(float)) * shared_floats<D>(a.block_size);
   int device = 0, limit = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    return last_error();
+  }
   if (smem > limit) return "paged_attention: block_size x head_dim is too large for the CUDA kernel's shared memory";
   if (smem > 48 * 1024) {  // above the default limit: opt in (sm_80 allows 163 KB, sm_90 227 KB)
     cudaFuncSetAttribute(attend_kernel<D, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
