@@ -29,7 +29,7 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kPerWarp = 4;                  // queries per warp (registers: kPerWarp x D / 32 accumulators)
+constexpr int kPerWarp = 4;                  // queries per warp (registers: kPerWarp x columns<D>() accumulators)
 constexpr int kQueries = kWarps * kPerWarp;  // queries per block
 constexpr int kTile = 32;                    // tokens per shared-memory tile: one per lane
 constexpr int kScanThreads = 1024;
@@ -121,10 +121,21 @@ int64_t shared_floats(int64_t block_size) {
   return int64_t(kQueries) * D + int64_t(kTile) * (D + 1) + int64_t(kQueries) * block_size;
 }
 
-// The per-query state of one warp: running max, sum and sum of p * v (lane holds columns c * 32 + lane).
+// Accumulator columns per lane: lane holds columns c * 32 + lane < D (D = 8, 16: some lanes idle).
+template <int D>
+__host__ __device__ constexpr int columns() {
+  return (D + 31) / 32;
+}
+// The column lane's accumulator c reads: a valid one for an idle lane, whose sums are never stored.
+template <int D>
+__device__ __forceinline__ int column(int c, int lane) {
+  return D % 32 == 0 ? c * 32 + lane : min(c * 32 + lane, D - 1);
+}
+
+// The per-query state of one warp: running max, sum and sum of p * v.
 template <int D>
 struct State {
-  float m[kPerWarp], l[kPerWarp], acc[kPerWarp][D / 32];
+  float m[kPerWarp], l[kPerWarp], acc[kPerWarp][columns<D>()];
 };
 
 // Folds the first n (1 <= n <= B) tokens of one KV block (k / v at token 0's head, token stride Hkv * D) into the
@@ -133,7 +144,7 @@ template <int D, typename T>
 __device__ __forceinline__ void attend_block(const T* k, const T* v, int64_t stride, int n, int nq,
                                              int64_t block_size, const float* qs, float* kv, float* sc,
                                              State<D>& st) {
-  constexpr int C = D / 32;
+  constexpr int C = columns<D>();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int t0 = 0; t0 < n; t0 += kTile) {  // scores
     const int nt = min(kTile, n - t0);
@@ -189,7 +200,7 @@ __device__ __forceinline__ void attend_block(const T* k, const T* v, int64_t str
       const float* p = sc + i * block_size + t0;
       for (int t = 0; t < nt; ++t) {
 #pragma unroll
-        for (int c = 0; c < C; ++c) st.acc[j][c] += p[t] * kv[t * (D + 1) + c * 32 + lane];
+        for (int c = 0; c < C; ++c) st.acc[j][c] += p[t] * kv[t * (D + 1) + column<D>(c, lane)];
       }
     }
   }
@@ -223,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(Args g) {
     st.m[j] = -INFINITY;
     st.l[j] = 0.0f;
 #pragma unroll
-    for (int c = 0; c < D / 32; ++c) st.acc[j][c] = 0.0f;
+    for (int c = 0; c < columns<D>(); ++c) st.acc[j][c] = 0.0f;
   }
   const int64_t stride = a.kv_heads * D, B = a.block_size;
   for (int64_t e = g.row_indptr[r]; e < g.row_indptr[r + 1]; ++e) {
@@ -243,7 +254,9 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(Args g) {
     if (i >= nq) continue;
     const float inv = st.l[j] > 0.0f ? 1.0f / st.l[j] : 0.0f;  // no token at all: zeros
 #pragma unroll
-    for (int c = 0; c < D / 32; ++c) store(out, int64_t(i) * D + c * 32 + lane, st.acc[j][c] * inv);
+    for (int c = 0; c < columns<D>(); ++c) {
+      if (D % 32 == 0 || c * 32 + lane < D) store(out, int64_t(i) * D + c * 32 + lane, st.acc[j][c] * inv);
+    }
   }
 }
 
@@ -305,13 +318,15 @@ const char* paged_attention(const attn::PagedAttention& a, void* stream) {
 #define SPCT_CASE(D) \
   case D:            \
     return a.bf16 ? run<D, __nv_bfloat16>(a, st) : run<D, float>(a, st);
+    SPCT_CASE(8)
+    SPCT_CASE(16)
     SPCT_CASE(32)
     SPCT_CASE(64)
     SPCT_CASE(128)
     SPCT_CASE(256)
 #undef SPCT_CASE
     default:
-      return "head_dim has no CUDA kernel (built: 32, 64, 128, 256)";
+      return "head_dim has no CUDA kernel (built: 8, 16, 32, 64, 128, 256)";
   }
 }
 
