@@ -82,6 +82,14 @@ def test_row_segments_transpose_the_row_lists():
     assert segs.tolist() == [0, 3, 2, 2, 0, 2, 4]
 
 
+def test_row_map_given_once():
+    """A caller may build the row map once for the calls of a step (its layers) and pass it."""
+    layout = make_layout([5, 2], [[1, 0], [1]], 2, heads=2, kv_heads=1, dim=8, block_size=4, seed=8)
+    given = args(layout)
+    row_map = kernel.row_segments(given[6], given[7], 2)
+    assert torch.equal(kernel.paged_attention(*given, row_map=row_map), kernel.paged_attention(*given))
+
+
 # ---- the per-block rule, bit for bit ---------------------------------------------------------------------------
 def blocks_layout(cache: dict, q: torch.Tensor, segments: list, causal=None) -> dict:
     """A layout over a given cache: segments are (block ids, tokens, rows[, causal, seg_start])."""

@@ -107,17 +107,19 @@ def heads_per_program(heads: int, kv_heads: int, block_size: int, dim: int) -> i
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_ids: torch.Tensor,
                     seg_block_indptr: torch.Tensor, seg_len: torch.Tensor, seg_row_indptr: torch.Tensor,
                     seg_rows: torch.Tensor, causal: torch.Tensor | None, q_pos: torch.Tensor | None,
-                    seg_start: torch.Tensor | None, scale: float) -> torch.Tensor:
+                    seg_start: torch.Tensor | None, scale: float,
+                    row_map: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Checked, contiguous inputs whose index values were checked (as spct.ops.paged_attention passes them).
     q: (R, Hq, D); k_cache, v_cache: (N, B, Hkv, D); block_ids: (nnz_blocks,) int32; seg_block_indptr,
     seg_row_indptr: (S + 1,) int32; seg_len: (S,) int32; seg_rows: (nnz_rows,) int32; causal: (S,) bool, q_pos:
-    (R,) int32, seg_start: (S,) int32, or all three None. returns: (R, Hq, D) in q's dtype."""
+    (R,) int32, seg_start: (S,) int32, or all three None; row_map: `row_segments(seg_row_indptr, seg_rows, R)`
+    when the caller keeps it for the calls of a step (default: built here). returns: (R, Hq, D) in q's dtype."""
     rows, heads, dim = q.shape
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     out = torch.empty_like(q)
     if rows == 0:
         return out
-    row_seg_indptr, row_segs = row_segments(seg_row_indptr, seg_rows, rows)
+    row_seg_indptr, row_segs = row_segments(seg_row_indptr, seg_rows, rows) if row_map is None else row_map
     per_program = heads_per_program(heads, kv_heads, block_size, dim)
     has_causal = causal is not None
     if not has_causal:  # never read (HAS_CAUSAL=False); any int32 pointer
