@@ -3,9 +3,10 @@
 // paged_attention.cpp picks one at run time. Written on GCC vector types of 16 floats, which each build lowers to its
 // widest registers.
 //
-// Work: one task per (KV head, tile of kTileRows rows). A task walks every segment in index order and, for the
-// segment's rows in its tile, every block in order: the block's keys and values are read once (as float32) for
-// all those rows' queries (rows x Hq/Hkv heads, laid across vector lanes), then each query's online-softmax state
+// Work: one task per (KV head, tile of kTile queries). The queries of KV head h are the (row, query head) pairs
+// reading it, numbered r * G + g (G = Hq / Hkv), and cut into tiles of kTile. A task walks every segment in index
+// order and, for the segment's rows with queries in its tile, every block in order: the block's keys and values are
+// read once (as float32) for all those queries (laid across vector lanes), then each query's online-softmax state
 // (max, sum, float32 accumulator of D) is updated once for the block (the rule in spct/paged_attention.h). Every
 // operation on a query is lane-wise or its own sequential loop, so its bits do not depend on its lane, on which
 // other queries share the block, or on the task's other segments; tasks share nothing, so neither do threads.
@@ -31,11 +32,14 @@ namespace {
 using attn::PagedAttention;
 
 constexpr int W = 16;               // floats per vector: queries per lane group
-constexpr int64_t kTileRows = 8;    // rows per task: fixed, so that a row's work never depends on the batch
+// Queries per task: fixed (never derived from the batch or the thread count). One vector of lanes: a decode step
+// of 16 rows at Hq = 9, Hkv = 3 makes 9 tasks, which keeps 2 threads busy where tiles of 16 rows (3 tasks) left one
+// idle a third of the time (measured: 0.87x prefix_attention's time with 2 threads, against 1.2x with one).
+constexpr int64_t kTile = W;
 #if defined(__AVX512F__)
-constexpr int kTok = 8;  // tokens per q . k pass (accumulators held in registers)
+constexpr int kAcc = 24;  // score accumulators (vectors of W) a q . k pass holds in registers
 #else
-constexpr int kTok = 4;
+constexpr int kAcc = 6;
 #endif
 constexpr int kQueries = 4;  // queries per p . v pass
 
@@ -127,61 +131,104 @@ inline vf vexp(vf x) {
   return y * scale;
 }
 
-// n rows of D values (row stride ld elements) as float32 rows of D, in dst.
+// n rows of D values (row stride ld elements) as float32 rows: float32 ones where they are (the row stride stays ld),
+// bfloat16 ones converted into dst (row stride D).
 template <int D>
-void rows_f32(const float* src, int64_t ld, int64_t n, float* dst) {
-  for (int64_t t = 0; t < n; ++t) memcpy(dst + t * D, src + t * ld, sizeof(float) * D);
+const float* rows_f32(const float* src, int64_t* ld, int64_t, float*) {
+  (void)ld;
+  return src;
 }
 template <int D>
-void rows_f32(const uint16_t* src, int64_t ld, int64_t n, float* dst) {
+const float* rows_f32(const uint16_t* src, int64_t* ld, int64_t n, float* dst) {
+  typedef uint16_t vh __attribute__((vector_size(32)));
+  constexpr int C = D / W;
   for (int64_t t = 0; t < n; ++t) {
-    for (int d = 0; d < D; ++d) {
-      const uint32_t u = uint32_t(src[t * ld + d]) << 16;  // bf16 is the top half of a float32
+    for (int c = 0; c < C; ++c) {
+      vh h;
+      memcpy(&h, src + t * *ld + c * W, sizeof h);
+      const vi bits = __builtin_convertvector(h, vi) << 16;  // bf16 is the top half of a float32
+      memcpy(dst + t * D + c * W, &bits, sizeof bits);
+    }
+    for (int d = C * W; d < D; ++d) {
+      const uint32_t u = uint32_t(src[t * *ld + d]) << 16;
       memcpy(dst + t * D + d, &u, sizeof u);
     }
   }
+  *ld = D;
+  return dst;
 }
 
-// Scores of U tokens (k: U rows of D floats) for the W queries of lane group j: s[u * lw + j * W + lane] = sum_d
-// qt[d * lw + j * W + lane] * k[u * D + d], summed over d in order (every query's score, whatever U and j).
-template <int D, int U>
-inline void qk_tokens(const float* qt, int64_t lw, int64_t j, const float* k, float* s) {
-  vf acc[U] = {};
+// Asks for the next block's rows while this one is computed (blocks lie anywhere in the cache: no hardware
+// prefetcher guesses them).
+template <int D, typename T>
+inline void prefetch_rows(const T* src, int64_t ld, int64_t n) {
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t byte = 0; byte < int64_t(sizeof(T)) * D; byte += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(src + t * ld) + byte);
+}
+
+// Scores of U tokens (k: U rows of D floats, row stride kld) for the J lane groups from j0: s[u * lw + j * W + lane]
+// = sum_d qt[d * lw + j * W + lane] * k[u * kld + d], summed over d in order (every query's score, whatever U, J
+// and j0).
+template <int D, int U, int J>
+inline void qk_tokens(const float* qt, int64_t lw, int64_t j0, const float* k, int64_t kld, float* s) {
+  vf acc[U][J] = {};
   for (int d = 0; d < D; ++d) {
-    const vf qv = loadv(qt + d * lw + j * W);
-    for (int u = 0; u < U; ++u) acc[u] += qv * k[u * D + d];
+    vf qv[J];
+    for (int j = 0; j < J; ++j) qv[j] = loadv(qt + d * lw + (j0 + j) * W);
+    for (int u = 0; u < U; ++u) {
+      const float kd = k[u * kld + d];
+      for (int j = 0; j < J; ++j) acc[u][j] += qv[j] * kd;
+    }
   }
-  for (int u = 0; u < U; ++u) storev(s + u * lw + j * W, acc[u]);
+  for (int u = 0; u < U; ++u)
+    for (int j = 0; j < J; ++j) storev(s + u * lw + (j0 + j) * W, acc[u][j]);
 }
 
+template <int D, int J>
+void qk_groups(const float* qt, int64_t lw, int64_t j0, const float* k, int64_t kld, int64_t n, float* s) {
+  constexpr int U = kAcc / J < 8 ? kAcc / J : 8;
+  int64_t t = 0;
+  for (; t + U <= n; t += U) qk_tokens<D, U, J>(qt, lw, j0, k + t * kld, kld, s + t * lw);
+  for (; t < n; ++t) qk_tokens<D, 1, J>(qt, lw, j0, k + t * kld, kld, s + t * lw);
+}
+
+// Scores s (n x lw) of the lanes' queries qt (D x lw) against n keys k (n x D, row stride kld).
 template <int D>
-void qk(const float* qt, int64_t lw, const float* k, int64_t n, float* s) {
-  for (int64_t j = 0; j < lw / W; ++j) {
-    int64_t t = 0;
-    for (; t + kTok <= n; t += kTok) qk_tokens<D, kTok>(qt, lw, j, k + t * D, s + t * lw);
-    for (; t < n; ++t) qk_tokens<D, 1>(qt, lw, j, k + t * D, s + t * lw);
-  }
+void qk(const float* qt, int64_t lw, const float* k, int64_t kld, int64_t n, float* s) {
+  int64_t j = 0;
+  for (; j + 3 <= lw / W; j += 3) qk_groups<D, 3>(qt, lw, j, k, kld, n, s);
+  if (lw / W - j == 2) qk_groups<D, 2>(qt, lw, j, k, kld, n, s);
+  if (lw / W - j == 1) qk_groups<D, 1>(qt, lw, j, k, kld, n, s);
 }
 
 // The online-softmax step of one block for every lane: lane i sees the block's first nv[i] tokens (0: its state is
 // left as it is). Scores s (n x lw) become probabilities p = exp(score - new max) (0 where not seen); m and l are
-// the running max and sum; corr gets exp(old max - new max), the factor of the lane's accumulator.
+// the running max and sum; corr gets exp(old max - new max), the factor of the lane's accumulator. Masked = false
+// when every lane sees all n tokens (padding lanes too: their queries are zeros): the same bits without the masks.
+template <bool Masked>
 void softmax_step(float* s, int64_t lw, int64_t n, const int32_t* nv, float* m, float* l, float* corr) {
   for (int64_t j = 0; j < lw; j += W) {
-    const vi seen = loadi(nv + j);
+    const vi seen = loadi(nv + j), any = seen > 0;
     vf top = splat(-INFINITY);
     for (int64_t t = 0; t < n; ++t) {
       const vf x = loadv(s + t * lw + j);
-      top = (vi{} + int32_t(t) < seen) & (top < x) ? x : top;
+      top = Masked ? ((vi{} + int32_t(t) < seen) & (top < x) ? x : top) : (top < x ? x : top);
     }
     const vf old = loadv(m + j);
-    const vi any = seen > 0;
-    const vf mx = any & (old < top) ? top : old;
-    const vf c = any ? vexp(any ? old - mx : splat(0.0f)) : splat(1.0f);  // old = -inf: exp(-87), times 0
+    const vf mx = Masked ? (any & (old < top) ? top : old) : (old < top ? top : old);
+    // old = -inf (nothing seen yet): exp(-87) ~ 1.6e-38, times a zero sum and accumulator
+    const vf c = Masked ? (any ? vexp(any ? old - mx : splat(0.0f)) : splat(1.0f)) : vexp(old - mx);
     vf sum = {};
     for (int64_t t = 0; t < n; ++t) {
-      const vi vis = vi{} + int32_t(t) < seen;
-      const vf p = vis ? vexp(vis ? loadv(s + t * lw + j) - mx : splat(0.0f)) : splat(0.0f);
+      const vf x = loadv(s + t * lw + j);
+      vf p;
+      if (Masked) {
+        const vi vis = vi{} + int32_t(t) < seen;
+        p = vis ? vexp(vis ? x - mx : splat(0.0f)) : splat(0.0f);
+      } else {
+        p = vexp(x - mx);
+      }
       storev(s + t * lw + j, p);
       sum += p;
     }
@@ -201,9 +248,10 @@ struct DVec<8> {
   typedef vf8 type;
 };
 
-// acc[i] = acc[i] * corr[i] + sum_t p[t][lane[i]] * v[t] for R queries over n tokens (v: n rows of D floats).
+// acc[i] = acc[i] * corr[i] + sum_t p[t][lane[i]] * v[t] for R queries over n tokens (v: n rows of D floats, row
+// stride vld).
 template <int D, int R>
-inline void pv_queries(const float* p, int64_t lw, const int32_t* lane, const float* v, int64_t n,
+inline void pv_queries(const float* p, int64_t lw, const int32_t* lane, const float* v, int64_t vld, int64_t n,
                        float* const* acc, const float* corr) {
   typedef typename DVec<D>::type V;
   constexpr int L = sizeof(V) / sizeof(float), C = D / L;
@@ -212,7 +260,7 @@ inline void pv_queries(const float* p, int64_t lw, const int32_t* lane, const fl
     for (int c = 0; c < C; ++c) a[r][c] = loadv<V>(acc[r] + c * L) * corr[lane[r]];
   for (int64_t t = 0; t < n; ++t) {
     V vv[C];
-    for (int c = 0; c < C; ++c) vv[c] = loadv<V>(v + t * D + c * L);
+    for (int c = 0; c < C; ++c) vv[c] = loadv<V>(v + t * vld + c * L);
     for (int r = 0; r < R; ++r) {
       const float pr = p[t * lw + lane[r]];
       for (int c = 0; c < C; ++c) a[r][c] += pr * vv[c];
@@ -228,56 +276,74 @@ struct Scratch {
   Buf<float> qt, lm, ll, corr, s, k, v;  // lanes: (D, lw) scaled queries, (lw,) states, (B, lw) scores, K/V rows
   Buf<int32_t> query, pos, nv, lane;   // lanes: local query (-1: padding), q_pos, tokens seen; real lanes
   Buf<float*> accs;
+  int64_t lw = 0;
 };
 
-// The rows of each tile, grouped by segment in segment order: tile t's entries are [start[t], start[t + 1]).
+// The rows of each tile, grouped by segment in segment order: tile t's entries are [start[t], start[t + 1]). A row
+// is in every tile that holds one of its queries (r * G .. r * G + G - 1); segments without tokens are left out.
 struct Tiles {
   Buf<int64_t> start;
   Buf<int32_t> seg, row;
 };
 
 void plan_tiles(const PagedAttention& a, Tiles* tl) {
-  const int64_t tiles = (a.rows + kTileRows - 1) / kTileRows;
+  const int64_t G = a.heads / a.kv_heads, tiles = (a.rows * G + kTile - 1) / kTile;
   Buf<int64_t> fill;
   tl->start.assign(tiles + 1, 0);
-  const auto live = [&](int64_t s) { return a.seg_len[s] > 0; };
-  for (int64_t s = 0; s < a.segments; ++s)
-    for (int64_t i = a.seg_row_indptr[s]; live(s) && i < a.seg_row_indptr[s + 1]; ++i)
-      ++tl->start[a.seg_rows[i] / kTileRows + 1];
-  for (int64_t t = 0; t < tiles; ++t) tl->start[t + 1] += tl->start[t];
-  fill.resize(tiles);
-  for (int64_t t = 0; t < tiles; ++t) fill[t] = tl->start[t];
-  tl->seg.resize(tl->start[tiles]);
-  tl->row.resize(tl->start[tiles]);
-  for (int64_t s = 0; s < a.segments; ++s) {
-    for (int64_t i = a.seg_row_indptr[s]; live(s) && i < a.seg_row_indptr[s + 1]; ++i) {
-      const int64_t e = fill[a.seg_rows[i] / kTileRows]++;
-      tl->seg[e] = int32_t(s);
-      tl->row[e] = a.seg_rows[i];
+  for (int pass = 0; pass < 2; ++pass) {  // count, then fill
+    for (int64_t s = 0; s < a.segments; ++s) {
+      for (int64_t i = a.seg_row_indptr[s]; a.seg_len[s] > 0 && i < a.seg_row_indptr[s + 1]; ++i) {
+        const int64_t r = a.seg_rows[i];
+        for (int64_t t = r * G / kTile; t <= (r * G + G - 1) / kTile; ++t) {
+          if (pass == 0) {
+            ++tl->start[t + 1];
+            continue;
+          }
+          const int64_t e = fill[t]++;
+          tl->seg[e] = int32_t(s);
+          tl->row[e] = int32_t(r);
+        }
+      }
     }
+    if (pass == 1) break;
+    for (int64_t t = 0; t < tiles; ++t) tl->start[t + 1] += tl->start[t];
+    fill.resize(tiles);
+    for (int64_t t = 0; t < tiles; ++t) fill[t] = tl->start[t];
+    tl->seg.resize(tl->start[tiles]);
+    tl->row.resize(tl->start[tiles]);
   }
 }
 
-// Lanes for the count rows (ids in rows) of segment s in the task's tile: queries scaled and transposed, states
-// gathered. Returns the lane width lw (a multiple of W).
+// Lanes for the queries in [q0, q0 + kTile) of the count rows (ids in rows) of segment s: queries scaled and
+// transposed, states gathered. Returns the number of lanes used; sc->lw gets the lane width (a multiple of W).
 template <int D, typename T>
-int64_t gather(const PagedAttention& a, const int32_t* rows, int64_t count, int64_t r0, int64_t h, Scratch* sc) {
-  const int64_t G = a.heads / a.kv_heads, nq = count * G, lw = (nq + W - 1) / W * W;
+int64_t gather(const PagedAttention& a, const int32_t* rows, int64_t count, int64_t q0, int64_t h, Scratch* sc) {
+  const int64_t G = a.heads / a.kv_heads;
+  const auto g_lo = [&](int64_t r) { return imax(0, q0 - r * G); };  // the row's queries in the tile: [lo, hi)
+  const auto g_hi = [&](int64_t r) { return imin(G, q0 + kTile - r * G); };
+  int64_t lanes = 0;
+  for (int64_t e = 0; e < count; ++e) lanes += g_hi(rows[e]) - g_lo(rows[e]);
+  const int64_t lw = (lanes + W - 1) / W * W;
   const T* q = static_cast<const T*>(a.q);
+  sc->lw = lw;
   sc->qt.assign(D * lw, 0.0f);
   sc->lm.assign(lw, -INFINITY);
   sc->ll.assign(lw, 0.0f);
   sc->query.assign(lw, -1);
   sc->pos.assign(lw, 0);
-  for (int64_t i = 0; i < nq; ++i) {
-    const int64_t r = rows[i / G], hq = h * G + i % G, local = (r - r0) * G + i % G;
-    for (int d = 0; d < D; ++d) sc->qt[d * lw + i] = load1(q, (r * a.heads + hq) * D + d) * a.scale;
-    sc->lm[i] = sc->m[local];
-    sc->ll[i] = sc->l[local];
-    sc->query[i] = int32_t(local);
-    sc->pos[i] = a.q_pos != nullptr ? a.q_pos[r] : 0;
+  int64_t i = 0;
+  for (int64_t e = 0; e < count; ++e) {
+    const int64_t r = rows[e];
+    for (int64_t g = g_lo(r); g < g_hi(r); ++g, ++i) {
+      const int64_t local = r * G + g - q0;
+      for (int d = 0; d < D; ++d) sc->qt[d * lw + i] = load1(q, (r * a.heads + h * G + g) * D + d) * a.scale;
+      sc->lm[i] = sc->m[local];
+      sc->ll[i] = sc->l[local];
+      sc->query[i] = int32_t(local);
+      sc->pos[i] = a.q_pos != nullptr ? a.q_pos[r] : 0;
+    }
   }
-  return lw;
+  return i;
 }
 
 // Block bi (n tokens) of segment s for the lanes: returns how many of its tokens the lanes see at most (0: none).
@@ -296,10 +362,13 @@ int64_t visible(const PagedAttention& a, int64_t s, int64_t bi, int64_t n, int64
 
 // The segment s for the task's rows listed in it (rows[0 .. count)): block by block, one online-softmax step each.
 template <int D, typename T>
-void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t r0, int64_t h,
+void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0, int64_t h,
                     Scratch* sc) {
-  const int64_t lw = gather<D, T>(a, rows, count, r0, h, sc), nq = count * (a.heads / a.kv_heads);
+  const int64_t nq = gather<D, T>(a, rows, count, q0, h, sc), lw = sc->lw;
   const int64_t B = a.block_size, ld = a.kv_heads * D, len = a.seg_len[s];
+  const bool causal = a.causal != nullptr && a.causal[s] != 0;
+  const T* k_cache = static_cast<const T*>(a.k_cache);
+  const T* v_cache = static_cast<const T*>(a.v_cache);
   sc->s.resize(B * lw);
   sc->corr.resize(lw);
   sc->k.resize(B * D);
@@ -312,17 +381,26 @@ void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int
     const int64_t n = visible(a, s, bi, imin(B, len - bi * B), lw, sc);
     if (n == 0) continue;  // a causal block no row here sees yet: every state stays as it is
     const int64_t first = (int64_t(a.block_ids[b]) * B * a.kv_heads + h) * D;  // token 0 of the block, head h
-    rows_f32<D>(static_cast<const T*>(a.k_cache) + first, ld, n, sc->k.data());
-    rows_f32<D>(static_cast<const T*>(a.v_cache) + first, ld, n, sc->v.data());
-    qk<D>(sc->qt.data(), lw, sc->k.data(), n, sc->s.data());
-    softmax_step(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.data());
+    if (b + 1 < a.seg_block_indptr[s + 1]) {
+      const int64_t next = (int64_t(a.block_ids[b + 1]) * B * a.kv_heads + h) * D;
+      prefetch_rows<D>(k_cache + next, ld, B);
+      prefetch_rows<D>(v_cache + next, ld, B);
+    }
+    int64_t kld = ld, vld = ld;
+    const float* k = rows_f32<D>(k_cache + first, &kld, n, sc->k.data());
+    const float* v = rows_f32<D>(v_cache + first, &vld, n, sc->v.data());
+    qk<D>(sc->qt.data(), lw, k, kld, n, sc->s.data());
+    if (causal) {
+      softmax_step<true>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.data());
+    } else {
+      softmax_step<false>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.data());
+    }
     int64_t i = 0;
     for (; i + kQueries <= nq; i += kQueries)
-      pv_queries<D, kQueries>(sc->s.data(), lw, sc->lane.data() + i, sc->v.data(), n, sc->accs.data() + i,
+      pv_queries<D, kQueries>(sc->s.data(), lw, sc->lane.data() + i, v, vld, n, sc->accs.data() + i,
                               sc->corr.data());
     for (; i < nq; ++i)
-      pv_queries<D, 1>(sc->s.data(), lw, sc->lane.data() + i, sc->v.data(), n, sc->accs.data() + i,
-                       sc->corr.data());
+      pv_queries<D, 1>(sc->s.data(), lw, sc->lane.data() + i, v, vld, n, sc->accs.data() + i, sc->corr.data());
   }
   for (int64_t i = 0; i < nq; ++i) {
     sc->m[sc->query[i]] = sc->lm[i];
@@ -330,10 +408,10 @@ void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int
   }
 }
 
-// One task: KV head h for the rows of tile `tile`; writes their outputs (zeros for a row that saw no token).
+// One task: KV head h for the queries of tile `tile`; writes their outputs (zeros for a row that saw no token).
 template <int D, typename T>
 void run_task(const PagedAttention& a, const Tiles& tl, int64_t tile, int64_t h, Scratch* sc) {
-  const int64_t G = a.heads / a.kv_heads, r0 = tile * kTileRows, nr = imin(kTileRows, a.rows - r0), nq = nr * G;
+  const int64_t G = a.heads / a.kv_heads, q0 = tile * kTile, nq = imin(kTile, a.rows * G - q0);
   sc->m.assign(nq, -INFINITY);
   sc->l.assign(nq, 0.0f);
   sc->acc.assign(nq * D, 0.0f);
@@ -341,13 +419,13 @@ void run_task(const PagedAttention& a, const Tiles& tl, int64_t tile, int64_t h,
   for (int64_t e = tl.start.p[tile]; e < end;) {
     int64_t next = e;
     while (next < end && tl.seg.p[next] == tl.seg.p[e]) ++next;
-    attend_segment<D, T>(a, tl.seg.p[e], tl.row.p + e, next - e, r0, h, sc);
+    attend_segment<D, T>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, h, sc);
     e = next;
   }
   T* out = static_cast<T*>(a.out);
   for (int64_t i = 0; i < nq; ++i) {
     const float inv = sc->l[i] > 0.0f ? 1.0f / sc->l[i] : 0.0f;
-    const int64_t o = ((r0 + i / G) * a.heads + h * G + i % G) * D;
+    const int64_t r = (q0 + i) / G, o = (r * a.heads + h * G + (q0 + i) % G) * D;
     for (int d = 0; d < D; ++d) store1(out, o + d, sc->acc[i * D + d] * inv);
   }
 }
@@ -356,7 +434,7 @@ template <int D, typename T>
 void run_typed(const PagedAttention& a) {
   Tiles tl;
   plan_tiles(a, &tl);
-  const int64_t tiles = (a.rows + kTileRows - 1) / kTileRows, tasks = tiles * a.kv_heads;
+  const int64_t tiles = (a.rows * (a.heads / a.kv_heads) + kTile - 1) / kTile, tasks = tiles * a.kv_heads;
 #pragma omp parallel
   {
     Scratch sc;
