@@ -157,7 +157,7 @@ def test_three_levels(dtype):
 
 
 # (seg_lens, seg_rows, rows, heads, kv_heads, block_size): 1 and 7 rows, block sizes 1 and 16, partial last blocks,
-# 1-token segments, empty segments and segments with no row, Hq = Hkv and GQA 3:1
+# 1-token segments, empty segments and segments with no row, Hq = Hkv, GQA 3:1 and 20:1
 AWKWARD = {
     "1-row-1-token-bs1": ([1], [[0]], 1, 2, 2, 1),
     "1-row-partial-block-gqa3": ([17, 1], [[0], [0]], 1, 6, 2, 16),
@@ -166,6 +166,7 @@ AWKWARD = {
                           7, 4, 4, 16),
     "7-rows-own-segments-bs16": ([16, 1, 2, 15, 17, 31, 32], [[r] for r in range(7)], 7, 6, 2, 16),
     "no-rows": ([5, 0], [[], []], 0, 2, 2, 4),
+    "2-rows-gqa20": ([9, 4], [[0, 1], [1]], 2, 20, 1, 4),  # a row's 20 query heads span two 16-query C++ tiles
 }
 
 
@@ -453,3 +454,16 @@ def test_native_head_dims_and_binding_checks():
     assert run(layout, backend="reference").shape == (1, 2, 48)
     with pytest.raises(ValueError, match=r"causal, q_pos and seg_start go together"):
         native_call({**BASE, "causal": torch.zeros(3, dtype=torch.bool)})
+
+
+def test_native_rows_do_not_depend_on_the_thread_count():
+    """The three-level layout (10 tasks) with 1, 2 and 3 threads: the same bits. spct._C runs on the OpenMP runtime
+    torch loaded (one libgomp per process), so torch.set_num_threads sets its thread count too."""
+    native_lib()
+    layout = three_levels(torch.bfloat16)
+    outs = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        outs.append(bits(run(layout)))
+    torch.set_num_threads(1)  # the module's setting (fixture one_thread)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
