@@ -1,156 +1,89 @@
-"""`spct.Engine`: k samples per prompt, each prompt prefilled once and its KV shared by its samples.
+"""`spct.Engine`: k samples per prompt, online: paged KV with a prefix cache and continuous batching.
 
     engine = spct.Engine.from_pretrained("smollm2-135m")
     outs = engine.generate(["Rate these answers ..."], k=8, max_new_tokens=256, temperature=0.5, seed=7)
     outs[0][3].text  # sample 3 of prompt 0
 
-Randomness: sample j of a prompt draws its token at step t through `spct.sample` keyed by (the prompt's seed,
-offset j * 2^32 + t) and nothing else, so a prompt with its seed gives the same samples alone or beside any other
-prompts (the runner's arithmetic per row does not depend on the batch either; see `Runner.row_multiple`).
+    handle = engine.submit("Rate these answers ...", k=8, seed=7)   # returns at once
+    samples = handle.result()        # or: await handle; or: for sample in handle (as they finish)
+    engine.cancel(handle); engine.stats()
 
-The engine runs one generation loop over a runner (`spct.engine.runner.Runner`): `LlamaRunner` for the Llama family,
-`HFRunner` (any `transformers` causal LM, the slow path) for other architectures.
+The KV lives in blocks of `block_size` tokens within one budget (`kv_cache_mb`). A prompt is prefilled once, in
+chunks, and its k samples share its blocks; a later prompt with a cached prefix computes only the rest; a step
+decodes every running sample and adds prefill chunks of waiting prompts (`spct.engine.scheduler`); a finished
+sample frees its blocks at once. `generate` submits its prompts and waits: the same loop.
 
-A prompt is a string, token ids or a chat conversation (messages through the tokenizer's chat template, as vLLM's
-`LLM.chat`): `spct.engine.prompts`. `spct.pad_samples(outs)` turns the samples into the padded ids that
-`spct.extract_scores` takes.
+Randomness and batch invariance: sample j of a request draws its token at step t through `spct.sample` keyed by (the
+request's seed, offset j * 2^32 + t) and nothing else, and a row's arithmetic does not depend on the other rows of
+a step (`spct.paged_attention`'s rule; float32 CPU matmuls in fixed tiles), so a request gives the same samples
+alone or beside any other requests, whenever it arrives.
 
-Choices where the usual engines differ, spelled out:
-- `logprobs` are the model's own: log_softmax of the raw logits (before temperature, masks and constraints), as
-  vLLM returns by default; one per generated token.
-- A stop string ends the sample; `text` is cut just before it, `token_ids` keep the token that completed it. EOS
-  ends a sample too, kept in `token_ids`, not in `text` (special tokens are skipped).
-- Before `min_new_tokens` tokens, EOS is masked out and stop strings are not matched.
-- A prompt longer than the model's context is an error; a prompt that fits but leaves fewer than
-  `max_new_tokens` positions stops at the context with finish_reason "length".
+Runners: `LlamaRunner` for the Llama family; `HFRunner` (any `transformers` causal LM, the slow path) for other
+architectures, on the static loop (`spct.engine.static`; no submit there). A prompt is a string, token ids or a chat
+conversation (`spct.engine.prompts`). Token choice and stop rules: `spct.engine.tokens`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections import deque
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from spct.engine.hf import HFRunner
-from spct.engine.llama import DecodeStep, LlamaRunner, supported
+from spct.engine.kv_blocks import MIB, blocks_for_budget
+from spct.engine.llama import LlamaRunner, supported
 from spct.engine.models import fetch
+from spct.engine.online import Handle, Online
 from spct.engine.prompts import prompt_token_ids
-from spct.engine.runner import KV, Runner
-from spct.ops.sample import sample
+from spct.engine.runner import Runner
+from spct.engine.static import generate_static
+from spct.engine.tokens import (Allow, Constraint, Force, Request, Sample, TokenRules, check_settings, extra_tokens,
+                                is_int)
 
-__all__ = ["Allow", "Constraint", "Engine", "Force", "Sample"]
+__all__ = ["Allow", "Constraint", "Engine", "Force", "Handle", "Sample"]
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-@dataclass
-class Sample:
-    """One generated sample: token ids (generated only), decoded text, "stop" or "length", optional logprobs."""
-
-    token_ids: list[int]
-    text: str
-    finish_reason: str
-    logprobs: list[float] | None = None
-
-
-@dataclass(frozen=True)
-class Allow:
-    """A constraint's answer: the next token must be one of these ids."""
-
-    token_ids: Sequence[int]
-
-
-@dataclass(frozen=True)
-class Force:
-    """A constraint's answer: append these ids next, without sampling (logprobs still scored)."""
-
-    token_ids: Sequence[int]
-
-
-# A constraint is called before each token a sample chooses (not while forced tokens are pending) with the sample's
-# index j among its prompt's k and its generated ids so far; None leaves the choice free.
-# A constraint may also extend samples: with a method on_end(j, ids) -> ids | None and an int attribute
-# max_extra_tokens, it is called once per sample when the sample ends by EOS or by its token budget (not by a stop
-# string), with the ids so far (a final EOS included). Ids it returns are forced next, in place of that EOS, and
-# the sample may run max_extra_tokens tokens past max_new_tokens (within the context); the KV for them is reserved.
-Constraint = Callable[[int, Sequence[int]], "Allow | Force | None"]
-
-
-def _extra_tokens(constraints: Sequence) -> int:
-    """Tokens past max_new_tokens that the constraints' on_end may add to a sample."""
-    extra = 0
-    for c in constraints:
-        if c is not None and hasattr(c, "on_end"):
-            n = getattr(c, "max_extra_tokens", None)
-            if not _is_int(n) or n < 0:
-                raise ValueError(f"a constraint with on_end needs max_extra_tokens, an int >= 0; got {n!r}")
-            extra = max(extra, n)
-    return extra
-
-
-@dataclass
-class _Live:
-    """Bookkeeping of one sample while it generates."""
-
-    prompt: int  # index in the group
-    j: int  # sample index within its prompt
-    slot: int  # own-KV slot
-    seed: int
-    limit: int  # max tokens (max_new_tokens, or fewer near the context)
-    room: int = 1 << 62  # positions left in the context after the prompt
-    extended: bool = False  # on_end was called
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    forced: deque = field(default_factory=deque)
-    finish: str | None = None
-
-
-@dataclass(frozen=True)
-class _Settings:
-    max_new_tokens: int
-    min_new_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float
-    stop: tuple[str, ...]
-    return_logprobs: bool
-
-    @property
-    def stop_window(self) -> int:
-        return max(len(x.encode()) for x in self.stop) + 2
-
-
 class Engine:
-    """Generation with prefix-shared KV on a runner (`LlamaRunner`, or `HFRunner` for other architectures) for any
-    device torch runs on."""
+    """Generation on a runner (`LlamaRunner`, or `HFRunner` for other architectures) for any device torch runs on.
 
-    def __init__(self, runner: Runner, tokenizer, eos_token_ids: Sequence[int], max_batch: int = 256):
+    max_batch: sample rows decoded together (more requests wait their turn); kv_cache_mb: the KV budget in MiB
+    (default: a quarter of the memory free when the engine first runs, at most what max_batch samples at the full
+    context need); block_size: tokens per KV block; prefill_chunk: prompt tokens computed per step at most."""
+
+    def __init__(self, runner: Runner, tokenizer, eos_token_ids: Sequence[int], max_batch: int = 256, *,
+                 kv_cache_mb: float | None = None, block_size: int = 16, prefill_chunk: int = 256):
+        for name, value, low in (("max_batch", max_batch, 1), ("block_size", block_size, 1),
+                                 ("prefill_chunk", prefill_chunk, block_size if is_int(block_size) else 1)):
+            if not is_int(value) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.runner, self.tokenizer = runner, tokenizer
-        self.eos_token_ids = sorted(set(eos_token_ids))
-        self.max_batch = max_batch
+        self.rules = TokenRules(tokenizer, eos_token_ids)
+        self.eos_token_ids = self.rules.eos_token_ids
+        self.max_batch, self.block_size, self.prefill_chunk = max_batch, block_size, prefill_chunk
         self.context = runner.config.max_positions
         self.vocab_size = runner.config.vocab_size
+        self.kv_cache_mb = kv_cache_mb
+        self.num_blocks = None if kv_cache_mb is None else self._blocks(kv_cache_mb)  # checks the budget
         self.last_kv_bytes = 0
+        self._online: Online | None = None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str | torch.dtype = "bfloat16",
-                        device: str | torch.device = "cpu", max_batch: int = 256):
+                        device: str | torch.device = "cpu", max_batch: int = 256, kv_cache_mb: float | None = None,
+                        block_size: int = 16, prefill_chunk: int = 256):
         """name_or_path: a model alias (`spct.models.MODELS`), a Hugging Face checkpoint directory or a .gguf file.
-        dtype: "bfloat16" or "float32"; max_batch: sample rows decoded together (more prompts wait their turn).
-        Llama, Mistral and Qwen2 run on `LlamaRunner`; other architectures on `HFRunner` (transformers, the slow
-        path: each prompt's KV copied per sample)."""
+        dtype: "bfloat16" or "float32"; the other arguments: the class docstring. Llama, Mistral and Qwen2 run on
+        `LlamaRunner`; other architectures on `HFRunner` (transformers, the slow path)."""
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
             dtype = DTYPES[dtype]
-        if not isinstance(max_batch, int) or max_batch < 1:
+        if not is_int(max_batch) or max_batch < 1:
             raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
         path = fetch(name_or_path)
         cfg = json.loads((Path(path) / "config.json").read_text())
@@ -162,14 +95,19 @@ class Engine:
             runner: Runner = LlamaRunner.from_dir(path, dtype, torch.device(device))
         else:
             runner = HFRunner.from_dir(path, dtype, torch.device(device), why)
-        return cls(runner, tokenizer, _eos_ids(path, cfg, tokenizer), max_batch)
+        return cls(runner, tokenizer, _eos_ids(path, cfg, tokenizer), max_batch, kv_cache_mb=kv_cache_mb,
+                   block_size=block_size, prefill_chunk=prefill_chunk)
 
     # -- public -------------------------------------------------------------------------------------------------
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Generate with new weights of the same model from now on, e.g. the policy's `state_dict()` between
-        reinforcement-learning steps (Hugging Face names; copied into the runner's dtype and layout)."""
+        reinforcement-learning steps (Hugging Face names; copied into the runner's dtype and layout). Cached
+        prefixes are dropped with the old weights; call it between requests."""
         self.runner = self.runner.with_weights(weights)
+        if self._online is not None:
+            self._online.shutdown()
+            self._online = None
 
     def generate(self, prompts: Sequence[str | Sequence[int] | Sequence[dict]], *, k: int | Sequence[int] = 1,
                  max_new_tokens: int = 256, min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0,
@@ -182,221 +120,134 @@ class Engine:
         generation prompt, as vLLM's `LLM.chat`); one call may mix them (`spct.engine.prompts`).
 
         k: samples per prompt, one int or one per prompt; seed: one int for all prompts or one per prompt; stop: a
-        string or strings that end a sample;
-        constraints: one per prompt (or None), see `Constraint`. Sampling as `spct.sample` (temperature 0 =
-        greedy). Semantics of logprobs, stop strings, min_new_tokens and the context: module docstring.
-        progress: called with a number of tokens processed: a prompt's length after its prefill, and after each
-        step the tokens it generated (one per sample still running); the calls add up to the prompts' tokens plus
-        the samples' tokens. An error about one prompt is a `spct.items.ItemError` named prompts[i]."""
-        settings = _check_settings(max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
-                                   return_logprobs)
+        string or strings that end a sample; constraints: one per prompt (or None), see `Constraint`. Sampling as
+        `spct.sample` (temperature 0 = greedy). Semantics of logprobs, stop strings, min_new_tokens and the
+        context: `spct.engine.tokens`. progress: called with a number of tokens processed (a prompt's length once
+        it is prefilled, then one per generated token); the calls add up to the prompts' tokens plus the samples'
+        tokens. An error about one prompt is a `spct.items.ItemError` named prompts[i]; a constraint's error is
+        raised as it was."""
+        settings = check_settings(max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
+                                  return_logprobs)
         if progress is not None and not callable(progress):
             raise ValueError(f"progress must be a callable taking a token count, or None; got {progress!r}")
         ids = prompt_token_ids(self.tokenizer, prompts, self.vocab_size, self.context)
-        ks = _ks(k, len(ids))
-        seeds = _seeds(seed, len(ids))
+        ks, seeds = _ks(k, len(ids)), _seeds(seed, len(ids))
         if constraints is not None and len(constraints) != len(ids):
             raise ValueError(f"constraints must have one entry per prompt ({len(ids)}), got {len(constraints)}")
-        outs: list[list[Sample]] = []
-        group: list[int] = []
-        for i in range(len(ids) + 1):  # prompts in groups of at most max_batch samples (one prompt at least)
-            if i == len(ids) or (group and sum(ks[g] for g in group) + ks[i] > self.max_batch):
-                outs += self._generate_group([ids[g] for g in group], [ks[g] for g in group], [seeds[g] for g in group],
-                                             [None if constraints is None else constraints[g] for g in group],
-                                             settings, progress)
-                group = []
-            if i < len(ids):
-                group.append(i)
+        reqs = [Request(p, ks[i], seeds[i], settings, None if constraints is None else constraints[i])
+                for i, p in enumerate(ids)]
+        for r in reqs:
+            extra_tokens(r.constraint)  # checks max_extra_tokens before anything runs
+        if not isinstance(self.runner, LlamaRunner):
+            return generate_static(self.runner, self.rules, self.context, reqs, self.max_batch, progress)
+        online = self._engine()
+        online.scheduler.peak_used = 0
+        handles = [online.submit(self._checked(r), progress) for r in reqs]
+        try:
+            outs = [h.result() for h in handles]
+        finally:
+            for h in handles:
+                if not h.done():
+                    online.cancel(h)
+        self.last_kv_bytes = online.scheduler.peak_used * online.block_bytes
         return outs
+
+    def submit(self, prompt: str | Sequence[int] | Sequence[dict], *, k: int = 1, max_new_tokens: int = 256,
+               min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               min_p: float = 0.0, seed: int = 0, stop: str | Sequence[str] = (), return_logprobs: bool = False,
+               constraint: Constraint | None = None, progress: Callable[[int], object] | None = None) -> Handle:
+        """One prompt, `generate`'s keyword arguments for it -> a `Handle` at once (`spct.engine.online`):
+        handle.result() blocks and returns the k samples as `generate` returns them for one prompt; `await handle`
+        the same in asyncio; iterating yields the samples as they finish. A request that would not fit the whole KV
+        budget alone is refused here (ValueError naming both sizes)."""
+        if not isinstance(self.runner, LlamaRunner):
+            raise ValueError(f"submit needs the paged runner; this model runs on transformers ({self.runner.why})")
+        settings = check_settings(max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
+                                  return_logprobs)
+        if not is_int(k) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        if progress is not None and not callable(progress):
+            raise ValueError(f"progress must be a callable taking a token count, or None; got {progress!r}")
+        ids = prompt_token_ids(self.tokenizer, [prompt], self.vocab_size, self.context)[0]
+        req = Request(ids, k, _seeds(seed, 1)[0], settings, constraint)
+        online = self._engine()
+        return online.submit(self._checked(req), progress)
+
+    def cancel(self, handle: Handle) -> None:
+        """Stops a submitted request: its blocks go back; handle.result() raises `RequestCancelled`."""
+        if self._online is not None:
+            self._online.cancel(handle)
+
+    def stats(self) -> dict:
+        """Counts since the engine started: running and waiting requests, blocks_used / blocks_free /
+        blocks_cached / blocks_total, prefix_hit_tokens, prefill_tokens, decode_tokens, preemptions, and
+        tokens_per_s (prefill plus decode tokens per second of step time)."""
+        return self._engine().stats()
+
+    def shutdown(self) -> None:
+        """Stops the step loop (unfinished requests fail with `RequestCancelled`); a later call starts a new one."""
+        if self._online is not None:
+            self._online.shutdown()
+            self._online = None
 
     # -- internals ----------------------------------------------------------------------------------------------
 
-    def _generate_group(self, ids: list[list[int]], ks: list[int], seeds: list[int], constraints: list,
-                        st: _Settings, progress: Callable[[int], object] | None):
-        runner = self.runner
-        device = runner.device
-        samples = []
-        for p in range(len(ids)):
-            room = self.context - len(ids[p])
-            samples += [_Live(p, j, len(samples) + j, seeds[p], min(st.max_new_tokens, room), room)
-                        for j in range(ks[p])]
-        live = samples
-        multiple = runner.row_multiple
-        own = st.max_new_tokens + _extra_tokens(constraints)
-        kv = runner.new_kv([len(p) for p in ids], len(samples) + multiple - 1, own)  # + slots for padding rows
-        self.last_kv_bytes = kv.nbytes  # the KV of the last group generated (prompt KV once + the samples' own)
-        first = []
-        for i, p in enumerate(ids):
-            first.append(runner.prefill(torch.tensor(p, device=device), kv, i))
-            if progress is not None:
-                progress(len(p))
-        logits = torch.stack(first)[torch.tensor([s.prompt for s in live], device=device)]
-        step = 0
-        while True:
-            self._choose(logits, live, step, constraints, st)
-            if progress is not None:
-                progress(len(live))  # one token per live sample
-            live_next = [s for s in live if s.finish is None]
-            if not live_next:
-                break
-            step += 1
-            logits = self._decode(live_next, ids, kv, step, multiple, len(samples))
-            live = live_next
-        outs: list[list[Sample]] = [[] for _ in ids]
-        for s in samples:
-            outs[s.prompt].append(self._output(s, st))
-        return outs
+    def _blocks(self, kv_cache_mb: float) -> int:
+        c = self.runner.config
+        return blocks_for_budget(kv_cache_mb, layers=c.num_layers, kv_heads=c.num_kv_heads, head_dim=c.head_dim,
+                                 block_size=self.block_size, dtype=self.runner.dtype)
 
-    def _decode(self, live: list[_Live], ids, kv: KV, step: int, multiple: int, base: int) -> torch.Tensor:
-        """The live samples' next logits (rows padded to `multiple`; padding rows use the slots from `base` on)."""
-        rows = len(live)
-        pad = -rows % multiple
-        tokens = [s.tokens[-1] for s in live] + [0] * pad
-        positions = [len(ids[s.prompt]) + step - 1 for s in live] + [0] * pad
-        prompts = [s.prompt for s in live] + [0] * pad
-        slots = [s.slot for s in live] + [base + i for i in range(pad)]
-        own_len = [step] * rows + [1] * pad
-        dev = self.runner.device
-        as_t = lambda v: torch.tensor(v, dtype=torch.int64, device=dev)  # noqa: E731
-        dstep = DecodeStep(as_t(tokens), as_t(positions), as_t(prompts), as_t(slots), as_t(own_len))
-        return self.runner.decode(dstep, kv)[:rows]
+    def _engine(self) -> Online:
+        if self._online is None:
+            if self.num_blocks is None:
+                self.kv_cache_mb = _default_budget(self.runner, self.max_batch, self.context)
+                self.num_blocks = self._blocks(self.kv_cache_mb)
+            self._online = Online(self.runner, self.rules, self.context, num_blocks=self.num_blocks,
+                                  block_size=self.block_size, max_batch=self.max_batch,
+                                  prefill_chunk=self.prefill_chunk)
+        return self._online
 
-    def _choose(self, logits: torch.Tensor, live: list[_Live], step: int, constraints: list, st: _Settings) -> None:
-        """Picks each live sample's next token from its logits row, appends it and marks finished samples."""
-        logprobs = torch.log_softmax(logits.float(), -1) if st.return_logprobs else None
-        masked = logits
-        if step < st.min_new_tokens and self.eos_token_ids:
-            masked = masked.clone()
-            masked[:, self.eos_token_ids] = -math.inf
-        for r, s in enumerate(live):
-            c = constraints[s.prompt]
-            if c is None or s.forced:
-                continue
-            action = c(s.j, tuple(s.tokens))
-            if isinstance(action, Force) and len(action.token_ids):
-                s.forced.extend(int(t) for t in action.token_ids)
-            elif isinstance(action, Allow):
-                if masked is logits:
-                    masked = masked.clone()
-                keep = torch.full_like(masked[r], -math.inf)
-                allowed = torch.as_tensor(np.asarray(action.token_ids, dtype=np.int64), device=masked.device)
-                keep[allowed] = masked[r, allowed]
-                masked[r] = keep
-            elif action is not None and not isinstance(action, Force):
-                raise TypeError(f"a constraint must return Allow, Force or None, got {type(action).__name__}")
-        dev = logits.device
-        seeds = torch.tensor([s.seed for s in live], dtype=torch.int64, device=dev)
-        offsets = torch.tensor([(s.j << 32) | step for s in live], dtype=torch.int64, device=dev)
-        chosen = sample(masked, temperature=st.temperature, top_k=st.top_k, top_p=st.top_p, min_p=st.min_p,
-                        seed=seeds, offset=offsets).tolist()
-        for r, s in enumerate(live):
-            token = s.forced.popleft() if s.forced else chosen[r]
-            s.tokens.append(token)
-            if logprobs is not None:
-                s.logprobs.append(float(logprobs[r, token]))
-            s.finish = self._finish_reason(s, st)
-            if s.finish is not None and not s.extended and hasattr(constraints[s.prompt], "on_end"):
-                self._extend(s, constraints[s.prompt], logprobs, r, st)
-
-    def _extend(self, s: _Live, c, logprobs, r: int, st: _Settings) -> None:
-        """Calls c.on_end for a sample that ended by EOS or its budget; forced ids it returns continue it."""
-        eos = s.tokens[-1] in self.eos_token_ids
-        if not eos and s.finish == "stop":  # a stop string
-            return
-        s.extended = True
-        more = [int(t) for t in (c.on_end(s.j, tuple(s.tokens)) or ())]
-        if not more:
-            return
-        if eos:  # the first forced id takes the EOS's place
-            s.tokens[-1] = more.pop(0)
-            if logprobs is not None:
-                s.logprobs[-1] = float(logprobs[r, s.tokens[-1]])
-        s.forced.extend(more)
-        s.limit = min(s.limit + c.max_extra_tokens, s.room)
-        s.finish = self._finish_reason(s, st)
-
-    def _finish_reason(self, s: _Live, st: _Settings) -> str | None:
-        n = len(s.tokens)
-        if n >= st.min_new_tokens:
-            if s.tokens[-1] in self.eos_token_ids:
-                return "stop"
-            if st.stop and self._stop_index(s.tokens, st) is not None:
-                return "stop"
-        return "length" if n >= s.limit else None
-
-    def _stop_index(self, tokens: list[int], st: _Settings) -> int | None:
-        """Whether a stop string occurs in the text of the last few tokens (enough tokens for the longest stop
-        string: every token holds at least one byte). Called after each token, so an occurrence is new."""
-        window = self.tokenizer.decode(tokens[-st.stop_window:], skip_special_tokens=True)
-        found = [i for i in (window.find(x) for x in st.stop) if i >= 0]
-        return min(found) if found else None
-
-    def _output(self, s: _Live, st: _Settings) -> Sample:
-        text = self.tokenizer.decode(s.tokens, skip_special_tokens=True)
-        if st.stop and s.finish == "stop" and s.tokens[-1] not in self.eos_token_ids:
-            # the stop string that ended the sample: the first one that ends past the min_new_tokens text
-            floor = len(self.tokenizer.decode(s.tokens[: st.min_new_tokens], skip_special_tokens=True))
-            ends = [(e, x) for x in st.stop for e in _ends(text, x) if e > floor]
-            if ends:
-                end, x = min(ends)
-                text = text[: end - len(x)]
-        return Sample(s.tokens, text, s.finish or "length", s.logprobs if st.return_logprobs else None)
+    def _checked(self, req: Request) -> Request:
+        """req, or a ValueError when it would not fit the KV budget alone."""
+        online = self._engine()
+        own = min(req.settings.max_new_tokens + extra_tokens(req.constraint), self.context - len(req.ids))
+        need = online.scheduler.blocks_needed(req, own)
+        if need > self.num_blocks:
+            size = need * online.block_bytes / MIB
+            raise ValueError(f"the request needs {need} KV blocks ({size:.1f} MiB: a {len(req.ids)}-token prompt "
+                             f"and k={req.k} samples of up to {own} tokens), more than the whole KV budget of "
+                             f"{self.num_blocks} blocks ({self.kv_cache_mb:g} MiB, kv_cache_mb)")
+        return req
 
 
-def _ends(text: str, x: str) -> list[int]:
-    """End offsets of every occurrence of x in text."""
-    ends, i = [], text.find(x)
-    while i >= 0:
-        ends.append(i + len(x))
-        i = text.find(x, i + 1)
-    return ends
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _default_budget(runner: Runner, max_batch: int, context: int) -> float:
+    """MiB: a quarter of the free memory of the runner's device, at most max_batch samples at the full context."""
+    c = runner.config
+    per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * runner.dtype.itemsize
+    if runner.device.type == "cuda":
+        free = torch.cuda.mem_get_info(runner.device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(min(free / 4, per_token * max_batch * context), per_token * 64) / MIB
 
 
 def _ks(k, prompts: int) -> list[int]:
-    if _is_int(k):
+    if is_int(k):
         if k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         return [k] * prompts
     ks = list(k) if isinstance(k, Sequence) else [k]
-    if len(ks) != prompts or not all(_is_int(x) and x >= 1 for x in ks):
+    if len(ks) != prompts or not all(is_int(x) and x >= 1 for x in ks):
         raise ValueError(f"k must be an int >= 1 or one per prompt ({prompts}), got {k!r}")
     return ks
 
 
-def _check_settings(max_new_tokens, min_new_tokens, temperature, top_k, top_p, min_p, stop,
-                    return_logprobs) -> _Settings:
-    is_int = _is_int
-    if not is_int(max_new_tokens) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if not is_int(min_new_tokens) or not 0 <= min_new_tokens <= max_new_tokens:
-        raise ValueError(f"min_new_tokens must be an int in [0, max_new_tokens = {max_new_tokens}], "
-                         f"got {min_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not temperature >= 0 or math.isinf(temperature):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if not is_int(top_k) or top_k < 0:
-        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(min_p, (int, float)) or not 0 <= min_p < 1:
-        raise ValueError(f"min_p must be in [0, 1), got {min_p!r}")
-    stops = (stop,) if isinstance(stop, str) else tuple(stop)
-    for x in stops:
-        if not isinstance(x, str) or not x:
-            raise ValueError(f"stop strings must be non-empty strings, got {x!r}")
-    return _Settings(max_new_tokens, min_new_tokens, float(temperature), top_k, float(top_p), float(min_p), stops,
-                     bool(return_logprobs))
-
-
 def _seeds(seed, prompts: int) -> list[int]:
-    seeds = [seed] * prompts if isinstance(seed, int) and not isinstance(seed, bool) else list(seed)
+    seeds = [seed] * prompts if is_int(seed) else list(seed)
     if len(seeds) != prompts:
         raise ValueError(f"seed must be an int or one int per prompt ({prompts}), got {len(seeds)} seeds")
     for i, x in enumerate(seeds):
-        if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x < 2**63:
+        if not is_int(x) or not 0 <= x < 2**63:
             raise ValueError(f"seed[{i}] = {x!r} must be an int in [0, 2**63)")
     return seeds
 

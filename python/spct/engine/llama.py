@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from spct.engine.models import fetch, read_json
+from spct.ops import paged_attention as paged
 from spct.ops import prefix_attention as pa
 from spct.ops.linear import Linear
 
@@ -31,6 +32,7 @@ __all__ = ["ARCHITECTURES", "DecodeStep", "KVCache", "LlamaConfig", "LlamaRunner
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass: bounds the activations of long prompts
 NATIVE_PREFILL_CHUNK = 256  # the native kernel's best chunk on an AVX-512 CPU (measured at 1,500-token prompts)
+TILE_ROWS = 16  # float32 CPU matmuls run in tiles of this many rows (`LlamaRunner._linear`)
 STATIC_ROPE = ("default", "linear", "llama3", "yarn", "longrope")  # position-independent inverse frequencies
 
 
@@ -212,6 +214,7 @@ class LlamaRunner:
         self.cos = (emb.cos() * attention_factor).to(device=device, dtype=dtype)  # (max_positions, D)
         self.sin = (emb.sin() * attention_factor).to(device=device, dtype=dtype)
         self.scale = 1.0 / math.sqrt(c.head_dim)
+        self._tiled = dtype == torch.float32 and device.type == "cpu"
 
     @classmethod
     def from_dir(cls, path: str | Path, dtype: torch.dtype, device: torch.device) -> LlamaRunner:
@@ -259,10 +262,10 @@ class LlamaRunner:
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
         return weight * h.to(x.dtype)
 
-    def _qkv(self, layer: dict, h: torch.Tensor, positions: torch.Tensor):
+    def _qkv(self, layer: dict, h: torch.Tensor, positions: torch.Tensor, tiled: bool = False):
         """h: (N, hidden) -> q (N, Hq, D), k (N, Hkv, D), v (N, Hkv, D), RoPE applied to q and k."""
         c = self.config
-        qkv = layer["qkv"](h).view(h.shape[0], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
+        qkv = self._linear(layer["qkv"], h, tiled).view(h.shape[0], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
         qk, v = qkv[:, : c.num_heads + c.num_kv_heads], qkv[:, c.num_heads + c.num_kv_heads:]
         cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
         half = c.head_dim // 2
@@ -270,14 +273,26 @@ class LlamaRunner:
         qk = qk * cos + rotated * sin
         return qk[:, : c.num_heads], qk[:, c.num_heads:], v
 
-    def _mlp(self, layer: dict, x: torch.Tensor) -> torch.Tensor:
+    def _mlp(self, layer: dict, x: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         h = self._rms_norm(x, layer["post_norm"])
-        gate, up = layer["gate_up"](h).chunk(2, dim=-1)
-        return x + layer["down"](F.silu(gate) * up)
+        gate, up = self._linear(layer["gate_up"], h, tiled).chunk(2, dim=-1)
+        return x + self._linear(layer["down"], F.silu(gate) * up, tiled)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head: (N, hidden) -> (N, V) in the model dtype."""
-        return self.lm_head(self._rms_norm(x, self.norm))
+    def logits(self, x: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+        """Final norm and LM head: (N, hidden) -> (N, V) in the model dtype (tiled: `_linear`)."""
+        return self._linear(self.lm_head, self._rms_norm(x, self.norm), tiled)
+
+    def _linear(self, linear: Linear, x: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+        """linear(x); tiled (the online engine's steps): in tiles of TILE_ROWS rows (the last one padded) where the
+        matmul's bits for a row depend on how many rows it is given (float32 on the CPU: MKL's kernels differ by
+        M), so that a row's result never depends on the other rows of a step."""
+        rows = x.shape[0]
+        if not (tiled and self._tiled) or rows == 0:
+            return linear(x)
+        pad = -rows % TILE_ROWS
+        if pad:
+            x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+        return torch.cat([linear(t) for t in x.split(TILE_ROWS)])[:rows]
 
     # -- forward passes -----------------------------------------------------------------------------------------
 
@@ -395,3 +410,36 @@ class LlamaRunner:
             x = x + layer["o"](attn.view(x.shape[0], -1))
             x = self._mlp(layer, x)
         return x
+
+    # -- the online engine's paged KV ---------------------------------------------------------------------------
+
+    def new_paged_kv(self, num_blocks: int, block_size: int) -> torch.Tensor:
+        """The paged KV of every layer: (layers, 2, num_blocks, block_size, Hkv, D), uninitialised."""
+        c = self.config
+        return torch.empty((c.num_layers, 2, num_blocks, block_size, c.num_kv_heads, c.head_dim), dtype=self.dtype,
+                           device=self.device)
+
+    @torch.inference_mode()
+    def forward_paged(self, layout, kv: torch.Tensor) -> torch.Tensor:
+        """One step of the online engine: layout (`spct.engine.scheduler.Layout`) rows through every layer, each
+        row's key and value written at its slot first, attention by `spct.paged_attention` -> the logits of
+        layout.logit_rows (n, V)."""
+        c, dev = self.config, self.device
+        as_t = lambda v: torch.tensor(v, dtype=torch.int64, device=dev)  # noqa: E731
+        tokens, positions, slots = as_t(layout.tokens), as_t(layout.positions), as_t(layout.slots)
+        ix = {name: torch.from_numpy(a).to(dev) for name, a in layout.index.items()}
+        plan = paged.Plan(ix["block_ids"], ix["seg_block_indptr"], ix["seg_len"], ix["seg_row_indptr"],
+                          ix["seg_rows"], causal=ix["causal"], q_pos=ix["q_pos"], seg_start=ix["seg_start"],
+                          scale=self.scale)
+        x = self.embed[tokens]
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, self._rms_norm(x, layer["in_norm"]), positions, True)
+            k_cache, v_cache = kv[i, 0], kv[i, 1]
+            k_cache.view(-1, c.num_kv_heads, c.head_dim)[slots] = k
+            v_cache.view(-1, c.num_kv_heads, c.head_dim)[slots] = v
+            attn = plan.run(q, k_cache, v_cache)
+            x = x + self._linear(layer["o"], attn.reshape(x.shape[0], -1), True)
+            x = self._mlp(layer, x, True)
+        if not layout.logit_rows:
+            return x.new_empty((0, c.vocab_size))
+        return self.logits(x[as_t(layout.logit_rows)], True)

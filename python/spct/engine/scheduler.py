@@ -1,0 +1,369 @@
+"""The online engine's scheduler: which tokens each step computes, and where their KV lives.
+
+Bookkeeping only (no model, no tensors but the step's index arrays). The KV is a pool of blocks
+(`spct.engine.kv_blocks`): a request's prompt is one sequence; when its prefill ends it forks into k samples that
+share its full blocks (a partial last block is copied, copy on write); the prompt's full blocks enter the radix
+cache as soon as they are computed, so a later prompt with the same prefix matches them and computes only the rest.
+
+A sequence holds tokens (its prompt, plus a sample's generated ids) of which `computed` have their KV written. Each
+step takes, for every running sequence, the tokens from `computed` on: one for a decoding sample; a chunk of at
+most `prefill_chunk` tokens in all for prompts (and for samples that are recomputed after a preemption), chunks
+ending on block boundaries. A sequence whose step reaches its last token gets logits: a prompt forks, a sample
+chooses its next token.
+
+Admission is in arrival order while the pool has room for the prompt and one block per sample, and the rows fit
+`max_batch`; a prompt that shares more full blocks with a prompt still in prefill than with the cache waits for that
+prefill (so k response orders of one query prefill the query once). When a sequence cannot grow, the request
+admitted last is preempted: its blocks go back, its generated tokens are kept, and it is recomputed when admitted
+again. A request is refused at submission when it would not fit the whole pool alone, so the oldest request always
+runs to its end: nothing deadlocks and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spct.engine.kv_blocks import BlockPool, RadixCache
+from spct.engine.tokens import Live, Request
+
+__all__ = ["Entry", "Job", "Layout", "Scheduler", "Seq"]
+
+
+@dataclass(eq=False)
+class Seq:
+    """A sequence in the pool: prompt ids plus `gen` (a sample's generated ids, the Live's own list)."""
+
+    prompt: list[int]
+    gen: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    computed: int = 0  # tokens whose KV is written
+    cached: int = 0  # leading full blocks registered in the radix cache
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.gen)
+
+    def tokens(self, lo: int, hi: int) -> list[int]:
+        p = len(self.prompt)
+        return (self.prompt[lo:hi] if lo < p else []) + self.gen[max(lo - p, 0):max(hi - p, 0)]
+
+
+@dataclass(eq=False)
+class Job:
+    """A request in the scheduler: waiting, then its prompt prefilling, then its samples decoding."""
+
+    req: Request
+    order: int  # arrival
+    payload: object = None  # the engine's handle
+    prompt: Seq | None = None  # while the prompt prefills
+    samples: list[Live] = field(default_factory=list)
+    seqs: dict[int, Seq] = field(default_factory=dict)  # sample j -> its sequence (unfinished samples)
+    admitted: int = -1  # admission order; -1 while waiting
+    done: int = 0  # finished samples
+
+
+@dataclass(eq=False)
+class Entry:
+    """The tokens [start, start + n) of one sequence in a step; `row` is its first row."""
+
+    job: Job
+    seq: Seq
+    start: int
+    n: int
+    row: int
+    j: int = -1  # the sample, or -1 for a prompt
+
+
+@dataclass
+class Layout:
+    """A step's rows for the runner: tokens, positions and KV slots (block * B + offset) as lists, the
+    paged_attention index arrays (int32 numpy), and the rows whose logits are wanted (one per finishing entry)."""
+
+    tokens: list[int]
+    positions: list[int]
+    slots: list[int]
+    index: dict[str, np.ndarray]
+    logit_rows: list[int]
+
+
+class Scheduler:
+    """Requests in, steps out. `num_blocks` blocks of `block_size` tokens; the pool's last block id
+    (`num_blocks`) is a scratch block for padding rows, outside the pool."""
+
+    def __init__(self, num_blocks: int, block_size: int, *, max_batch: int = 256, prefill_chunk: int = 256):
+        if prefill_chunk < block_size:
+            raise ValueError(f"prefill_chunk ({prefill_chunk}) must be >= block_size ({block_size})")
+        self.pool = BlockPool(num_blocks, block_size)
+        self.cache = RadixCache(self.pool)
+        self.block_size, self.max_batch, self.prefill_chunk = block_size, max_batch, prefill_chunk
+        self.scratch = num_blocks
+        self.waiting: list[Job] = []
+        self.running: list[Job] = []
+        self.peak_used = 0  # the most blocks in use after a step's allocation
+        self.counts = Counter(prefix_hit_tokens=0, prefill_tokens=0, decode_tokens=0, preemptions=0)
+        self._preempted = False
+        self._arrivals = itertools.count()
+        self._admissions = itertools.count()
+
+    # -- requests -----------------------------------------------------------------------------------------------
+
+    def blocks_needed(self, req: Request, own_tokens: int) -> int:
+        """Blocks a request needs to run alone to its end: its prompt, and per sample its own tokens (the copied
+        partial block of the prompt included)."""
+        b, n = self.block_size, len(req.ids)
+        return n // b + req.k * math.ceil((n % b + own_tokens) / b)
+
+    def add(self, req: Request, payload: object = None) -> Job:
+        job = Job(req, next(self._arrivals), payload)
+        self.waiting.append(job)
+        return job
+
+    def remove(self, job: Job) -> None:
+        """Drop a job wherever it is (cancelled, failed or finished); every block it holds goes back."""
+        if job in self.waiting:
+            self.waiting.remove(job)
+        if job in self.running:
+            self.running.remove(job)
+        self._release(job)
+
+    def _release(self, job: Job) -> None:
+        if job.prompt is not None:
+            self.pool.decref(job.prompt.blocks)
+            job.prompt = None
+        for seq in job.seqs.values():
+            self.pool.decref(seq.blocks)
+            seq.blocks, seq.computed = [], 0
+
+    def release_sample(self, job: Job, j: int) -> None:
+        """A finished sample's blocks go back at once."""
+        seq = job.seqs.pop(j)
+        self.pool.decref(seq.blocks)
+        job.done += 1
+
+    # -- a step -------------------------------------------------------------------------------------------------
+
+    def schedule(self) -> list[Entry]:
+        """The entries of the next step (empty: nothing to do), blocks allocated for them."""
+        entries: list[Entry] = []
+        rows = 0
+        self._preempted = False
+        for job in list(self.running):  # decode rows first, oldest request first
+            for j, seq in list(job.seqs.items()):
+                if job.admitted >= 0 and len(seq) - seq.computed == 1 and self._grow(job, seq, 1):
+                    entries.append(Entry(job, seq, seq.computed, 1, rows, j))
+                    rows += 1
+        budget = self.prefill_chunk
+        self._admit()
+        for job in list(self.running):
+            seqs = [(-1, job.prompt)] if job.prompt is not None else \
+                [(j, s) for j, s in job.seqs.items() if len(s) - s.computed > 1]
+            for j, seq in seqs:
+                n = self._chunk(seq, budget)
+                if n <= 0 or job.admitted < 0 or not self._grow(job, seq, n):
+                    continue
+                entries.append(Entry(job, seq, seq.computed, n, rows, j))
+                rows += n
+                budget -= n
+        self.peak_used = max(self.peak_used, self.pool.num_used)
+        kept, rows = [], 0
+        for e in entries:  # a job preempted after its entries were made drops out; rows are renumbered
+            if e.job.admitted >= 0:
+                e.row, rows = rows, rows + e.n
+                kept.append(e)
+        return kept
+
+    def _chunk(self, seq: Seq, budget: int) -> int:
+        """Tokens of seq to compute this step: the rest, or a budget-bounded chunk that ends on a block boundary."""
+        n = min(len(seq) - seq.computed, budget)
+        if seq.computed + n < len(seq):
+            n = (seq.computed + n) // self.block_size * self.block_size - seq.computed
+        return n
+
+    def _grow(self, job: Job, seq: Seq, n: int) -> bool:
+        """Blocks for seq's tokens up to computed + n, preempting later requests when the pool is full; False when
+        job itself had to be preempted."""
+        need = -(-(seq.computed + n) // self.block_size) - len(seq.blocks)
+        while need > 0:
+            got = self.pool.allocate(need)
+            if got is not None:
+                seq.blocks += got
+                return True
+            victim = max(self.running, key=lambda x: x.admitted)
+            self.preempt(victim)
+            if victim is job:
+                return False
+        return True
+
+    def preempt(self, job: Job) -> None:
+        """Back to waiting (in arrival order), blocks released; generated tokens are kept and recomputed later."""
+        self.running.remove(job)
+        self._release(job)
+        job.admitted = -1
+        self.counts["preemptions"] += 1
+        self._preempted = True
+        self.waiting.append(job)
+        self.waiting.sort(key=lambda x: x.order)
+
+    def _admit(self) -> None:
+        if self._preempted:  # the pool is full this step: nobody new (nor a job just preempted) comes in
+            return
+        rows = sum(len(job.seqs) or job.req.k for job in self.running)
+        for job in list(self.waiting):
+            if self.running and rows + job.req.k > self.max_batch:
+                break
+            if self._shares_prefill(job):
+                continue
+            if not self._start(job):
+                break
+            self.waiting.remove(job)
+            self.running.append(job)
+            rows += job.req.k
+
+    def _shares_prefill(self, job: Job) -> bool:
+        """Whether a prompt still in prefill holds more of this prompt's full blocks than the cache does."""
+        if job.samples:
+            return False
+        ids, b = job.req.ids, self.block_size
+        cached = len(self.cache.lookup(ids[:-1]))
+        for other in self.running:
+            p = other.prompt
+            if p is None:
+                continue
+            n = min(len(ids) - 1, len(p.prompt))
+            same = np.asarray(ids[:n]) != np.asarray(p.prompt[:n])
+            common = int(np.argmax(same)) if same.any() else n
+            if common // b > cached:
+                return True
+        return False
+
+    def _start(self, job: Job) -> bool:
+        """Admission: match the cache and allocate the prompt (or, after a preemption, each unfinished sample);
+        False (nothing held) when the pool cannot take it with one spare block per sample."""
+        seqs = [Seq(job.req.ids)] if not job.samples else [job.seqs[j] for j in sorted(job.seqs)]
+        spare = job.req.k if not job.samples else 0
+        hits = [self.cache.lookup(s.tokens(0, len(s) - 1)) for s in seqs]
+        need = sum(-(-len(s) // self.block_size) - len(h) for s, h in zip(seqs, hits)) + spare
+        if need > self.pool.num_free + self.cache.num_evictable():
+            return False
+        for seq in seqs:
+            blocks, hit = self.cache.match(seq.tokens(0, len(seq) - 1))
+            seq.blocks, seq.computed = blocks, hit
+            seq.cached = len(blocks) if seq.gen == [] else 0
+            self.counts["prefix_hit_tokens"] += hit
+        if not job.samples:
+            job.prompt = seqs[0]
+        job.admitted = next(self._admissions)
+        return True
+
+    def fork(self, job: Job, samples: list[Live]) -> list[tuple[int, int]]:
+        """The prompt's samples take over its blocks: full blocks shared, a partial last block copied per sample.
+        Returns the (source, destination) block copies to make before the next step; the prompt's own references
+        go back."""
+        prompt = job.prompt
+        full = len(prompt) // self.block_size
+        copies = []
+        job.samples = samples
+        for s in samples:
+            job.seqs[s.j] = Seq(prompt.prompt, s.tokens, list(prompt.blocks[:full]), len(prompt))
+            self.pool.incref(prompt.blocks[:full])
+        for s in samples if full < len(prompt.blocks) else ():
+            seq = job.seqs[s.j]
+            if not self._grow(job, seq, 0):
+                return []  # the job itself was preempted: all its blocks went back; it is recomputed later
+            copies.append((prompt.blocks[full], seq.blocks[-1]))
+        self.pool.decref(prompt.blocks)
+        job.prompt = None
+        return copies
+
+    def advance(self, entries: list[Entry]) -> None:
+        """After a step: the entries' tokens are computed; full prompt blocks enter the cache."""
+        for e in entries:
+            e.seq.computed = e.start + e.n
+            kind = "decode_tokens" if e.j >= 0 and e.n == 1 else "prefill_tokens"
+            self.counts[kind] += e.n
+            if e.j < 0:
+                full = e.seq.computed // self.block_size
+                if full > e.seq.cached:
+                    self.cache.insert(e.seq.prompt[:full * self.block_size], e.seq.blocks[:full])
+                    e.seq.cached = full
+
+    # -- the attention layout -----------------------------------------------------------------------------------
+
+    def layout(self, entries: list[Entry], pad_to: int) -> Layout:
+        """Rows, slots and segments of a step (module docstring of spct.ops.paged_attention), with padding rows up
+        to a multiple of `pad_to` (they write and read the scratch block)."""
+        b = self.block_size
+        tokens, positions, slots, logit_rows = [], [], [], []
+        for e in entries:
+            tokens += e.seq.tokens(e.start, e.start + e.n)
+            positions += range(e.start, e.start + e.n)
+            slots += [e.seq.blocks[p // b] * b + p % b for p in range(e.start, e.start + e.n)]
+            if e.start + e.n == len(e.seq):
+                logit_rows.append(e.row + e.n - 1)
+        real = len(tokens)
+        pad = -real % pad_to
+        tokens += [0] * pad
+        positions += [0] * pad
+        slots += [self.scratch * b] * pad
+        segments, depth = _shared_segments(entries, b)
+        for i, e in enumerate(entries):  # each entry's own tail: its blocks past the shared ones, causal
+            first, last = depth[i], -(-(e.start + e.n) // b)
+            segments.append((e.seq.blocks[first:last], e.start + e.n - first * b, range(e.row, e.row + e.n),
+                             True, first * b))
+        if pad:
+            segments.append(([self.scratch], 1, range(real, real + pad), False, 0))
+        return Layout(tokens, positions, slots, _index(segments, positions), logit_rows)
+
+
+def _shared_segments(entries: list[Entry], b: int) -> tuple[list, list[int]]:
+    """Segments for the full blocks (before each entry's first token's block) that two or more entries share:
+    maximal runs of blocks with the same entries, parents before children. Also each entry's shared depth in
+    blocks."""
+    root: dict = {}
+    for i, e in enumerate(entries):
+        node = root
+        for block in e.seq.blocks[: e.start // b]:
+            child = node.get(block)
+            if child is None:
+                child = node[block] = ({}, [])
+            child[1].append(i)
+            node = child[0]
+    segments, depth = [], [0] * len(entries)
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for block, (children, members) in node.items():
+            if len(members) < 2:
+                continue
+            run = [block]
+            while len(children) == 1:
+                (nxt, (grand, inner)), = children.items()
+                if len(inner) != len(members):
+                    break
+                run.append(nxt)
+                children = grand
+            rows = [r for i in members for r in range(entries[i].row, entries[i].row + entries[i].n)]
+            segments.append((run, len(run) * b, rows, False, depth[members[0]] * b))
+            for i in members:
+                depth[i] += len(run)
+            stack.append(children)
+    return segments, depth
+
+
+def _index(segments: list, positions: list[int]) -> dict[str, np.ndarray]:
+    """paged_attention's index arrays (int32; causal bool) from (blocks, length, rows, causal, start) tuples."""
+    i32 = lambda v: np.asarray(v, dtype=np.int32)  # noqa: E731
+    blocks = [blk for s in segments for blk in s[0]]
+    rows = [r for s in segments for r in s[2]]
+    return {"block_ids": i32(blocks),
+            "seg_block_indptr": i32(np.cumsum([0] + [len(s[0]) for s in segments])),
+            "seg_len": i32([s[1] for s in segments]),
+            "seg_row_indptr": i32(np.cumsum([0] + [len(s[2]) for s in segments])),
+            "seg_rows": i32(rows),
+            "causal": np.asarray([s[3] for s in segments], dtype=bool),
+            "q_pos": i32(positions),
+            "seg_start": i32([s[4] for s in segments])}
