@@ -236,6 +236,21 @@ class RadixCache:
         self._stats.update(matches=1, query_tokens=len(tokens), hit_tokens=len(blocks) * self.block_size)
         return blocks, len(blocks) * self.block_size
 
+    def extension(self, tokens: Sequence[int]) -> tuple[int, int]:
+        """Past the longest cached prefix of tokens (whole blocks): the cached block below it whose tokens share
+        the longest start with the rest of tokens -> (that block, how many leading tokens it shares), or (-1, 0).
+        Its first tokens' KV are the rest's (the same prefix before them), so a caller may copy them into a block of
+        its own and compute only what follows. Nothing is taken or marked used."""
+        path = self._path(tokens)
+        node = path[-1] if path else self._root
+        rest = tuple(tokens[len(path) * self.block_size:(len(path) + 1) * self.block_size])
+        best, shared = -1, 0
+        for key, child in node.children.items():
+            n = _common(key, rest)
+            if n > shared:
+                best, shared = child.block, n
+        return best, shared
+
     def insert(self, tokens: Sequence[int], blocks: Sequence[int]) -> list[int]:
         """Register blocks[i] as the KV of tokens[i*block_size:(i+1)*block_size] after tokens[:i*block_size].
 
@@ -338,6 +353,16 @@ class RadixCache:
         """cached_blocks (in the tree), matches, query_tokens and hit_tokens (sums over matches),
         inserted_blocks, duplicate_blocks (returned by insert) and evicted_blocks, since the cache was made."""
         return {"cached_blocks": len(self._nodes), **self._stats}
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items a and b share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def blocks_for_budget(kv_cache_mb: float, *, layers: int, kv_heads: int, head_dim: int, block_size: int,

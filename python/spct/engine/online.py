@@ -158,7 +158,7 @@ class Online:
         with self._cv:
             counts = dict(s.counts)
             out = {"running": len(s.running), "waiting": len(s.waiting) + len(self._inbox),
-                   "blocks_used": pool.num_used, "blocks_free": pool.num_free, "blocks_cached": pool.num_cached,
+                   "blocks_used": s.blocks_used, "blocks_free": pool.num_free, "blocks_cached": s.blocks_cached,
                    "blocks_total": self.num_blocks, "block_size": self.block_size, "kv_cache_bytes": self.kv_bytes}
             busy = self._busy
         out.update(counts)
@@ -199,6 +199,10 @@ class Online:
 
     def _step(self, entries: list[Entry]) -> None:
         s = self.scheduler
+        copies = s.take_copies()  # partial blocks reused at admission, and forks' partial blocks
+        if copies:
+            src, dst = (torch.tensor(c, device=self.kv.device) for c in zip(*copies))
+            self.kv[:, :, dst] = self.kv[:, :, src]
         layout = s.layout(entries, 1)  # no padding rows: a row's arithmetic does not depend on the others
         logits = self.runner.forward_paged(layout, self.kv)
         s.advance(entries)
@@ -218,13 +222,9 @@ class Online:
                 lives.append(e.job.samples[e.j])
         if lives:
             self.rules.choose(logits[torch.tensor(rows, device=logits.device)], lives)
-        copies = []
-        for job, samples in forks:
+        for job, samples in forks:  # their partial blocks are copied before the next step
             if job.admitted >= 0 and job.prompt is not None:
-                copies += s.fork(job, samples)
-        if copies:
-            src, dst = (torch.tensor(c, device=self.kv.device) for c in zip(*copies))
-            self.kv[:, :, dst] = self.kv[:, :, src]
+                s.fork(job, samples)
         for live in lives:
             self._after_token(live)
 

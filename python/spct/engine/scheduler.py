@@ -4,6 +4,9 @@ Bookkeeping only (no model, no tensors but the step's index arrays). The KV is a
 (`spct.engine.kv_blocks`): a request's prompt is one sequence; when its prefill ends it forks into k samples that
 share its full blocks (a partial last block is copied, copy on write); the prompt's full blocks enter the radix
 cache as soon as they are computed, so a later prompt with the same prefix matches them and computes only the rest.
+Matching is exact to the token: past the full blocks, the first tokens of a cached block (or of a prefilled
+prompt's partial last block, kept for reuse in `partials`) that start the rest are copied into a new block, so a
+prompt that extends a cached one computes only its new tokens.
 
 A sequence holds tokens (its prompt, plus a sample's generated ids) of which `computed` have their KV written. Each
 step takes, for every running sequence, the tokens from `computed` on: one for a decoding sample; a chunk of at
@@ -103,11 +106,30 @@ class Scheduler:
         self.scratch = num_blocks
         self.waiting: list[Job] = []
         self.running: list[Job] = []
+        # the partial last block of each prefilled prompt, kept for a prompt that extends it:
+        # its full blocks' tokens -> (the tokens in the partial block, the block); oldest first
+        self.partials: dict[tuple, tuple[tuple, int]] = {}
+        self.copies: list[tuple[int, int]] = []  # (source, destination) KV blocks to copy before the next step
         self.peak_used = 0  # the most blocks in use after a step's allocation
         self.counts = Counter(prefix_hit_tokens=0, prefill_tokens=0, decode_tokens=0, preemptions=0)
         self._preempted = False
         self._arrivals = itertools.count()
         self._admissions = itertools.count()
+
+    @property
+    def blocks_used(self) -> int:
+        """Blocks held by running sequences (the partial blocks kept for reuse count as cached)."""
+        return self.pool.num_used - len(self.partials)
+
+    @property
+    def blocks_cached(self) -> int:
+        """Blocks kept only for reuse: full blocks in the radix cache and kept partial blocks."""
+        return self.pool.num_cached + len(self.partials)
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """The block copies the runner must make before the next step (each once)."""
+        copies, self.copies = self.copies, []
+        return copies
 
     # -- requests -----------------------------------------------------------------------------------------------
 
@@ -192,11 +214,22 @@ class Scheduler:
             if got is not None:
                 seq.blocks += got
                 return True
+            if self._drop_partials(need):
+                continue
             victim = max(self.running, key=lambda x: x.admitted)
             self.preempt(victim)
             if victim is job:
                 return False
         return True
+
+    def _drop_partials(self, n: int) -> int:
+        """Frees up to n kept partial blocks, oldest first; how many."""
+        dropped = 0
+        while self.partials and dropped < n:
+            _, block = self.partials.pop(next(iter(self.partials)))
+            self.pool.decref([block])
+            dropped += 1
+        return dropped
 
     def preempt(self, job: Job) -> None:
         """Back to waiting (in arrival order), blocks released; generated tokens are kept and recomputed later."""
@@ -236,7 +269,7 @@ class Scheduler:
             n = min(len(ids) - 1, len(p.prompt))
             same = np.asarray(ids[:n]) != np.asarray(p.prompt[:n])
             common = int(np.argmax(same)) if same.any() else n
-            if common // b > cached:
+            if -(-common // b) > cached:  # up to the block that holds the shared end (copied, not recomputed)
                 return True
         return False
 
@@ -247,22 +280,47 @@ class Scheduler:
         spare = job.req.k if not job.samples else 0
         hits = [self.cache.lookup(s.tokens(0, len(s) - 1)) for s in seqs]
         need = sum(-(-len(s) // self.block_size) - len(h) for s, h in zip(seqs, hits)) + spare
-        if need > self.pool.num_free + self.cache.num_evictable():
+        if need > self.pool.num_free + self.cache.num_evictable() + len(self.partials):
             return False
         for seq in seqs:
-            blocks, hit = self.cache.match(seq.tokens(0, len(seq) - 1))
+            known = seq.tokens(0, len(seq) - 1)  # the last token is always computed: its logits are wanted
+            blocks, hit = self.cache.match(known)
             seq.blocks, seq.computed = blocks, hit
             seq.cached = len(blocks) if seq.gen == [] else 0
+            hit += self._partial_hit(seq, known)
             self.counts["prefix_hit_tokens"] += hit
         if not job.samples:
             job.prompt = seqs[0]
         job.admitted = next(self._admissions)
         return True
 
-    def fork(self, job: Job, samples: list[Live]) -> list[tuple[int, int]]:
-        """The prompt's samples take over its blocks: full blocks shared, a partial last block copied per sample.
-        Returns the (source, destination) block copies to make before the next step; the prompt's own references
-        go back."""
+    def _partial_hit(self, seq: Seq, known: list[int]) -> int:
+        """After the full-block match: the tokens of a cached block (in the tree, or a kept partial block) that
+        start the rest of `known`, copied into a new block of seq's; how many (0: none, or no free block)."""
+        b, full = self.block_size, len(seq.blocks)
+        rest = known[full * b:(full + 1) * b]
+        if not rest:
+            return 0
+        source, n = self.cache.extension(known)
+        kept = self.partials.get(tuple(known[:full * b]))
+        if kept is not None:
+            m = next((i for i, (x, y) in enumerate(zip(kept[0], rest)) if x != y), min(len(kept[0]), len(rest)))
+            if m > n:
+                source, n = kept[1], m
+        if n == 0:
+            return 0
+        got = self.pool.allocate(1)  # may evict the source: its KV is copied before the next step writes any
+        if got is None:
+            return 0
+        seq.blocks += got
+        self.copies.append((source, got[0]))
+        seq.computed += n
+        return n
+
+    def fork(self, job: Job, samples: list[Live]) -> None:
+        """The prompt's samples take over its blocks: full blocks shared, a partial last block copied per sample
+        (`copies`, made before the next step). The prompt's references go back, but for its partial last block,
+        kept for a later prompt that extends this one (`partials`)."""
         prompt = job.prompt
         full = len(prompt) // self.block_size
         copies = []
@@ -273,11 +331,17 @@ class Scheduler:
         for s in samples if full < len(prompt.blocks) else ():
             seq = job.seqs[s.j]
             if not self._grow(job, seq, 0):
-                return []  # the job itself was preempted: all its blocks went back; it is recomputed later
+                return  # the job itself was preempted: all its blocks went back; it is recomputed later
             copies.append((prompt.blocks[full], seq.blocks[-1]))
-        self.pool.decref(prompt.blocks)
+        self.pool.decref(prompt.blocks[:full])
+        if full < len(prompt.blocks):  # the partial last block is kept for a prompt that extends this one
+            key = tuple(prompt.prompt[:full * self.block_size])
+            old = self.partials.pop(key, None)
+            if old is not None:
+                self.pool.decref([old[1]])
+            self.partials[key] = (tuple(prompt.prompt[full * self.block_size:]), prompt.blocks[full])
         job.prompt = None
-        return copies
+        self.copies += copies
 
     def advance(self, entries: list[Entry]) -> None:
         """After a step: the entries' tokens are computed; full prompt blocks enter the cache."""
