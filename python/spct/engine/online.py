@@ -26,6 +26,7 @@ from spct.engine.tokens import Live, Request, Sample, TokenRules
 __all__ = ["Handle", "Online", "RequestCancelled"]
 
 _END = object()
+IDLE_EXIT_S = 2.0  # the step loop's thread ends after this long without work
 
 
 class RequestCancelled(Exception):
@@ -150,8 +151,9 @@ class Online:
         with self._cv:
             self._closed = True
             self._cv.notify()
-        if self._thread is not None:
-            self._thread.join()
+        thread = self._thread
+        if thread is not None:
+            thread.join()
 
     def stats(self) -> dict:
         s, pool = self.scheduler, self.scheduler.pool
@@ -173,7 +175,9 @@ class Online:
         while True:
             with self._cv:
                 while not (self._inbox or self._cancels or self._closed or s.running or s.waiting):
-                    self._cv.wait()
+                    if not self._cv.wait(IDLE_EXIT_S):  # idle: the thread ends (submit starts another), so an
+                        self._thread = None  # engine nobody references any more is freed with its KV
+                        return
                 inbox, cancels, closed = self._inbox, self._cancels, self._closed
                 self._inbox, self._cancels = [], []
             for req, handle in inbox:
