@@ -158,15 +158,6 @@ const float* rows_f32(const uint16_t* src, int64_t* ld, int64_t n, float* dst) {
   return dst;
 }
 
-// Asks for the next block's rows while this one is computed (blocks lie anywhere in the cache: no hardware
-// prefetcher guesses them).
-template <int D, typename T>
-inline void prefetch_rows(const T* src, int64_t ld, int64_t n) {
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t byte = 0; byte < int64_t(sizeof(T)) * D; byte += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(src + t * ld) + byte);
-}
-
 // Scores of U tokens (k: U rows of D floats, row stride kld) for the J lane groups from j0: s[u * lw + j * W + lane]
 // = sum_d qt[d * lw + j * W + lane] * k[u * kld + d], summed over d in order (every query's score, whatever U, J
 // and j0).
@@ -381,11 +372,6 @@ void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int
     const int64_t n = visible(a, s, bi, imin(B, len - bi * B), lw, sc);
     if (n == 0) continue;  // a causal block no row here sees yet: every state stays as it is
     const int64_t first = (int64_t(a.block_ids[b]) * B * a.kv_heads + h) * D;  // token 0 of the block, head h
-    if (b + 1 < a.seg_block_indptr[s + 1]) {
-      const int64_t next = (int64_t(a.block_ids[b + 1]) * B * a.kv_heads + h) * D;
-      prefetch_rows<D>(k_cache + next, ld, B);
-      prefetch_rows<D>(v_cache + next, ld, B);
-    }
     int64_t kld = ld, vld = ld;
     const float* k = rows_f32<D>(k_cache + first, &kld, n, sc->k.data());
     const float* v = rows_f32<D>(v_cache + first, &vld, n, sc->v.data());
