@@ -214,7 +214,9 @@ class Online:
         finishing = [e for e in entries if e.start + e.n == len(e.seq)]
         for i, e in enumerate(finishing):
             req = e.job.req
-            if e.j < 0:  # a prompt ends: its k samples choose their first tokens from its logits
+            if e.j < 0 and e.job.samples:  # recomputed after a preemption: the unfinished samples go on
+                forks.append((e.job, [x for x in e.job.samples if x.finish is None]))
+            elif e.j < 0:  # a prompt ends: its k samples choose their first tokens from its logits
                 room = self.context - len(req.ids)
                 samples = [Live(req, j, min(req.settings.max_new_tokens, room), room) for j in range(req.k)]
                 forks.append((e.job, samples))

@@ -137,7 +137,7 @@ class Scheduler:
         """Blocks a request needs to run alone to its end: its prompt, and per sample its own tokens (the copied
         partial block of the prompt included)."""
         b, n = self.block_size, len(req.ids)
-        return n // b + req.k * math.ceil((n % b + own_tokens) / b)
+        return -(-n // b) + req.k * math.ceil((n % b + own_tokens) / b)  # the prompt's partial block until forked
 
     def add(self, req: Request, payload: object = None) -> Job:
         job = Job(req, next(self._arrivals), payload)
@@ -158,7 +158,7 @@ class Scheduler:
             job.prompt = None
         for seq in job.seqs.values():
             self.pool.decref(seq.blocks)
-            seq.blocks, seq.computed = [], 0
+        job.seqs = {}
 
     def release_sample(self, job: Job, j: int) -> None:
         """A finished sample's blocks go back at once."""
@@ -232,7 +232,9 @@ class Scheduler:
         return dropped
 
     def preempt(self, job: Job) -> None:
-        """Back to waiting (in arrival order), blocks released; generated tokens are kept and recomputed later."""
+        """Back to waiting (in arrival order), blocks released. Generated tokens are kept: when admitted again, the
+        prompt is prefilled (from the cache where it still is), forked again, and each unfinished sample recomputes
+        its tokens before it decodes on."""
         self.running.remove(job)
         self._release(job)
         job.admitted = -1
@@ -258,8 +260,6 @@ class Scheduler:
 
     def _shares_prefill(self, job: Job) -> bool:
         """Whether a prompt still in prefill holds more of this prompt's full blocks than the cache does."""
-        if job.samples:
-            return False
         ids, b = job.req.ids, self.block_size
         cached = len(self.cache.lookup(ids[:-1]))
         for other in self.running:
@@ -274,23 +274,18 @@ class Scheduler:
         return False
 
     def _start(self, job: Job) -> bool:
-        """Admission: match the cache and allocate the prompt (or, after a preemption, each unfinished sample);
-        False (nothing held) when the pool cannot take it with one spare block per sample."""
-        seqs = [Seq(job.req.ids)] if not job.samples else [job.seqs[j] for j in sorted(job.seqs)]
-        spare = job.req.k if not job.samples else 0
-        hits = [self.cache.lookup(s.tokens(0, len(s) - 1)) for s in seqs]
-        need = sum(-(-len(s) // self.block_size) - len(h) for s, h in zip(seqs, hits)) + spare
+        """Admission: match the cache and allocate the prompt; False (nothing held) when the pool cannot take it with
+        one spare block per sample still to run."""
+        seq = Seq(job.req.ids)
+        known = job.req.ids[:-1]  # the last token is always computed: its logits are wanted
+        spare = sum(s.finish is None for s in job.samples) if job.samples else job.req.k
+        need = -(-len(seq) // self.block_size) - len(self.cache.lookup(known)) + spare
         if need > self.pool.num_free + self.cache.num_evictable() + len(self.partials):
             return False
-        for seq in seqs:
-            known = seq.tokens(0, len(seq) - 1)  # the last token is always computed: its logits are wanted
-            blocks, hit = self.cache.match(known)
-            seq.blocks, seq.computed = blocks, hit
-            seq.cached = len(blocks) if seq.gen == [] else 0
-            hit += self._partial_hit(seq, known)
-            self.counts["prefix_hit_tokens"] += hit
-        if not job.samples:
-            job.prompt = seqs[0]
+        seq.blocks, seq.computed = self.cache.match(known)
+        seq.cached = len(seq.blocks)
+        self.counts["prefix_hit_tokens"] += seq.computed + self._partial_hit(seq, known)
+        job.prompt = seq
         job.admitted = next(self._admissions)
         return True
 
@@ -324,7 +319,7 @@ class Scheduler:
         prompt = job.prompt
         full = len(prompt) // self.block_size
         copies = []
-        job.samples = samples
+        job.samples = job.samples or samples  # all k (a fork after a preemption takes the unfinished ones)
         for s in samples:
             job.seqs[s.j] = Seq(prompt.prompt, s.tokens, list(prompt.blocks[:full]), len(prompt))
             self.pool.incref(prompt.blocks[:full])
