@@ -13,7 +13,6 @@ A failure that belongs to one request (its constraint raised) fails that request
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ from spct.engine.tokens import Live, Request, Sample, TokenRules
 
 __all__ = ["Handle", "Online", "RequestCancelled"]
 
-_END = object()
 IDLE_EXIT_S = 2.0  # the step loop's thread ends after this long without work
 
 
@@ -41,9 +39,9 @@ class Handle:
         self._samples: list[Sample | None] = [None] * k
         self._error: BaseException | None = None
         self._done = threading.Event()
-        self._stream: queue.Queue = queue.Queue()
+        self._finished: list[Sample] = []  # in the order they finished
         self._waiters: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.job: Job | None = None
 
     def done(self) -> bool:
@@ -58,13 +56,18 @@ class Handle:
         return list(self._samples)
 
     def __iter__(self) -> Iterator[Sample]:
+        """The samples as they finish (each iteration from the first); raises the request's error at the end."""
+        i = 0
         while True:
-            item = self._stream.get()
-            if item is _END:
+            with self._lock:
+                self._lock.wait_for(lambda: len(self._finished) > i or self._done.is_set())
+                ready, done = self._finished[i:], self._done.is_set()
+            yield from ready
+            i += len(ready)
+            if done and i == len(self._finished):
                 if self._error is not None:
                     raise self._error
                 return
-            yield item
 
     def __await__(self):
         loop = asyncio.get_running_loop()
@@ -87,8 +90,10 @@ class Handle:
     # -- the loop's side ----------------------------------------------------------------------------------------
 
     def add(self, sample: Sample) -> None:
-        self._samples[sample.index] = sample
-        self._stream.put(sample)
+        with self._lock:
+            self._samples[sample.index] = sample
+            self._finished.append(sample)
+            self._lock.notify_all()
 
     def finish(self, error: BaseException | None = None) -> None:
         with self._lock:
@@ -96,8 +101,8 @@ class Handle:
                 return
             self._error = error
             self._done.set()
+            self._lock.notify_all()
             waiters, self._waiters = self._waiters, []
-        self._stream.put(_END)
         for wake in waiters:
             wake()
 
