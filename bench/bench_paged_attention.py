@@ -11,9 +11,11 @@ chunk's own tokens as a causal segment from position 768. Baseline: torch's scal
 
 Everything is validated against the reference (spct.ops.ref.paged_attention) before timing; each side is timed in
 the same test; extra_info holds rows/s, GB/s (the KV bytes each call must read, plus q and out) and the ratio of
-medians (baseline / native: above 1, paged_attention is faster).
+medians (baseline / native: above 1, paged_attention is faster). The C++ kernels run on torch's OpenMP threads
+(OMP_NUM_THREADS or torch.set_num_threads); on a machine shared with other work, one thread gives the steadier ratio.
 
     python -m pytest bench/bench_paged_attention.py --benchmark-enable -s
+    OMP_NUM_THREADS=1 python -m pytest bench/bench_paged_attention.py --benchmark-enable -s
 """
 
 from __future__ import annotations
@@ -71,10 +73,11 @@ def kv_bytes(n_tokens: int, dtype) -> int:
 
 def report(benchmark, name: str, rows: int, moved: int, baseline_s: float, baseline: str) -> None:
     native_s = benchmark.stats.stats.median
-    benchmark.extra_info.update(native_rows_per_s=rows / native_s, native_gb_per_s=moved / native_s / 1e9,
+    benchmark.extra_info.update(threads=torch.get_num_threads(), native_rows_per_s=rows / native_s,
+                                native_gb_per_s=moved / native_s / 1e9,
                                 baseline=baseline, baseline_rows_per_s=rows / baseline_s,
                                 baseline_gb_per_s=moved / baseline_s / 1e9, ratio=baseline_s / native_s)
-    print(f"\n{name}: paged_attention {native_s * 1e6:8.1f} us ({moved / native_s / 1e9:5.1f} GB/s)  {baseline} "
+    print(f"\n{name} ({torch.get_num_threads()} threads): paged_attention {native_s * 1e6:8.1f} us ({moved / native_s / 1e9:5.1f} GB/s)  {baseline} "
           f"{baseline_s * 1e6:8.1f} us ({moved / baseline_s / 1e9:5.1f} GB/s)  ratio {baseline_s / native_s:5.2f}x")
 
 

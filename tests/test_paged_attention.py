@@ -382,7 +382,8 @@ def over_blocks(q, k_cache, v_cache, segs, **causal) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 def test_native_rows_do_not_depend_on_segments_or_other_rows(dtype):
     """A row over 7 blocks of 4 tokens and 3 of an eighth, alone (one segment), and among 13 other rows (lanes
-    of several vector groups, two tiles) with its blocks split into 4 segments shared differently: the same bits."""
+    of several vector groups, two tiles) with its blocks split into 4 segments shared differently: the same bits;
+    all 14 rows again beside 56 more (larger tiles) and with the row order reversed: the same bits."""
     native_lib()
     k_cache, v_cache = cache_of(40, 4, dtype, seed=11)
     gen = torch.Generator().manual_seed(12)
@@ -396,6 +397,12 @@ def test_native_rows_do_not_depend_on_segments_or_other_rows(dtype):
     assert torch.equal(bits(beside[9]), bits(alone[0]))
     shuffled = over_blocks(q.flip(0), k_cache, v_cache, [(ids, n, [13 - r for r in rows]) for ids, n, rows in split])
     assert torch.equal(bits(shuffled.flip(0)), bits(beside))
+    # 70 rows: 210 queries per KV head, which the C++ kernel cuts into tiles of 48 instead of 16
+    many_q = torch.cat([torch.randn(56, 9, 16, generator=gen).to(dtype), q])  # the 14 rows above become 56..69
+    many = [(ids, n, [56 + r for r in rows]) for ids, n, rows in split]
+    many += [([r % 40], 1 + r % 4, [r]) for r in range(56)]
+    crowd = over_blocks(many_q, k_cache, v_cache, many)
+    assert torch.equal(bits(crowd[56:]), bits(beside))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])

@@ -3,8 +3,8 @@
 // paged_attention.cpp picks one at run time. Written on GCC vector types of 16 floats, which each build lowers to its
 // widest registers.
 //
-// Work: one task per (KV head, tile of kTile queries). The queries of KV head h are the (row, query head) pairs
-// reading it, numbered r * G + g (G = Hq / Hkv), and cut into tiles of kTile. A task walks every segment in index
+// Work: one task per (KV head, tile of queries). The queries of KV head h are the (row, query head) pairs reading
+// it, numbered r * G + g (G = Hq / Hkv), and cut into tiles (tile_size). A task walks every segment in index
 // order and, for the segment's rows with queries in its tile, every block in order: the block's keys and values are
 // read once (as float32) for all those queries (laid across vector lanes), then each query's online-softmax state
 // (max, sum, float32 accumulator of D) is updated once for the block (the rule in spct/paged_attention.h). Every
@@ -32,11 +32,12 @@ namespace {
 using attn::PagedAttention;
 
 constexpr int W = 16;               // floats per vector: queries per lane group
-// Queries per task: fixed (never derived from the batch or the thread count). One vector of lanes: a decode step
-// of 16 rows at Hq = 9, Hkv = 3 makes 9 tasks, which keeps 2 threads busy where tiles of 16 rows (3 tasks) left one
-// idle a third of the time (measured with such tiles: prefix_attention took 1.2x this kernel's time on one thread
-// but 0.87x on two).
-constexpr int64_t kTile = W;
+// Queries per task. A query's bits do not depend on the tile it is in (tested), so the size follows the work: one
+// vector of lanes for a few rows per KV head (a 16-row decode step at Hq 9 / Hkv 3 makes 9 tasks, which keeps 2
+// threads busy where 3 tasks left one idle a third of the time), three vectors once that still leaves 4 tiles per
+// KV head (K/V converted once for 48 queries: a 256-row prefill chunk over 1,024 tokens took 4.8 ms instead of
+// 12 ms on one thread, and the 16-row decode step 0.6-0.9x the time).
+inline int64_t tile_size(int64_t queries) { return queries >= 4 * 3 * W ? 3 * W : W; }
 #if defined(__AVX512F__)
 constexpr int kAcc = 24;  // score accumulators (vectors of W) a q . k pass holds in registers
 #else
@@ -271,22 +272,26 @@ struct Scratch {
   int64_t lw = 0;
 };
 
-// The rows of each tile, grouped by segment in segment order: tile t's entries are [start[t], start[t + 1]). A row
-// is in every tile that holds one of its queries (r * G .. r * G + G - 1); segments without tokens are left out.
+// The rows of each tile of `size` queries, grouped by segment in segment order: tile t's entries are [start[t],
+// start[t + 1]). A row is in every tile that holds one of its queries (r * G .. r * G + G - 1); segments without
+// tokens are left out.
 struct Tiles {
+  int64_t size = W, count = 0;
   Buf<int64_t> start;
   Buf<int32_t> seg, row;
 };
 
 void plan_tiles(const PagedAttention& a, Tiles* tl) {
-  const int64_t G = a.heads / a.kv_heads, tiles = (a.rows * G + kTile - 1) / kTile;
+  const int64_t G = a.heads / a.kv_heads, size = tile_size(a.rows * G), tiles = (a.rows * G + size - 1) / size;
+  tl->size = size;
+  tl->count = tiles;
   Buf<int64_t> fill;
   tl->start.assign(tiles + 1, 0);
   for (int pass = 0; pass < 2; ++pass) {  // count, then fill
     for (int64_t s = 0; s < a.segments; ++s) {
       for (int64_t i = a.seg_row_indptr[s]; a.seg_len[s] > 0 && i < a.seg_row_indptr[s + 1]; ++i) {
         const int64_t r = a.seg_rows[i];
-        for (int64_t t = r * G / kTile; t <= (r * G + G - 1) / kTile; ++t) {
+        for (int64_t t = r * G / size; t <= (r * G + G - 1) / size; ++t) {
           if (pass == 0) {
             ++tl->start[t + 1];
             continue;
@@ -306,13 +311,14 @@ void plan_tiles(const PagedAttention& a, Tiles* tl) {
   }
 }
 
-// Lanes for the queries in [q0, q0 + kTile) of the count rows (ids in rows) of segment s: queries scaled and
+// Lanes for the queries in [q0, q0 + size) of the count rows (ids in rows) of segment s: queries scaled and
 // transposed, states gathered. Returns the number of lanes used; sc->lw gets the lane width (a multiple of W).
 template <int D, typename T>
-int64_t gather(const PagedAttention& a, const int32_t* rows, int64_t count, int64_t q0, int64_t h, Scratch* sc) {
+int64_t gather(const PagedAttention& a, const int32_t* rows, int64_t count, int64_t q0, int64_t size, int64_t h,
+               Scratch* sc) {
   const int64_t G = a.heads / a.kv_heads;
   const auto g_lo = [&](int64_t r) { return imax(0, q0 - r * G); };  // the row's queries in the tile: [lo, hi)
-  const auto g_hi = [&](int64_t r) { return imin(G, q0 + kTile - r * G); };
+  const auto g_hi = [&](int64_t r) { return imin(G, q0 + size - r * G); };
   int64_t lanes = 0;
   for (int64_t e = 0; e < count; ++e) lanes += g_hi(rows[e]) - g_lo(rows[e]);
   const int64_t lw = (lanes + W - 1) / W * W;
@@ -354,9 +360,9 @@ int64_t visible(const PagedAttention& a, int64_t s, int64_t bi, int64_t n, int64
 
 // The segment s for the task's rows listed in it (rows[0 .. count)): block by block, one online-softmax step each.
 template <int D, typename T>
-void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0, int64_t h,
-                    Scratch* sc) {
-  const int64_t nq = gather<D, T>(a, rows, count, q0, h, sc), lw = sc->lw;
+void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0,
+                    int64_t size, int64_t h, Scratch* sc) {
+  const int64_t nq = gather<D, T>(a, rows, count, q0, size, h, sc), lw = sc->lw;
   const int64_t B = a.block_size, ld = a.kv_heads * D, len = a.seg_len[s];
   const bool causal = a.causal != nullptr && a.causal[s] != 0;
   const T* k_cache = static_cast<const T*>(a.k_cache);
@@ -398,7 +404,7 @@ void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int
 // One task: KV head h for the queries of tile `tile`; writes their outputs (zeros for a row that saw no token).
 template <int D, typename T>
 void run_task(const PagedAttention& a, const Tiles& tl, int64_t tile, int64_t h, Scratch* sc) {
-  const int64_t G = a.heads / a.kv_heads, q0 = tile * kTile, nq = imin(kTile, a.rows * G - q0);
+  const int64_t G = a.heads / a.kv_heads, q0 = tile * tl.size, nq = imin(tl.size, a.rows * G - q0);
   sc->m.assign(nq, -INFINITY);
   sc->l.assign(nq, 0.0f);
   sc->acc.assign(nq * D, 0.0f);
@@ -406,7 +412,7 @@ void run_task(const PagedAttention& a, const Tiles& tl, int64_t tile, int64_t h,
   for (int64_t e = tl.start.p[tile]; e < end;) {
     int64_t next = e;
     while (next < end && tl.seg.p[next] == tl.seg.p[e]) ++next;
-    attend_segment<D, T>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, h, sc);
+    attend_segment<D, T>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, tl.size, h, sc);
     e = next;
   }
   T* out = static_cast<T*>(a.out);
@@ -421,7 +427,7 @@ template <int D, typename T>
 void run_typed(const PagedAttention& a) {
   Tiles tl;
   plan_tiles(a, &tl);
-  const int64_t tiles = (a.rows * (a.heads / a.kv_heads) + kTile - 1) / kTile, tasks = tiles * a.kv_heads;
+  const int64_t tasks = tl.count * a.kv_heads;
 #pragma omp parallel
   {
     Scratch sc;
