@@ -36,7 +36,7 @@ constexpr int W = 16;               // floats per vector: queries per lane group
 // vector of lanes for a few rows per KV head (a 16-row decode step at Hq 9 / Hkv 3 makes 9 tasks, which keeps 2
 // threads busy where 3 tasks left one idle a third of the time), three vectors once that still leaves 4 tiles per
 // KV head (K/V converted once for 48 queries: a 256-row prefill chunk over 1,024 tokens took 4.8 ms instead of
-// 12 ms on one thread, and the 16-row decode step 0.6-0.9x the time).
+// 12 ms on one thread).
 inline int64_t tile_size(int64_t queries) { return queries >= 4 * 3 * W ? 3 * W : W; }
 #if defined(__AVX512F__)
 constexpr int kAcc = 24;  // score accumulators (vectors of W) a q . k pass holds in registers
