@@ -7,6 +7,7 @@ rows; every bad input named, by the wrapper and by the C++ checks; dispatch pick
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -308,8 +309,8 @@ BAD = [
     ({"causal": torch.zeros(3, dtype=torch.bool), "q_pos": i32([0, 0]), "seg_start": i32([0, -2, 0])},
      r"seg_start\[1\] = -2 must be >= 0"),
     ({"scale": math.inf}, r"scale must be finite, got inf"),
-    ({"backend": "triton"}, r"backend must be one of \('auto', 'native', 'reference'\) for paged_attention, got "
-                            r"'triton'"),
+    ({"backend": "cuda"}, r"backend must be one of \('auto', 'native', 'triton', 'reference'\) for "
+                          r"paged_attention, got 'cuda'"),
 ]
 
 
@@ -344,13 +345,17 @@ def test_dispatch_picks_the_cpu_kernel(monkeypatch):
     native_lib()
     monkeypatch.setattr(dispatch, "_environment", lambda: (True, None))  # SPCT_STRICT=1
     assert dispatch.pick("paged_attention", "cpu") == "native" and native_cpu()
-    assert dispatch.pick("paged_attention", "cuda") == "reference"  # no CUDA kernel yet
-    assert not dispatch.native_available("paged_attention", "cuda")
+    # CUDA tensors: the CUDA kernel in a build with CUDA (CI's), else the Triton kernel
+    cuda_build = bool(dispatch.native().has_cuda)
+    assert dispatch.native_available("paged_attention", "cuda") == cuda_build
+    if cuda_build or importlib.util.find_spec("triton") is not None:
+        assert dispatch.pick("paged_attention", "cuda") == ("native" if cuda_build else "triton")
     layout = three_levels(torch.float32)
     assert torch.equal(run(layout), run(layout, backend="native"))
-    with pytest.raises(RuntimeError, match=r"backend='native' for paged_attention: paged_attention has no native "
-                                           r"kernel for cuda tensors"):
-        dispatch.pick("paged_attention", "cuda", "native")
+    if not cuda_build:
+        with pytest.raises(RuntimeError, match=r"backend='native' for paged_attention: spct._C was built without "
+                                               r"CUDA"):
+            dispatch.pick("paged_attention", "cuda", "native")
 
 
 def test_registered_op_passes_opcheck():
@@ -454,8 +459,9 @@ def test_native_checks_index_values(changes, match):
 def test_native_head_dims_and_binding_checks():
     assert torch.equal(native_call(BASE), run(BASE, scale=0.25, backend="native"))
     layout = make_layout([5], [[0]], 1, heads=2, kv_heads=1, dim=48)
-    with pytest.raises(ValueError, match=r"head_dim 48 has no CPU kernel \(built: 8, 16, 32, 64, 128, 256\)"):
+    with pytest.raises(ValueError, match=r"head_dim 48 has no native kernel \(built: 8, 16, 32, 64, 128, 256\)"):
         run(layout, backend="native")
+    assert torch.equal(run(layout), run(layout, backend="reference"))  # "auto": the reference for such a head
     with pytest.raises(ValueError, match=r"head_dim 48 has no CPU kernel"):
         native_call(layout)
     assert run(layout, backend="reference").shape == (1, 2, 48)

@@ -138,3 +138,20 @@ def test_causal_prefill_row_equals_decode_row(dtype):
     a = assert_matches_reference(prefill)[1]
     b = assert_matches_reference(decode)[0]
     assert torch.equal(bits(a), bits(b))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_the_wrapper_dispatches_to_triton(dtype):
+    """backend="triton" through spct.paged_attention and its Plan (which builds the row map once) runs this kernel:
+    the same bits as calling it directly."""
+    from spct.ops.paged_attention import Plan, paged_attention
+
+    seg_lens, seg_rows, rows, heads, kv_heads, block_size = CASES["3-levels-gqa3"]
+    layout = make_layout(seg_lens, seg_rows, rows, heads=heads, kv_heads=kv_heads, dim=8, block_size=block_size,
+                         dtype=dtype, seed=4)
+    a = args(layout)
+    direct = kernel.paged_attention(*a)
+    index = {n: layout[n].to(DEVICE) for n in INDEX}
+    called = paged_attention(*a[:3], *index.values(), scale=0.3, backend="triton")
+    planned = Plan(*index.values(), scale=0.3, backend="triton").run(*a[:3])
+    assert torch.equal(called, direct) and torch.equal(planned, direct)

@@ -35,7 +35,7 @@ BACKENDS = ("auto", "native", "triton", "reference")
 KERNELS: dict[str, frozenset[str]] = {
     "extract_scores": frozenset({"cpu", "cuda"}),
     "linear": frozenset({"cpu"}),
-    "paged_attention": frozenset({"cpu"}),
+    "paged_attention": frozenset({"cpu", "cuda", "triton"}),
     "philox": frozenset({"cpu", "cuda", "triton"}),
     "prefix_attention": frozenset({"cpu", "cuda", "triton"}),
     "sample": frozenset({"cpu", "cuda", "triton"}),

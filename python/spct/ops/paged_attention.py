@@ -32,8 +32,10 @@ one block table each, a fixed number of levels): the rows of a continuous batch 
 any number of segments, so the engine never reorders rows and never pads levels. A kernel works segment by segment:
 it loads a segment's blocks once, computes all its rows, and merges each row's partial output and log-sum-exp.
 
-Backends: the reference (`spct.ops.ref.paged_attention`) and the C++ kernel (csrc/cpu/paged_attention*.{cpp,h},
-head sizes `HEAD_DIMS`, any block size); `spct.ops.dispatch.pick` chooses. The kernels follow one rule the
+Backends: the reference (`spct.ops.ref.paged_attention`), the C++ kernel (csrc/cpu/paged_attention*.{cpp,h}), the
+CUDA kernel (csrc/cuda/paged_attention.cu; head sizes `HEAD_DIMS` for both, any block size; under "auto" another
+head size runs the reference) and the Triton kernel (spct.ops.triton.paged_attention); `spct.ops.dispatch.pick`
+chooses. The kernels follow one rule the
 reference does not need (csrc/include/spct/paged_attention.h): a row's output is an online softmax over its blocks,
 one update per block, in the order of its segments and of their blocks, so a row's bits depend only on q[r], the
 blocks it sees and how many tokens of each: not on the other rows, on how its blocks are split into segments, or on
@@ -205,13 +207,20 @@ def _bind(index: tuple, q: torch.Tensor, k_cache: torch.Tensor, scale: float, ba
     function (q, k_cache, v_cache) -> (R, Hq, D); the C++ kernel's layout is made here, once. It holds the index
     tensors' addresses: the caller keeps them alive while it uses the function (a Plan holds them)."""
     picked = dispatch.pick(OP, q.device, backend)
+    rows, heads, dim = q.shape
+    if picked == "native" and dim not in HEAD_DIMS:
+        if backend == "native":
+            raise ValueError(f"head_dim {dim} has no native kernel (built: {', '.join(map(str, HEAD_DIMS))})")
+        picked = "reference"
     if picked == "reference":
         return lambda q, k_cache, v_cache: ref.paged_attention(q, k_cache, v_cache, *index, scale)
-    rows, heads, dim = q.shape
-    if dim not in HEAD_DIMS:
-        raise ValueError(f"head_dim {dim} has no CPU kernel (built: {', '.join(map(str, HEAD_DIMS))})")
-    lib = dispatch.native()
     block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows = index[:5]
+    if picked == "triton":
+        kernels = dispatch.triton(OP)
+        row_map = kernels.row_segments(seg_row_indptr, seg_rows, rows)  # once for every layer of the step
+        return lambda q, k_cache, v_cache: kernels.paged_attention(q, k_cache, v_cache, *index, scale,
+                                                                   row_map=row_map)
+    lib = dispatch.native()
     # positional, in the binding's order: the eight index addresses (0: no causal segment), then rows, heads,
     # kv_heads, head_dim, num_blocks, block_size, segments, nnz_blocks, nnz_rows, scale, bf16
     layout = lib.PagedAttentionLayout(*map(_address, index), rows, heads, k_cache.shape[2], dim, k_cache.shape[0],
@@ -223,7 +232,14 @@ def _bind(index: tuple, q: torch.Tensor, k_cache: torch.Tensor, scale: float, ba
         lib.paged_attention(layout, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr())
         return out
 
-    return native
+    def native_cuda(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(q)
+        with torch.cuda.device(q.device):  # the kernel launches (and allocates its workspace) on the current device
+            lib.paged_attention_cuda(layout, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(),
+                                     torch.cuda.current_stream(q.device).cuda_stream)
+        return out
+
+    return native_cuda if q.is_cuda else native
 
 
 class Plan:
@@ -301,8 +317,8 @@ def paged_attention(
     Hkv; block_ids: (nnz_blocks,) int32, each segment's blocks in order, < N; seg_block_indptr: (S + 1,) int32;
     seg_len: (S,) int32, tokens per segment; seg_row_indptr: (S + 1,) int32; seg_rows: (nnz_rows,) int32, each
     segment's rows, < R; causal: (S,) bool, q_pos: (R,) int32, seg_start: (S,) int32, all three or none; scale:
-    multiplies q . k (default 1 / sqrt(D)); backend: "auto", "native" (the C++ kernel, CPU tensors, D in HEAD_DIMS)
-    or "reference". returns: (R, Hq, D) in q's dtype, accumulated in float32.
+    multiplies q . k (default 1 / sqrt(D)); backend: "auto", "native" (the C++ or CUDA kernel, D in HEAD_DIMS),
+    "triton" or "reference". returns: (R, Hq, D) in q's dtype, accumulated in float32.
     """
     dispatch.check_backend(OP, backend)
     _check_tensors(q, k_cache, v_cache)
