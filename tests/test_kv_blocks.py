@@ -62,8 +62,8 @@ def test_incref_decref_and_free_order():
     assert [pool.refcount(b) for b in a] == [1, 1]
     pool.decref(a[::-1])
     assert counts(pool) == (4, 0, 0) and pool.state(a[0]) == "free"
-    # oldest freed first: the two never-used blocks, then a[1], then a[0]
-    assert pool.allocate(4) == [2, 3, a[1], a[0]]
+    # most recently freed first (a[0], then a[1]), then the never-used blocks, lowest first
+    assert a == [0, 1] and pool.allocate(4) == [a[0], a[1], 2, 3]
 
 
 def test_decref_below_zero_names_the_block_and_its_count_and_changes_nothing():

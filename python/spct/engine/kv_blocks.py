@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -52,8 +52,10 @@ class Evictor(Protocol):
 class BlockPool:
     """`num_blocks` KV blocks of `block_size` tokens, each with a reference count.
 
-    Free blocks are handed out oldest-freed first. A cache (`RadixCache(pool)`) registers itself as the pool's
-    evictor; `allocate` then evicts unreferenced cached blocks when too few are free.
+    Free blocks are handed out most recently freed first (lowest ids first at the start), so the blocks in use
+    stay few and warm in memory (a KV tensor's untouched pages are never faulted in). A cache (`RadixCache(pool)`)
+    registers itself as the pool's evictor; `allocate` then evicts unreferenced cached blocks when too few are
+    free.
     """
 
     def __init__(self, num_blocks: int, block_size: int):
@@ -65,7 +67,7 @@ class BlockPool:
         self.evictor: Evictor | None = None
         self._count = [0] * num_blocks
         self._cached = [False] * num_blocks
-        self._free = deque(range(num_blocks))
+        self._free = list(range(num_blocks - 1, -1, -1))  # a stack: pop() takes the top
         self._num_used = 0  # blocks with count > 0
         self._num_cached = 0  # cached blocks with count 0
 
@@ -108,7 +110,7 @@ class BlockPool:
             self.evictor.evict(short)
             if len(self._free) < n:  # an evictor that evicts less than it counted
                 return None
-        blocks = [self._free.popleft() for _ in range(n)]
+        blocks = [self._free.pop() for _ in range(n)]
         for b in blocks:
             self._count[b] = 1
         self._num_used += n
