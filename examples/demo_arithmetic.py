@@ -14,7 +14,8 @@ arithmetic word problem is right, then scale it with votes.
 5. GRPO on the model's own judgements, reward +1 / -1 by the correctness rule.
 6. A Meta RM head on the trained GRM's labelled judgements of the first --meta-items training items.
 7. The trained GRM on the held-out items: voting@1 (greedy), @4, @16 and Meta-RM voting@16 (k_meta = 8) over the same
-   samples, each with its 95% interval.
+   samples, each with its 95% interval; then voting@4 and @16 with balanced response orders (rotations of one
+   seeded order, `score_batch(shuffle="balanced")`) instead of random ones.
 
 Training runs in bfloat16 (about 2.2x fp32 on an AVX-512 BF16 CPU) at learning rates large enough for bf16 weights.
 Every stage resumes (rerun the command); the results go to OUT/results.json, the voting curve to OUT/voting.png,
@@ -39,12 +40,13 @@ from spct.train.data import arithmetic_pairs, write_items
 
 
 def held_out(model: str, items: list[dict], ks: list[int], max_new_tokens: int, out: Path, meta=None,
-             force_scores: bool = False) -> dict:
-    """{"k": ...} accuracies (with meta: the Meta-RM guided votes under "k", the plain ones under "k_plain")."""
+             force_scores: bool = False, shuffle: str | None = None) -> dict:
+    """{"k": ...} accuracies (with meta: the Meta-RM guided votes under "k", the plain ones under "k_plain");
+    shuffle: the sampled votes' response orders (None: random, "balanced": rotations of one order)."""
     grm = spct.GenerativeRewardModel.from_pretrained(model)
     eval_items = [EvalItem(it["id"], it["query"], it["responses"], it["best"], "arithmetic") for it in items]
     return evaluate(grm, eval_items, ks, max_new_tokens=max_new_tokens, meta_rm=meta, batch_size=50,
-                    force_scores=force_scores, cache_dir=out, settings={"model": model})
+                    force_scores=force_scores, shuffle=shuffle, cache_dir=out, settings={"model": model})
 
 
 def summary(results: dict) -> str:
@@ -63,6 +65,8 @@ def summary(results: dict) -> str:
         lines.append(row(row_name, trained["k_plain"][k]))
     top = max(trained["k"], key=int)
     lines.append(row(f"trained, Meta-RM voting@{top} (k_meta = {int(top) // 2})", trained["k"][top]))
+    for k, r in results.get("trained_balanced", {}).get("k", {}).items():
+        lines.append(row(f"trained, voting@{k}, balanced orders", r))
     return "\n".join(lines)
 
 
@@ -124,6 +128,9 @@ def main() -> None:
     meta = spct.MetaRewardModel.from_pretrained(out / "meta" / "meta_rm")
     stage("trained", lambda: held_out(grm_model, test, [1, 4, 16], args.max_new_tokens, out / "eval-trained",
                                       meta=meta))
+    # the same trained GRM with balanced response orders (each response in each position k/n times)
+    stage("trained_balanced", lambda: held_out(grm_model, test, [4, 16], args.max_new_tokens,
+                                               out / "eval-trained-balanced", shuffle="balanced"))
     trained = results["trained"]
     # the plain votes as "overall" (with their interval), the Meta-RM guided votes over the same samples beside them
     curve = {"k": {k: {**r, "categories": {"Meta-RM voting, k_meta = k/2": trained["k"][k]["overall"]}}
