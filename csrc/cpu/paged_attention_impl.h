@@ -31,7 +31,8 @@ namespace {
 
 using attn::PagedAttention;
 
-constexpr int W = 16;               // floats per vector: queries per lane group
+#include "vec_impl.h"  // W (floats per vector: queries per lane group), Buf, vf/vi, bf16, load1/store1, vexp
+
 // Queries per task. A query's bits do not depend on the tile it is in (tested), so the size follows the work: one
 // vector of lanes for a few rows per KV head (a 16-row decode step at Hq 9 / Hkv 3 makes 9 tasks, which keeps 2
 // threads busy where 3 tasks left one idle a third of the time), three vectors once that still leaves 4 tiles per
@@ -45,36 +46,7 @@ constexpr int kAcc = 6;
 #endif
 constexpr int kQueries = 4;  // queries per p . v pass
 
-// A growable buffer of trivially copyable T (local, see above).
-template <typename T>
-struct Buf {
-  T* p = nullptr;
-  int64_t n = 0, cap = 0;
-  Buf() = default;
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  ~Buf() { free(p); }
-  void resize(int64_t size) {
-    if (size > cap) {
-      T* grown = static_cast<T*>(realloc(p, sizeof(T) * size_t(size > 0 ? size : 1)));
-      if (grown == nullptr) abort();
-      p = grown;
-      cap = size;
-    }
-    n = size;
-  }
-  void assign(int64_t size, T fill) {
-    resize(size);
-    for (int64_t i = 0; i < size; ++i) p[i] = fill;
-  }
-  T* data() { return p; }
-  T& operator[](int64_t i) { return p[i]; }
-};
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a < b ? b : a; }
-
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
 typedef float vf8 __attribute__((vector_size(32)));
 
 template <typename V>
@@ -83,7 +55,6 @@ inline V loadv(const float* p) {
   memcpy(&v, p, sizeof v);
   return v;
 }
-inline vf loadv(const float* p) { return loadv<vf>(p); }
 inline vi loadi(const int32_t* p) {
   vi v;
   memcpy(&v, p, sizeof v);
@@ -92,45 +63,6 @@ inline vi loadi(const int32_t* p) {
 template <typename V>
 inline void storev(float* p, V v) {
   memcpy(p, &v, sizeof v);
-}
-inline vf splat(float x) { return vf{} + x; }
-
-inline float from_bf16(uint16_t b) {
-  const uint32_t u = uint32_t(b) << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-inline uint16_t to_bf16(float f) {  // round to nearest even, as torch does
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  if (std::isnan(f)) return 0x7FC0;
-  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-inline float load1(const float* p, int64_t i) { return p[i]; }
-inline float load1(const uint16_t* p, int64_t i) { return from_bf16(p[i]); }
-inline void store1(float* p, int64_t i, float v) { p[i] = v; }
-inline void store1(uint16_t* p, int64_t i, float v) { p[i] = to_bf16(v); }
-
-// exp(x) for x <= 0 (Cephes expf, as in prefix_attention_impl.h: relative error ~1e-7; below -87 it returns
-// exp(-87) ~ 1.6e-38, nothing measurable next to the running maximum's 1). Lane-wise.
-inline vf vexp(vf x) {
-  const vf lo = splat(-87.0f);
-  x = x < lo ? lo : x;
-  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const vf n = (x * 1.44269504088896341f + magic) - magic;
-  const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  vf y = splat(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * (r * r) + r + 1.0f;
-  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-  vf scale;
-  memcpy(&scale, &e, sizeof scale);
-  return y * scale;
 }
 
 // n rows of D values (row stride ld elements) as float32 rows: float32 ones where they are (the row stride stays ld),

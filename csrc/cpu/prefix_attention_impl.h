@@ -30,59 +30,9 @@ namespace {
 using attn::kChunk;
 using attn::PrefixAttention;
 
-constexpr int W = 16;  // floats per vector
+#include "vec_impl.h"
 
-// A growable buffer of trivially copyable T (local, see above).
-template <typename T>
-struct Buf {
-  T* p = nullptr;
-  int64_t n = 0, cap = 0;
-  Buf() = default;
-  explicit Buf(int64_t size, T fill = T()) { assign(size, fill); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  ~Buf() { free(p); }
-  void resize(int64_t size) {
-    if (size > cap) {
-      T* grown = static_cast<T*>(realloc(p, sizeof(T) * size_t(size)));
-      if (grown == nullptr) abort();
-      p = grown;
-      cap = size;
-    }
-    n = size;
-  }
-  void assign(int64_t size, T fill) {
-    resize(size);
-    for (int64_t i = 0; i < size; ++i) p[i] = fill;
-  }
-  T* data() { return p; }
-  T& operator[](int64_t i) { return p[i]; }
-};
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline float fmax2(float a, float b) { return a < b ? b : a; }
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-
-inline vf loadv(const float* p) {
-  vf v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void storev(float* p, vf v) { memcpy(p, &v, sizeof v); }
-inline vf splat(float x) { return vf{} + x; }
-
-inline float from_bf16(uint16_t b) {
-  const uint32_t u = uint32_t(b) << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-inline uint16_t to_bf16(float f) {  // round to nearest even, as torch does
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  if (std::isnan(f)) return 0x7FC0;
-  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 // D consecutive values starting at p as D / W float vectors.
 template <int D>
 inline void load_row(const float* p, vf* out) {
@@ -105,32 +55,6 @@ inline float hsum(vf v) {  // a fixed tree, for reproducible sums
     for (int i = 0; i < w; ++i) h[i] += h[i + w];
   return h[0];
 }
-inline float load1(const float* p, int64_t i) { return p[i]; }
-inline float load1(const uint16_t* p, int64_t i) { return from_bf16(p[i]); }
-inline void store1(float* p, int64_t i, float v) { p[i] = v; }
-inline void store1(uint16_t* p, int64_t i, float v) { p[i] = to_bf16(v); }
-
-// exp(x) for x <= 0 (Cephes expf: range reduction by ln 2, degree-6 polynomial, relative error ~1e-7). Below -87
-// it returns exp(-87) ~ 1.6e-38 instead of a smaller number: nothing measurable next to the row maximum's 1.
-inline vf vexp(vf x) {
-  const vf lo = splat(-87.0f);
-  x = x < lo ? lo : x;
-  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const vf n = (x * 1.44269504088896341f + magic) - magic;
-  const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  vf y = splat(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * (r * r) + r + 1.0f;
-  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-  vf scale;
-  memcpy(&scale, &e, sizeof scale);
-  return y * scale;
-}
-
 // Rows of queries blocked together in the two products (accumulators must fit the registers).
 #if defined(__AVX512F__)
 constexpr int kRows = 4;
