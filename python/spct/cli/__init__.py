@@ -6,6 +6,7 @@
   spct score --input items.jsonl --output out.jsonl --k 8    GRM rewards per item (resumable)
   spct eval --data rmb_bon.jsonl.gz --format rmb-bon --k 1,4,16 --out DIR   accuracy vs k (JSON, table, plot)
   spct train rft|rl|meta-rm --config FILE [--resume] [--FIELD VALUE ...]   SPCT training stages
+  spct serve --model smollm2-135m [--port 8000] [--api-key KEY]   the reward server (docs/serve.md)
 
 Every command checks its arguments, paths and inputs before it loads a model (`spct.cli.checks`); an error is one
 line on stderr and a non-zero exit, and `--debug` shows the traceback instead.
@@ -19,7 +20,7 @@ import sys
 
 from spct.cli import checks
 
-COMMANDS = ("spct.cli.generate", "spct.cli.score", "spct.cli.eval", "spct.cli.train")
+COMMANDS = ("spct.cli.generate", "spct.cli.score", "spct.cli.eval", "spct.cli.train", "spct.cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)  # --debug also after the command name
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{fetch,extract,generate,score,eval,train}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{fetch,extract,generate,score,eval,train,serve}")
     for name in COMMANDS:
         module = importlib.import_module(name)
         adders = [getattr(module, a) for a in ("add_parsers", "add_parser") if hasattr(module, a)]

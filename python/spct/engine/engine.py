@@ -179,7 +179,8 @@ class Engine:
             self._online.cancel(handle)
 
     def stats(self) -> dict:
-        """Counts since the engine started: running and waiting requests, blocks_used / blocks_free /
+        """Counts since the engine started: running and waiting requests, running_rows (sequences in the running
+        requests: samples decoding, or a prompt prefilling), blocks_used / blocks_free /
         blocks_cached / blocks_total, prefix_hit_tokens, prefill_tokens, decode_tokens, preemptions, and
         tokens_per_s (prefill plus decode tokens per second of step time)."""
         return self._engine().stats()

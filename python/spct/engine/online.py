@@ -164,7 +164,9 @@ class Online:
         s, pool = self.scheduler, self.scheduler.pool
         with self._cv:
             counts = dict(s.counts)
-            out = {"running": len(s.running), "waiting": len(s.waiting) + len(self._inbox),
+            out = {"running": len(s.running), "running_rows": sum(max(len(j.seqs), j.prompt is not None)
+                                                                  for j in s.running),
+                   "waiting": len(s.waiting) + len(self._inbox),
                    "blocks_used": s.blocks_used, "blocks_free": pool.num_free, "blocks_cached": s.blocks_cached,
                    "blocks_total": self.num_blocks, "block_size": self.block_size, "kv_cache_bytes": self.kv_bytes}
             busy = self._busy

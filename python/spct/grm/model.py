@@ -25,7 +25,8 @@ from spct.grm.templates import Template, messages
 from spct.items import ItemError, as_item
 from spct.ops.token_bytes import TokenBytes
 
-__all__ = ["REDUCE", "SHUFFLES", "GenerativeRewardModel", "Judgement", "SampleJudgement", "check_reduce"]
+__all__ = ["REDUCE", "SHUFFLES", "GenerativeRewardModel", "Judgement", "PendingScores", "SampleJudgement",
+           "check_reduce"]
 
 REDUCE = ("sum", "mean")  # how score_batch turns the voted samples' scores into a reward
 
@@ -160,6 +161,37 @@ class GenerativeRewardModel:
         by the samples voted, so rewards compare across k); progress: called with token counts as the engine
         prefills and decodes (`Engine.generate`), forced score groups included. All samples of all items are decoded
         together. An error about one item is an `ItemError` whose index is its position in items."""
+        plan = self._plan(items, k=k, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens,
+                          shuffle=shuffle, indices=indices, meta_rm=meta_rm, k_meta=k_meta, force_scores=force_scores,
+                          reduce=reduce)
+        outs = self._generate(plan, progress)
+        return plan.finish(outs)
+
+    def submit_batch(self, items: Sequence, *, k: int = 1, temperature: float | None = None, seed: int = 0,
+                     max_new_tokens: int = 512, shuffle: bool | str | None = None,
+                     indices: Sequence[int] | None = None, meta_rm=None, k_meta: int | None = None,
+                     force_scores: bool = False, reduce: str = "sum") -> PendingScores:
+        """`score_batch` without waiting: the prompts go to the online engine at once (`Engine.submit`, one
+        request per distinct prompt) and a `PendingScores` comes back; its result() is score_batch's list, equal
+        to it for the same arguments whatever else the engine runs. Needs the paged runner (the Llama family)."""
+        plan = self._plan(items, k=k, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens,
+                          shuffle=shuffle, indices=indices, meta_rm=meta_rm, k_meta=k_meta, force_scores=force_scores,
+                          reduce=reduce)
+        handles = []
+        try:
+            for p, ids in enumerate(plan.prompts):
+                handles.append(self.engine.submit(ids, k=plan.ks[p], seed=plan.seeds[p],
+                                                  constraint=None if plan.constraints is None else plan.constraints[p],
+                                                  temperature=plan.temperature, max_new_tokens=max_new_tokens))
+        except BaseException:
+            for h in handles:
+                self.engine.cancel(h)
+            raise
+        return PendingScores(plan, handles, self.engine)
+
+    def _plan(self, items: Sequence, *, k: int, temperature: float | None, seed: int, max_new_tokens: int,
+              shuffle, indices, meta_rm, k_meta: int | None, force_scores: bool, reduce: str) -> _Plan:
+        """Checks the arguments and builds every prompt of the batch (`score_batch`'s rules)."""
         if k_meta is not None and (meta_rm is None or not isinstance(k_meta, int) or k_meta < 1):
             raise ValueError(f"k_meta must be an int >= 1 used with meta_rm, got {k_meta!r}")
         check_k(k)
@@ -172,26 +204,22 @@ class GenerativeRewardModel:
             raise ValueError(f"indices must have one entry per item ({len(parsed)}), got {len(numbers)}")
         all_orders = [orders(len(r), k, seed, numbers[i], shuffle) for i, (_, r) in enumerate(parsed)]
         prompts, ks, seeds, where = self._prompts(parsed, all_orders, numbers, seed, max_new_tokens)
-        outs = self._generate(prompts, ks, seeds, where, [len(r) for _, r in parsed], force_scores, progress,
-                              temperature=temperature, max_new_tokens=max_new_tokens)
-        samples = [[outs[p][s] for p, s in w] for w in where]
-        judged = self._judge(parsed, samples, all_orders, k=k, seed=seed, indices=numbers, meta_rm=meta_rm,
-                             k_meta=k_meta)
-        return judged if reduce == "sum" else [_mean(j) for j in judged]
-
-    def _generate(self, prompts, ks, seeds, where, num_responses: list[int], force_scores: bool, progress,
-                  **sampling) -> list:
-        """The engine's samples of every prompt (where[i]: item i's (prompt, sample) pairs); with force_scores each
-        prompt gets the forced-scores constraint for its item's responses. The prompts were checked against the
-        context (`_prompts`), so no engine error is about one item."""
-        if not prompts:
-            return []
         constraints = None
         if force_scores:
-            n_of = {p: num_responses[i] for i, w in enumerate(where) for p, _ in w}
+            n_of = {p: len(parsed[i][1]) for i, w in enumerate(where) for p, _ in w}
             constraints = [self._force_scores(n_of[p]) for p in range(len(prompts))]
-        return self.engine.generate(prompts, k=ks, seed=seeds, constraints=constraints, progress=progress,
-                                    **sampling)
+        return _Plan(self, parsed, all_orders, numbers, prompts, ks, seeds, where, constraints, k=k, seed=seed,
+                     temperature=temperature, max_new_tokens=max_new_tokens, meta_rm=meta_rm, k_meta=k_meta,
+                     reduce=reduce)
+
+    def _generate(self, plan: _Plan, progress) -> list:
+        """The engine's samples of every prompt of the plan. The prompts were checked against the context
+        (`_prompts`), so no engine error is about one item."""
+        if not plan.prompts:
+            return []
+        return self.engine.generate(plan.prompts, k=plan.ks, seed=plan.seeds, constraints=plan.constraints,
+                                    progress=progress, temperature=plan.temperature,
+                                    max_new_tokens=plan.max_new_tokens)
 
     def _prompts(self, parsed, all_orders, numbers: list[int], seed: int, max_new_tokens: int):
         """One prompt per distinct response order of an item: (prompt ids, samples per prompt, seed per prompt,
@@ -261,3 +289,60 @@ class GenerativeRewardModel:
         own = self.tokenizer.eos_token_id
         return ([own] if own in eos else []) + [t for t in eos if t != own]
 
+
+
+@dataclass(eq=False)
+class _Plan:
+    """One batch's prompts and how its samples map back to items (`GenerativeRewardModel._plan`)."""
+
+    grm: GenerativeRewardModel
+    parsed: list
+    all_orders: list
+    numbers: list[int]
+    prompts: list[list[int]]
+    ks: list[int]
+    seeds: list[int]
+    where: list  # where[i][j] = (prompt, sample within it) of item i's sample j
+    constraints: list | None
+    k: int
+    seed: int
+    temperature: float
+    max_new_tokens: int
+    meta_rm: object
+    k_meta: int | None
+    reduce: str
+
+    def finish(self, outs: list) -> list[Judgement]:
+        """outs[p]: the samples of prompt p -> the judgements, one per item."""
+        samples = [[outs[p][s] for p, s in w] for w in self.where]
+        judged = self.grm._judge(self.parsed, samples, self.all_orders, k=self.k, seed=self.seed,
+                                 indices=self.numbers, meta_rm=self.meta_rm, k_meta=self.k_meta)
+        return judged if self.reduce == "sum" else [_mean(j) for j in judged]
+
+
+class PendingScores:
+    """A submitted batch (`GenerativeRewardModel.submit_batch`).
+
+    result(timeout) blocks and returns the judgements; `handles` are the engine's requests (one per prompt; await
+    them in asyncio, then call finish(outs) with their samples, off the event loop when a Meta RM rates them);
+    cancel() stops them all. prompt_tokens: the prompts' tokens (each prefilled once)."""
+
+    def __init__(self, plan: _Plan, handles: list, engine):
+        self.plan, self.handles, self.engine = plan, handles, engine
+        self.prompt_tokens = sum(len(p) for p in plan.prompts)
+
+    def result(self, timeout: float | None = None) -> list[Judgement]:
+        try:
+            outs = [h.result(timeout) for h in self.handles]
+        except BaseException:
+            self.cancel()
+            raise
+        return self.finish(outs)
+
+    def finish(self, outs: list) -> list[Judgement]:
+        return self.plan.finish(outs)
+
+    def cancel(self) -> None:
+        for h in self.handles:
+            if not h.done():
+                self.engine.cancel(h)

@@ -1,0 +1,52 @@
+"""Running the app under uvicorn: the ready line, and a graceful stop on SIGTERM or Ctrl-C.
+
+On the signal the server stops accepting connections, /health and new requests on open connections answer 503,
+the requests in flight finish (at most `shutdown_timeout` seconds, then they are cancelled), the engine stops, and
+`run` returns (the CLI then exits 0). uvicorn's own handler would re-raise the signal after its shutdown, which ends
+the process with the signal's status; `_Server` keeps the graceful exit instead.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import uvicorn
+
+from spct.serve.app import create_app
+from spct.serve.work import Config
+
+__all__ = ["run"]
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state):
+        super().__init__(config)
+        self.spct_state = state
+
+    def handle_exit(self, sig: int, frame) -> None:
+        self.spct_state.draining = True
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting for the requests in flight
+        else:
+            self.should_exit = True
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            print(f"spct serve: listening on http://{shown}:{port}", file=sys.stderr, flush=True)
+
+
+def run(grm, config: Config, *, host: str = "127.0.0.1", port: int = 8000, meta_rm=None, api_key: str | None = None,
+        shutdown_timeout: float = 30.0, log_level: str = "warning", access_log: bool = False) -> None:
+    """Serves until SIGTERM or Ctrl-C, then drains (see the module docstring)."""
+    app = create_app(grm, config, meta_rm=meta_rm, api_key=api_key)
+    uv = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                        timeout_graceful_shutdown=shutdown_timeout, lifespan="off")
+    server = _Server(uv, app.state.spct)
+    try:
+        server.run()
+    finally:
+        grm.engine.shutdown()
