@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 import spct
-from spct import integrations
+from spct.integrations import local
 from spct.integrations import GRMReward, compute_score
 
 
@@ -54,7 +54,7 @@ def test_verl_settings_come_from_reward_kwargs_and_extra_info(default_model_dir,
     (numpy scalars, as parquet gives them, included). A call with no valid sample warns, once per process."""
     import numpy as np
 
-    monkeypatch.setattr(integrations, "_WARNED", set())
+    monkeypatch.setattr(local, "_WARNED", set())
     kw = {"model": str(default_model_dir), "max_new_tokens": 8, "invalid_reward": -1.0}
     info = {"question": "What is 2 + 2?"}
     with warnings.catch_warnings(record=True) as caught:
