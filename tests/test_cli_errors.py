@@ -301,3 +301,31 @@ def test_a_write_failure_keeps_the_finished_lines_and_a_rerun_completes_them(tmp
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 already in" in proc.stderr
     assert out.read_text() == reference.read_text()  # completed, no duplicates, same lines
+
+
+SERVE_CASES = [
+    (["--host", "0.0.0.0"], "--host 0.0.0.0", "--api-key"),
+    (["--k", "0"], "--k", ">= 1"),
+    (["--k", "8", "--max-k", "4"], "--k 8", "--max-k 4"),
+    (["--max-new-tokens", "9000"], "--max-new-tokens 9000", "--max-tokens"),
+    (["--max-body-mb", "0"], "--max-body-mb", "(0"),
+    (["--port", "70000"], "--port", "65535"),
+    (["--api-key", " "], "--api-key", "empty"),
+    (["--model", "no-such-model-here"], "--model", "no-such-model-here"),
+]
+
+
+@pytest.mark.parametrize("args,named,allowed", SERVE_CASES, ids=[c[1] for c in SERVE_CASES])
+def test_serve_checks_its_arguments_before_loading_a_model(no_model, args, named, allowed, monkeypatch):
+    monkeypatch.delenv("SPCT_API_KEY", raising=False)
+    fails(["serve", "--port", "0", *args], "spct serve", named, allowed)
+
+
+def test_serve_names_a_port_that_is_taken(no_model):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        fails(["serve", "--port", str(port)], f"--port {port}", "cannot listen there")
