@@ -30,8 +30,10 @@ def server(default_model_dir):
 
 @pytest.fixture(scope="module")
 def keyed(default_model_dir):
-    """A server with a key, grouped /get_reward and a short request timeout."""
+    """A server with a key, a Meta RM (the backbone with a fresh head), grouped /get_reward and a short request
+    timeout."""
     with serving.server(default_model_dir, "--api-key", KEY, "--group-size", "2", "--group-timeout", "30",
+                        "--meta-rm", str(default_model_dir),
                         "--max-new-tokens", "16", "--force-scores", "--request-timeout", "10") as srv:
         yield srv
 
@@ -226,3 +228,15 @@ def test_a_client_that_disconnects_cancels_its_work(server):
         time.sleep(0.2)
     assert metric(server, "spct_running_rows") == 0
     assert post(server, "/v1/score", GOOD).status_code == 200
+
+
+def test_k_meta_votes_the_samples_the_meta_rm_rates_best(keyed):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    r = post(keyed, "/v1/score", {"items": ITEMS[:1], "k": 3, "k_meta": 1, "max_new_tokens": 16,
+                                  "return_samples": True}, headers=auth)
+    assert r.status_code == 200, r.text
+    j = r.json()["judgements"][0]
+    metas = [s["meta_score"] for s in j["samples"]]
+    assert j["num_valid"] == 1 and all(isinstance(m, float) for m in metas)
+    best = max(range(3), key=lambda i: metas[i])  # the one voted: its scores are the rewards
+    assert j["rewards"] == j["samples"][best]["scores"]
