@@ -25,9 +25,10 @@ class Message(BaseModel):
 
 
 class Item(BaseModel):
-    """A query (text, or a chat conversation) and the responses to judge."""
+    """A query (text, or a chat conversation) and the responses to judge. Other fields of the item format (`id`,
+    `best`, ...) are accepted and not used, so lines of a `spct score` input file can be sent as they are."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="ignore")
 
     query: str | list[Message] = Field(min_length=1)
     responses: list[str] = Field(min_length=1)
