@@ -90,38 +90,37 @@ def test_trl_reward_warns_once_and_takes_reduce(grm):
         GRMReward(grm, reduce="median")
 
 
-def test_trl_grpo_trainer_runs_two_steps_with_the_grm_reward(grm, smollm2_tokenizer, tmp_path):
-    """TRL's real GRPOTrainer, 2 optimizer steps on the CPU: a tiny Llama policy built here (the default model's
-    tokenizer), the default model as the listwise GRM reward with forced score groups."""
+def run_grpo(reward_func, tokenizer, output_dir):
+    """TRL's real GRPOTrainer, 2 optimizer steps on the CPU: a tiny Llama policy built here (the tokenizer's vocab),
+    4 prompts, 2 completions each. Returns (the trainer, the policy, its parameters before training)."""
     import torch
     import trl
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    tok = smollm2_tokenizer
+    tok = tokenizer
     policy = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                           max_position_embeddings=512, bos_token_id=tok.bos_token_id,
                                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
-    reward = GRMReward(grm, mode="listwise", k=2, max_new_tokens=16, force_scores=True)
-    calls = []
-
-    def logged(prompts, completions, **kwargs):
-        out = reward(prompts, completions, **kwargs)
-        calls.append((list(prompts), list(completions), out, list(reward.last_num_valid)))
-        return out
-
-    logged.__name__ = reward.__name__
     data = Dataset.from_dict({"prompt": ["What is 2 + 2?", "Name a primary color.", "Say hello in French.",
                                          "What is the capital of Italy?"]})
-    args = trl.GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, per_device_train_batch_size=2,
+    args = trl.GRPOConfig(output_dir=str(output_dir), max_steps=2, per_device_train_batch_size=2,
                           num_generations=2, max_completion_length=8, learning_rate=1e-2, use_cpu=True,
                           report_to="none", save_strategy="no", logging_steps=1, seed=0, bf16=False)
-    trainer = trl.GRPOTrainer(model=policy, reward_funcs=[logged], args=args, train_dataset=data,
+    trainer = trl.GRPOTrainer(model=policy, reward_funcs=[reward_func], args=args, train_dataset=data,
                               processing_class=tok)
     trainer.train()
+    return trainer, policy, before
+
+
+def check_grpo_run(trainer, policy, before, calls) -> None:
+    """2 steps; each call's rewards finite, from k = 2 forced samples of one listwise item per prompt; the reward
+    logged; the policy trained. calls: (prompts, completions, rewards, last_num_valid) per reward call."""
+    import torch
+
     assert trainer.state.global_step == 2
     assert calls, "the trainer never called the reward function"
     for prompts, completions, rewards, num_valid in calls:
@@ -131,3 +130,18 @@ def test_trl_grpo_trainer_runs_two_steps_with_the_grm_reward(grm, smollm2_tokeni
     logged_rewards = [h for h in trainer.state.log_history if "reward" in h]
     assert logged_rewards and all(math.isfinite(h["reward"]) for h in logged_rewards)
     assert any(not torch.equal(before[n], p) for n, p in policy.named_parameters())  # it trained
+
+
+def test_trl_grpo_trainer_runs_two_steps_with_the_grm_reward(grm, smollm2_tokenizer, tmp_path):
+    """TRL's real GRPOTrainer for 2 steps (`run_grpo`), the default model as the listwise GRM reward with forced
+    score groups."""
+    reward = GRMReward(grm, mode="listwise", k=2, max_new_tokens=16, force_scores=True)
+    calls = []
+
+    def logged(prompts, completions, **kwargs):
+        out = reward(prompts, completions, **kwargs)
+        calls.append((list(prompts), list(completions), out, list(reward.last_num_valid)))
+        return out
+
+    logged.__name__ = reward.__name__
+    check_grpo_run(*run_grpo(logged, smollm2_tokenizer, tmp_path / "grpo"), calls)
