@@ -263,7 +263,8 @@ BATCH = (["What is 2 + 2?"] * 2 + [[{"role": "user", "content": "Name a primary 
 
 @pytest.fixture(scope="module")
 def served(default_model_dir):
-    with serving.server(default_model_dir, "--api-key", KEY, "--max-new-tokens", "16") as srv:
+    """A server with a key, taking one scoring request at a time (429 for a second one: a real busy server)."""
+    with serving.server(default_model_dir, "--api-key", KEY, "--max-new-tokens", "16", "--max-queue", "1") as srv:
         yield srv
 
 
@@ -272,10 +273,10 @@ def grm(default_model_dir):
     return spct.GenerativeRewardModel.from_pretrained(str(default_model_dir))
 
 
-def score_requests(srv) -> float:
-    """Answered /v1/score requests, from the server's /metrics."""
+def score_requests(srv, status: int = 200) -> float:
+    """/v1/score requests answered with status, from the server's /metrics."""
     text = httpx.get(f"{srv.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).text
-    line = 'spct_requests_total{route="/v1/score",status="200"} '
+    line = f'spct_requests_total{{route="/v1/score",status="{status}"}} '
     return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line))
 
 
@@ -291,6 +292,19 @@ def test_remote_rewards_equal_the_local_grms(served, grm):
         RemoteGRMReward(served.url, api_key="wrong", **JUDGING)(*BATCH)
     with pytest.raises(ValueError, match=r"400 k = 65 is over this server's limit of 64 \(--max-k\)"):
         RemoteGRMReward(served.url, api_key=KEY, k=65, max_new_tokens=1)(*BATCH)
+
+
+def test_a_busy_servers_429_is_retried_after_its_retry_after(served):
+    """Two requests at once to a server that takes one (--max-queue 1): the second is refused with 429 and
+    Retry-After, waits, and is answered; both get the same rewards (the same seed)."""
+    busy = score_requests(served, 429)
+
+    async def both():
+        rewards = [AsyncRemoteGRMReward(served.url, api_key=KEY, backoff=0.01, **JUDGING) for _ in range(2)]
+        return await asyncio.gather(*(r(BATCH[0][:2], BATCH[1][:2]) for r in rewards))
+
+    first, second = asyncio.run(both())
+    assert first == second and len(first) == 2 and score_requests(served, 429) > busy
 
 
 def test_remote_compute_score_equals_compute_score(served, grm, default_model_dir, monkeypatch):
