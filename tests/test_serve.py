@@ -153,6 +153,10 @@ BAD = [  # (route, body: a JSON value, or bytes sent as they are; status; the fi
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, 422, "messages[0].role"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 100}, 400, "n"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_p": 0}, 422, "top_p"),
+    ("/v1/score", {"items": [{"query": [{"role": "tool", "content": "x"}], "responses": ["a"]}]}, 422,
+     "items[0].query[0].role"),
+    ("/v1/score", {"items": [{"query": 7, "responses": ["a"]}]}, 422, "a string or a list of chat messages"),
+    ("/v1/score/", {"items": [{"query": "x", "responses": ["a"]}]}, 404, "/v1/score"),
 ]
 
 

@@ -11,6 +11,7 @@ import argparse
 import ipaddress
 import os
 import socket
+from pathlib import Path
 
 from spct.cli import checks
 
@@ -36,6 +37,15 @@ def _check_bind(host: str, port: int) -> None:
     except OSError as exc:
         raise ValueError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
                          "choose another --port (0 picks a free one)") from None
+
+
+def _served_name(model: str) -> str:
+    """The name responses carry: an alias or Hugging Face id as given, a folder or file by its own name (never the
+    machine's path)."""
+    path = Path(model)
+    if path.exists():
+        return path.stem if path.is_file() else path.resolve().name
+    return model
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -80,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                          f"this model runs on transformers ({engine.runner.why})")
     grm = spct.GenerativeRewardModel(engine)
     meta_rm = None if args.meta_rm is None else spct.MetaRewardModel.from_pretrained(args.meta_rm, dtype=args.dtype)
-    config = Config(model_name=args.served_model_name or args.model, k=args.k, temperature=args.temperature,
+    config = Config(model_name=args.served_model_name or _served_name(args.model), k=args.k, temperature=args.temperature,
                     max_new_tokens=args.max_new_tokens, force_scores=args.force_scores, seed=args.seed,
                     reduce=args.reduce, invalid_reward=args.invalid_reward, max_items=args.max_items,
                     max_k=args.max_k, max_tokens=args.max_tokens, max_body_bytes=int(args.max_body_mb * (1 << 20)),
@@ -100,7 +110,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help="every route but /health needs 'Authorization: Bearer KEY' (default: the "
                    "SPCT_API_KEY environment variable)")
     p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host without a key")
-    p.add_argument("--served-model-name", help="the model name in responses (default: --model)")
+    p.add_argument("--served-model-name", help="the model name in responses (default: --model, or the name of its "
+                   "folder or file)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="weights and activations")
     p.add_argument("--max-batch", type=int, default=256, help="sample rows the engine decodes together")
     p.add_argument("--kv-cache-mb", type=float, help="the paged KV budget in MiB (default: a quarter of free memory)")

@@ -22,7 +22,7 @@ from spct.engine.prompts import prompt_token_ids
 from spct.items import ItemError
 from spct.serve.guard import Guard, Limits, error_body
 from spct.serve.metrics import CONTENT_TYPE, Metrics
-from spct.serve.schemas import ChatRequest, RewardRequest, ScoreRequest, one_line
+from spct.serve.schemas import ChatRequest, RewardRequest, ScoreRequest, one_line, pick
 from spct.serve.work import Config, Disconnected, ServeError, State, reward_value
 
 __all__ = ["create_app"]
@@ -35,6 +35,7 @@ def create_app(grm, config: Config, *, meta_rm=None, api_key: str | None = None)
     state = State(grm, config, meta_rm)
     state.metrics = Metrics(grm.engine.stats, lambda: state.in_progress)
     app = FastAPI(title="spct serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.redirect_slashes = False  # "/v1/score/" is a 404 naming the routes, not a bare redirect
     app.state.spct = state
     _errors(app)
     _routes(app, state)
@@ -45,8 +46,7 @@ def create_app(grm, config: Config, *, meta_rm=None, api_key: str | None = None)
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "invalid"}
+        first = pick(exc.errors()) or {"loc": ("body",), "msg": "invalid request", "type": "invalid"}
         if first.get("type") == "json_invalid":
             ctx = first.get("ctx", {}).get("error", "")
             return _error(400, f"the body is not valid JSON ({ctx})" if ctx else "the body is not valid JSON", "body")

@@ -71,7 +71,8 @@ class Guard:
                     admitted = True
                     self.state.in_progress += 1
             if refusal is not None:
-                await _respond(tracked, *refusal, retry_after=self.limits.retry_after_s if refusal[0] == 429 else None)
+                retry = self.limits.retry_after_s if refusal[0] in (429, 503) else None
+                await _respond(tracked, *refusal, retry_after=retry)
                 return
             await self.app(scope, receive, tracked)
         finally:

@@ -8,13 +8,16 @@ routes (400), not here.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ChatRequest", "Item", "Message", "RewardRequest", "ScoreRequest", "field_name", "one_line"]
+__all__ = ["ChatRequest", "Item", "Message", "RewardRequest", "ScoreRequest", "field_name", "one_line", "pick"]
 
 SEED = Field(None, ge=0, lt=2**63)
+UNION_TAGS = ("str", "list[Message]", "list[str]", "int", "float", "bool")  # the branches pydantic names in a loc
+KINDS = {"str": "a string", "list[Message]": "a list of chat messages ({'role', 'content'})",
+         "list[str]": "a list of strings", "int": "an integer", "float": "a number", "bool": "true or false"}
 
 
 class Message(BaseModel):
@@ -30,7 +33,7 @@ class Item(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    query: str | list[Message] = Field(min_length=1)
+    query: Annotated[str, Field(min_length=1)] | Annotated[list[Message], Field(min_length=1)]
     responses: list[str] = Field(min_length=1)
     id: Any = None
 
@@ -81,6 +84,29 @@ class ChatRequest(BaseModel):
     logprobs: bool = False
 
 
+def _tag(loc: tuple) -> str | None:
+    """The union branch a loc ends in ('str', 'constrained-str', 'list[Message]', ...), or None."""
+    last = loc[-1] if loc else None
+    if isinstance(last, str) and (last in UNION_TAGS or last.startswith("constrained-")):
+        return last
+    return None
+
+
+def pick(errors: list[dict]) -> dict | None:
+    """The error to report. For a field of several types (a query: text or messages) pydantic reports every branch;
+    a branch that does not match the input's type only says "should be a valid string", so the error inside the
+    branch that matches is reported, or, when none matches, one error naming every type allowed."""
+    mismatch = [e for e in errors if _tag(tuple(e.get("loc", ()))) and e.get("type", "").endswith("_type")]
+    rest = [e for e in errors if e not in mismatch]
+    if rest or not mismatch:
+        return rest[0] if rest else None
+    loc = tuple(mismatch[0]["loc"])
+    same = [_tag(tuple(e["loc"])) for e in mismatch if tuple(e["loc"])[:-1] == loc[:-1]]
+    kinds = [KINDS.get(t.removeprefix("constrained-"), t) for t in same]
+    return {"loc": loc[:-1], "type": "union_type", "msg": f"Input should be {' or '.join(kinds)}",
+            "input": mismatch[0].get("input")}
+
+
 def field_name(loc: tuple | list) -> str:
     """('body', 'items', 0, 'responses') -> 'items[0].responses'; the body itself -> 'body'."""
     parts = [x for x in loc if x != "body"] if loc and loc[0] == "body" else list(loc)
@@ -88,7 +114,7 @@ def field_name(loc: tuple | list) -> str:
     for x in parts:
         if isinstance(x, int):
             out += f"[{x}]"
-        elif x in ("str", "list[Message]", "list[str]", "int", "float", "bool", "function-after[...]"):
+        elif _tag((x,)) or (isinstance(x, str) and x.startswith("function-")):
             continue  # the union member pydantic tried: not a field
         else:
             out += ("." if out else "") + str(x)
