@@ -133,15 +133,17 @@ async def overload_clients(url: str, items: list[dict], args) -> list[dict]:
     async def client(c: int) -> None:
         async with httpx.AsyncClient(timeout=httpx.Timeout(args.deadline_s)) as http:
             for i in range(c * per_client, min(count, (c + 1) * per_client)):
-                refused, missing_header = 0, 0
+                refused, missing_header, seen = 0, 0, set()
                 while True:
                     res = await send(http, url, score_body(items[i], args))
                     if res["status"] != 429:
                         break
                     refused += 1
                     missing_header += res["retry_after"] is None
+                    seen.add(res["retry_after"])
                     await asyncio.sleep(retry_after_s(res["retry_after"]))
-                results[i] = {**res, "429s": refused, "429s_without_retry_after": missing_header}
+                results[i] = {**res, "429s": refused, "429s_without_retry_after": missing_header,
+                              "retry_after_seen": sorted(v for v in seen if v is not None)}
 
     await asyncio.wait_for(asyncio.gather(*(client(c) for c in range(args.overload_clients))), args.deadline_s)
     return results
@@ -207,7 +209,7 @@ def run_overload(serving, items: list[dict], reference: list[dict], args) -> dic
     return {"clients": args.overload_clients, "max_queue": args.overload_max_queue, "requests": len(results),
             "final_statuses": count_statuses(results), "429s": sum(r["429s"] for r in results),
             "429s_without_retry_after": sum(r["429s_without_retry_after"] for r in results),
-            "retry_after_seen": sorted({r["retry_after"] for r in results if r.get("retry_after")}),
+            "retry_after_seen": sorted({v for r in results for v in r["retry_after_seen"]}),
             "wall_s": wall, "same_rewards_as_load": same, "exit_code": code}
 
 
@@ -271,7 +273,7 @@ def table(report: dict) -> str:
                                   f"{cmp_['judgements_differ'][:8]}; completion tokens differ: "
                                   f"{cmp_['completion_tokens_differ'][:8]})"),
         ("overload", f"{over['clients']} clients x 2, --max-queue {over['max_queue']}: {over['429s']} x 429 "
-                     f"({over['429s_without_retry_after']} without Retry-After), final "
+                     f"(Retry-After {over['retry_after_seen']}, {over['429s_without_retry_after']} without), final "
                      f"{json.dumps(over['final_statuses'])}, same rewards {over['same_rewards_as_load']}, "
                      f"{over['wall_s']:.1f} s"),
         ("server exit codes (load, overload)", f"{load['exit_code']}, {over['exit_code']}"),
