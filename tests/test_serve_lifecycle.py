@@ -104,3 +104,25 @@ def test_sigterm_during_load_finishes_the_requests_in_flight_and_exits_0(srv):
     # uvicorn's error log (a request cancelled at the grace period's end, an exception in the app) or a crashed thread
     errors = [line for line in srv.stderr_lines() if line.startswith(("ERROR:", "Exception in thread"))]
     assert not errors, "\n".join(srv.stderr_lines()[-20:])
+
+
+def test_requests_still_running_at_the_shutdown_timeout_get_503_and_the_server_exits_0(default_model_dir):
+    """--shutdown-timeout 1: requests that would run for minutes are cancelled at the cut-off and answered 503 in the
+    error shape (not a bare 500 from a cancelled handler), with nothing logged as an error, and the exit is 0."""
+    long = {**BODY, "max_new_tokens": 2000}
+    srv = serving.start(default_model_dir, "--shutdown-timeout", "1")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(httpx.post, f"{srv.url}/v1/score", json=long, timeout=120) for _ in range(2)]
+            wait_for(srv.url, "spct_requests_in_progress", 2)
+            srv.proc.send_signal(signal.SIGTERM)
+            responses = [f.result() for f in futures]
+        code = srv.proc.wait(EXIT_BOUND_S)
+    finally:
+        srv.stop()
+    for r in responses:
+        assert r.status_code == 503 and "shutting down" in r.json()["error"]["message"], r.text
+    assert code == 0
+    time.sleep(0.2)  # the stderr reader's last lines
+    noise = [x for x in srv.stderr_lines() if "ERROR" in x or "Exception" in x or "never retrieved" in x]
+    assert not noise, noise

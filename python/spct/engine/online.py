@@ -80,9 +80,15 @@ class Handle:
                 else:
                     future.set_result(list(self._samples))
 
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(resolve)
+            except RuntimeError:  # the waiter's event loop is closed (its program ended first): nobody to tell
+                pass
+
         with self._lock:
             if not self._done.is_set():
-                self._waiters.append(lambda: loop.call_soon_threadsafe(resolve))
+                self._waiters.append(wake)
         if self._done.is_set():
             resolve()
         return future.__await__()

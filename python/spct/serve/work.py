@@ -78,6 +78,7 @@ class State:
         called and the handles' samples stop. An engine shutdown is a 503."""
         timeout = self.config.request_timeout if timeout is None else timeout
         gathered = asyncio.gather(*(_awaited(h) for h in handles))
+        gathered.add_done_callback(_retrieved)
         watch = asyncio.ensure_future(_disconnect(request)) if request is not None else None
         waiting = {gathered} | ({watch} if watch is not None else set())
         try:
@@ -108,6 +109,12 @@ class State:
         outs = await self.wait(pending.handles, pending.cancel, request, timeout)
         judged = await asyncio.to_thread(pending.finish, outs)
         return judged, pending
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """Reads a finished gather's outcome, so a cancelled one is not reported as an exception never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _awaited(handle):
