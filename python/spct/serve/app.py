@@ -182,8 +182,8 @@ async def _get_reward(state: State, body: RewardRequest, request: Request) -> di
     pairs = _responses(state, body)
     try:
         if state.groups is not None:
-            got = await asyncio.wait_for(asyncio.gather(*(state.groups.reward(p, r) for p, r in pairs)),
-                                         c.request_timeout + c.group_timeout)
+            got = await asyncio.wait_for(asyncio.gather(*(_grouped(state, i, p, r) for i, (p, r) in
+                                                          enumerate(pairs))), c.request_timeout + c.group_timeout)
         else:
             judged, _ = await state.score([(p, [r]) for p, r in pairs], request, indices=[0] * len(pairs), k=c.k,
                                           temperature=c.temperature, seed=c.seed, max_new_tokens=c.max_new_tokens,
@@ -196,6 +196,14 @@ async def _get_reward(state: State, body: RewardRequest, request: Request) -> di
     rewards = [reward_value(r, c.invalid_reward) for r, _, _ in got]
     return {"rewards": rewards, "scores": list(rewards),
             "extra_logs": {"num_valid": [n for _, n, _ in got], "group_size": [g for _, _, g in got]}}
+
+
+async def _grouped(state: State, i: int, prompt: str, response: str) -> tuple[float, int, int]:
+    """query[i]'s reward from its group; an error judging the group names query[i]."""
+    try:
+        return await state.groups.reward(prompt, response)
+    except ItemError as e:
+        raise ServeError(400, f"query[{i}]: {e.detail}", f"query[{i}]") from None
 
 
 async def _chat(state: State, body: ChatRequest, request: Request) -> dict:
