@@ -1,6 +1,8 @@
-"""Shared by the benchmarks: the median wall time of a baseline timed beside pytest-benchmark's own rounds, and the
-tests' one tolerance table per dtype (validation before timing)."""
+"""Shared by the benchmarks: the median wall time of a baseline timed beside pytest-benchmark's own rounds, the
+tests' one tolerance table per dtype (validation before timing), and the machine's physical limits measured in the
+same run (memory read GB/s, bf16 matmul GFLOP/s), which every op's figure is reported as a fraction of."""
 
+import functools
 import importlib.util
 import statistics
 import time
@@ -26,3 +28,26 @@ def median_seconds(fn, rounds: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+@functools.cache
+def memory_read_gb_per_s(mib: int = 512, rounds: int = 5) -> float:
+    """This machine's memory read speed, measured now: GB/s of torch's sum over a float32 tensor far larger than
+    the caches (every thread torch uses). The physical limit a memory-bound op is reported against."""
+    import torch
+
+    x = torch.ones(mib * (1 << 20) // 4)
+    x.sum()  # fault the pages in
+    return x.numel() * 4 / median_seconds(x.sum, rounds) / 1e9
+
+
+@functools.cache
+def bf16_matmul_gflop_per_s(size: int = 2048, rounds: int = 5) -> float:
+    """This machine's bf16 matrix-multiply speed, measured now: GFLOP/s of a size^3 torch.matmul (oneDNN). The
+    compute limit a compute-bound op is reported against."""
+    import torch
+
+    a = torch.randn(size, size).bfloat16()
+    b = torch.randn(size, size).bfloat16()
+    a @ b
+    return 2 * size**3 / median_seconds(lambda: a @ b, rounds) / 1e9
