@@ -115,6 +115,23 @@ def test_score_batch_end_to_end_is_seeded(grm):
     assert len(greedy.samples) == 1 and greedy.samples[0].order == [0, 1]
 
 
+def test_submit_batch_result_equals_score_batch(grm):
+    """submit_batch returns at once; its result() is score_batch's judgements, and a cancelled one raises."""
+    from spct.engine.online import RequestCancelled
+
+    items = [{"query": "What is 2 + 2?", "responses": ["4", "5"]}, ("Name a color.", ["Blue", "Seven"])]
+    settings = dict(k=2, max_new_tokens=12, seed=3, force_scores=True)
+    pending = grm.submit_batch(items, **settings)
+    assert pending.prompt_tokens > 0 and len(pending.handles) >= 2
+    got, want = pending.result(), grm.score_batch(items, **settings)
+    assert [(j.rewards, j.best, j.num_valid) for j in got] == [(j.rewards, j.best, j.num_valid) for j in want]
+    assert [[s.text for s in j.samples] for j in got] == [[s.text for s in j.samples] for j in want]
+    stopped = grm.submit_batch(items, **{**settings, "max_new_tokens": 1000})
+    stopped.cancel()
+    with pytest.raises(RequestCancelled):
+        stopped.result(timeout=60)
+
+
 @pytest.mark.parametrize(
     ("bad", "match"),
     [(("", ["a"]), r"^items\[1\]: the item has an empty query"),
