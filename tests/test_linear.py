@@ -7,23 +7,33 @@ import torch
 import torch.nn.functional as F
 from conftest import TOLERANCES
 
-from spct.ops.linear import Linear, native_bf16_available
+from spct.ops import dispatch
+from spct.ops.linear import KERNELS, Linear, kernel_name, native_bf16_available
 
-needs_native = pytest.mark.skipif(not native_bf16_available(torch.device("cpu")),
-                                  reason="this CPU has no AVX-512 BF16 (Linear is torch's there)")
+HAS_NATIVE = native_bf16_available(torch.device("cpu"))
+needs_native = pytest.mark.skipif(not HAS_NATIVE, reason="this CPU has no AVX-512 BF16 (Linear is torch's there)")
 
 
-@needs_native
+def _kernel(name: str) -> str:
+    """name, or a skip that says why this CPU cannot run it."""
+    if not HAS_NATIVE:
+        pytest.skip("this CPU has no AVX-512 BF16 (Linear is torch's there)")
+    if name == "amx" and not dispatch.native().linear_bf16_amx_supported():
+        pytest.skip("this CPU has no AMX-BF16 (or the OS did not grant the tile registers)")
+    return name
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize(("n", "k"), [(960, 576), (576, 1536), (100, 30), (17, 7), (16, 2), (49152, 64)])
-@pytest.mark.parametrize("rows", [1, 5, 6, 7, 13, 64])
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 13, 16, 17, 64])
 @pytest.mark.parametrize("bias", [False, True])
-def test_native_matches_torch(n, k, rows, bias):
+def test_native_matches_torch(kernel, n, k, rows, bias):
     g = torch.Generator().manual_seed(n * 7 + k + rows)
     w = (torch.randn((n, k), generator=g) / k**0.5).bfloat16()
     b = torch.randn(n, generator=g).bfloat16() if bias else None
     x = torch.randn((rows, k), generator=g).bfloat16()
-    lin = Linear(w, b)
-    assert lin.native
+    lin = Linear(w, b, kernel=_kernel(kernel))
+    assert lin.native and lin.kernel == kernel
     got = lin(x)
     assert got.shape == (rows, n) and got.dtype == torch.bfloat16
     want = F.linear(x.float(), w.float(), None if b is None else b.float()).bfloat16()
@@ -31,15 +41,27 @@ def test_native_matches_torch(n, k, rows, bias):
     assert torch.equal(lin.unpacked(), w)
 
 
-@needs_native
-def test_a_row_does_not_depend_on_the_batch():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_row_does_not_depend_on_the_batch(kernel):
     g = torch.Generator().manual_seed(0)
-    lin = Linear((torch.randn((300, 128), generator=g) / 11).bfloat16())
-    x = torch.randn((40, 128), generator=g).bfloat16()
+    lin = Linear((torch.randn((300, 200), generator=g) / 14).bfloat16(), kernel=_kernel(kernel))
+    x = torch.randn((40, 200), generator=g).bfloat16()
     full = lin(x)
     for rows in range(1, 40):
         assert torch.equal(lin(x[:rows]), full[:rows]), rows
         assert torch.equal(lin(x[rows - 1: rows]), full[rows - 1: rows]), rows
+
+
+@needs_native
+def test_the_default_kernel_is_amx_where_the_cpu_has_it():
+    want = "amx" if dispatch.native().linear_bf16_amx_supported() else "avx512bf16"
+    assert kernel_name() == want
+    assert Linear(torch.ones(16, 32).bfloat16()).kernel == want
+
+
+def test_an_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        Linear(torch.ones(16, 32).bfloat16(), kernel="sse")
 
 
 def test_float32_is_torch_linear():

@@ -3,7 +3,8 @@
 // where linear_bf16_supported(); the kernel reads no index values, so it checks nothing.
 //
 //   weight = LinearBF16Weight(packed=..., bias=..., n=..., k=...)    once per weight matrix
-//   linear_bf16(weight, x, rows, y)                                  per call: host addresses of x and y
+//   linear_bf16(weight, x, rows, y, amx)                             per call: host addresses of x and y; amx
+//                                                                    only where linear_bf16_amx_supported()
 #include "common.h"
 
 #include "spct/linear.h"
@@ -28,16 +29,20 @@ void bind_linear(py::module_& m) {
              return LinearBF16Weight{dptr<const uint16_t>(packed), dptr<const uint16_t>(bias), n, k};
            }),
            py::arg("packed"), py::arg("bias"), py::arg("n"), py::arg("k"));
+  m.def("linear_bf16_amx_supported", &spct::cpu::linear_bf16_amx_supported,
+        "True when the CPU has AMX-BF16 and the OS granted this process the tile registers.");
   m.def(
       "linear_bf16",
-      [](const LinearBF16Weight& w, uintptr_t x, int64_t rows, uintptr_t y) {
+      [](const LinearBF16Weight& w, uintptr_t x, int64_t rows, uintptr_t y, bool amx) {
         py::gil_scoped_release nogil;
-        spct::cpu::linear_bf16(dptr<const uint16_t>(x), rows, w.k, w.packed, w.n, w.bias, dptr<uint16_t>(y));
+        auto run = amx ? &spct::cpu::linear_bf16_amx : &spct::cpu::linear_bf16;
+        run(dptr<const uint16_t>(x), rows, w.k, w.packed, w.n, w.bias, dptr<uint16_t>(y));
       },
-      py::arg("weight"), py::arg("x"), py::arg("rows"), py::arg("y"),
+      py::arg("weight"), py::arg("x"), py::arg("rows"), py::arg("y"), py::arg("amx") = false,
       "y (rows, N) = x (rows, K) W^T (+ bias) in bfloat16 (host addresses; spct/linear.h).");
 #else
   m.def("linear_bf16_supported", []() { return false; }, "True when the CPU has AVX-512 BF16.");
+  m.def("linear_bf16_amx_supported", []() { return false; }, "True when the CPU has AMX-BF16.");
 #endif
 }
 

@@ -6,6 +6,7 @@
 namespace spct_bind {
 
 void bind_paged_attention(py::module_& m);  // csrc/bindings/paged_attention.cpp
+void bind_layer_ops(py::module_& m);        // csrc/bindings/layer_ops.cpp
 
 void bind_view(py::module_& m) {
   py::class_<View>(m, "View", "A buffer by address: data, dtype, shape, strides (elements), device (-1: host).")
@@ -38,4 +39,5 @@ PYBIND11_MODULE(_C, m) {
   spct_bind::bind_paged_attention(m);
   spct_bind::bind_linear(m);
   spct_bind::bind_score_group(m);
+  spct_bind::bind_layer_ops(m);
 }

@@ -1,8 +1,9 @@
 // linear_bf16: y (M, N) = x (M, K) W^T (+ bias), bfloat16 in and out, float32 accumulation, for the small M of
 // decoding (one row per live sample). W comes pre-packed in pairs along K for 16 outputs at a time:
 //   packed (N / 16, K / 2, 16, 2): element (n, k) at ((n / 16) * (K / 2) + k / 2) * 32 + (n % 16) * 2 + k % 2
-// (the layout of the AVX-512 BF16 dot-product instruction). N must be a multiple of 16 and K even (the caller,
-// spct.ops.linear.Linear, pads the weight so), and the CPU must have AVX-512 BF16 (linear_bf16_supported()).
+// (the layout of the AVX-512 BF16 dot-product instruction, and of an AMX tile of B). N must be a multiple of 16 and
+// K of 32 (the caller, spct.ops.linear.Linear, pads the weight so), and the CPU must have AVX-512 BF16
+// (linear_bf16_supported()), or AMX for linear_bf16_amx.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,14 @@ bool linear_bf16_supported();
 // row's result does not depend on the other rows.
 void linear_bf16(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n, const uint16_t* bias,
                  uint16_t* y);
+
+// True when this CPU has AMX-BF16 (and AVX-512 BF16) and the OS granted this process the tile registers.
+bool linear_bf16_amx_supported();
+
+// The same product on AMX tiles (csrc/cpu/linear_amx.cpp). Its sums run over K in tiles of 32, so its bits differ
+// from linear_bf16's; a row's result still does not depend on M or the other rows.
+void linear_bf16_amx(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n,
+                     const uint16_t* bias, uint16_t* y);
 
 }  // namespace cpu
 }  // namespace spct

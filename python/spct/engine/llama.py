@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from spct.engine.models import fetch, read_json
+from spct.ops import layer_ops
 from spct.ops import paged_attention as paged
 from spct.ops import prefix_attention as pa
 from spct.ops.linear import Linear
@@ -258,9 +259,7 @@ class LlamaRunner:
     # -- pieces -------------------------------------------------------------------------------------------------
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
-        return weight * h.to(x.dtype)
+        return layer_ops.add_rms_norm(x, None, weight, self.config.rms_norm_eps)
 
     def _qkv(self, layer: dict, h: torch.Tensor, positions: torch.Tensor, tiled: bool = False):
         """h: (N, hidden) -> q (N, Hq, D), k (N, Hkv, D), v (N, Hkv, D), RoPE applied to q and k."""
@@ -275,8 +274,7 @@ class LlamaRunner:
 
     def _mlp(self, layer: dict, x: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         h = self._rms_norm(x, layer["post_norm"])
-        gate, up = self._linear(layer["gate_up"], h, tiled).chunk(2, dim=-1)
-        return x + self._linear(layer["down"], F.silu(gate) * up, tiled)
+        return x + self._linear(layer["down"], layer_ops.silu_mul(self._linear(layer["gate_up"], h, tiled)), tiled)
 
     def logits(self, x: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         """Final norm and LM head: (N, hidden) -> (N, V) in the model dtype (tiled: `_linear`)."""
@@ -431,15 +429,20 @@ class LlamaRunner:
         plan = paged.Plan(ix["block_ids"], ix["seg_block_indptr"], ix["seg_len"], ix["seg_row_indptr"],
                           ix["seg_rows"], causal=ix["causal"], q_pos=ix["q_pos"], seg_start=ix["seg_start"],
                           scale=self.scale)
-        x = self.embed[tokens]
+        # Each layer is 4 matmuls, the attention and 3 fused element-wise calls (spct.ops.layer_ops): the residual
+        # adds go into the norms that follow them, RoPE writes k and v to their slots.
+        x, eps = self.embed[tokens], c.rms_norm_eps
+        h = layer_ops.add_rms_norm(x, None, self.layers[0]["in_norm"], eps)
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, self._rms_norm(x, layer["in_norm"]), positions, True)
-            k_cache, v_cache = kv[i, 0], kv[i, 1]
-            k_cache.view(-1, c.num_kv_heads, c.head_dim)[slots] = k
-            v_cache.view(-1, c.num_kv_heads, c.head_dim)[slots] = v
-            attn = plan.run(q, k_cache, v_cache)
-            x = x + self._linear(layer["o"], attn.reshape(x.shape[0], -1), True)
-            x = self._mlp(layer, x, True)
+            qkv = self._linear(layer["qkv"], h, True)
+            q = layer_ops.rope_qkv(qkv, self.cos, self.sin, positions, kv[i, 0], kv[i, 1], slots, c.num_heads,
+                                   c.num_kv_heads)
+            attn = plan.run(q, kv[i, 0], kv[i, 1])
+            h = layer_ops.add_rms_norm(x, self._linear(layer["o"], attn.reshape(x.shape[0], -1), True),
+                                       layer["post_norm"], eps)
+            down = self._linear(layer["down"], layer_ops.silu_mul(self._linear(layer["gate_up"], h, True)), True)
+            after = self.layers[i + 1]["in_norm"] if i + 1 < len(self.layers) else self.norm
+            h = layer_ops.add_rms_norm(x, down, after, eps)  # the last layer's: the final norm
         if not layout.logit_rows:
             return x.new_empty((0, c.vocab_size))
-        return self.logits(x[as_t(layout.logit_rows)], True)
+        return self._linear(self.lm_head, h[as_t(layout.logit_rows)], True)

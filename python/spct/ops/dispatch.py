@@ -34,6 +34,7 @@ BACKENDS = ("auto", "native", "triton", "reference")
 # op -> where it has kernels besides its reference: "cpu" (C++), "cuda" (CUDA C++), "triton"
 KERNELS: dict[str, frozenset[str]] = {
     "extract_scores": frozenset({"cpu", "cuda"}),
+    "layer_ops": frozenset({"cpu"}),
     "linear": frozenset({"cpu"}),
     "paged_attention": frozenset({"cpu", "cuda", "triton"}),
     "philox": frozenset({"cpu", "cuda", "triton"}),

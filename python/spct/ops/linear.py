@@ -5,6 +5,10 @@ is far from the memory and dot-product limits there (see csrc/cpu/linear.cpp). `
 once into the kernel's layout and runs it for any number of rows; elsewhere (float32, other CPUs, CUDA) it is
 `torch.nn.functional.linear`, which is also the reference the kernel is tested against.
 
+Two builds of the kernel share the packed layout: AMX tiles where the CPU has them (csrc/cpu/linear_amx.cpp), else
+AVX-512 BF16 dot products. One is chosen per process (`kernel_name`) and runs for every M, because the two sum in
+different orders and a row's bits must not change with the number of rows.
+
 Checks: this wrapper decides when the kernel runs (a bf16 weight on a CPU with AVX-512 BF16, a bf16 CPU input),
 checks x's shape (M, K) and builds what the kernel needs (the weight padded to N a multiple of 16 and K even, then
 packed; x padded to K, contiguous); the bindings only marshal; the kernel reads no index values and checks nothing.
@@ -17,7 +21,9 @@ import torch.nn.functional as F
 
 from spct.ops import dispatch
 
-__all__ = ["Linear", "native_bf16_available"]
+__all__ = ["KERNELS", "Linear", "kernel_name", "native_bf16_available"]
+
+KERNELS = ("amx", "avx512bf16")
 
 
 def native_bf16_available(device: torch.device) -> bool:
@@ -28,18 +34,34 @@ def native_bf16_available(device: torch.device) -> bool:
     return bool(dispatch.native().linear_bf16_supported())
 
 
-class Linear:
-    """weight: (N, K), bias: (N,) or None. __call__(x: (M, K)) -> (M, N) in the weight's dtype."""
+def kernel_name(device: torch.device = torch.device("cpu")) -> str | None:
+    """The native kernel a bf16 `Linear` on `device` runs: "amx" where the CPU has AMX-BF16, "avx512bf16" where it
+    has only AVX-512 BF16, None where it runs torch."""
+    if not native_bf16_available(device):
+        return None
+    return "amx" if dispatch.native().linear_bf16_amx_supported() else "avx512bf16"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+
+class Linear:
+    """weight: (N, K), bias: (N,) or None. __call__(x: (M, K)) -> (M, N) in the weight's dtype. kernel: "amx" or
+    "avx512bf16" forces that native kernel (tests and benches; it must be available); None takes `kernel_name`."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel: str | None = None):
         self.out_features, self.in_features = weight.shape
         self.native = weight.dtype == torch.bfloat16 and native_bf16_available(weight.device)
+        if kernel is not None and kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS} or None, got {kernel!r}")
+        if kernel == "amx" and not (self.native and dispatch.native().linear_bf16_amx_supported()):
+            raise ValueError("kernel 'amx' needs a bfloat16 CPU weight and a CPU with AMX-BF16")
+        if kernel == "avx512bf16" and not self.native:
+            raise ValueError("kernel 'avx512bf16' needs a bfloat16 CPU weight and a CPU with AVX-512 BF16")
         if not self.native:
             self.weight, self.bias = weight, bias
             return
+        self.kernel = kernel or kernel_name(weight.device)
         n, k = weight.shape
-        n_pad, k_pad = -n % 16, k % 2
-        w = F.pad(weight, (0, k_pad, 0, n_pad))  # zero rows and columns: N a multiple of 16, K even
+        n_pad, k_pad = -n % 16, -k % 32
+        w = F.pad(weight, (0, k_pad, 0, n_pad))  # zero rows and columns: N a multiple of 16, K of 32 (an AMX tile)
         self.n, self.k = n + n_pad, k + k_pad
         # (N/16, 16, K/2, 2) -> (N/16, K/2, 16, 2): pairs along K for 16 outputs at a time
         self.packed = w.view(self.n // 16, 16, self.k // 2, 2).permute(0, 2, 1, 3).contiguous()
@@ -58,7 +80,7 @@ class Linear:
         rows = x.shape[0]
         x = x.contiguous() if self.k == self.in_features else F.pad(x, (0, self.k - self.in_features)).contiguous()
         y = torch.empty((rows, self.n), dtype=torch.bfloat16)
-        self._lib.linear_bf16(self._packed, x.data_ptr(), rows, y.data_ptr())
+        self._lib.linear_bf16(self._packed, x.data_ptr(), rows, y.data_ptr(), self.kernel == "amx")
         return y if self.n == self.out_features else y[:, : self.out_features]
 
     def unpacked(self) -> torch.Tensor:
