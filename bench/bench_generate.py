@@ -9,7 +9,16 @@ One real GRM prompt of about 1,000 tokens: the query and two responses of an RMB
     python -m pytest bench/bench_generate.py --benchmark-enable -s                      # the full sweep (long)
     python -m pytest bench/bench_generate.py --benchmark-enable -s -k "bfloat16 and (k1- or k16- or k32-)"
 
-SPCT_BENCH_NEW_TOKENS shortens the generation (default 256); SPCT_BENCH_BASELINE=0 skips transformers.
+Each line also gives the roofline of a decode step on this machine, measured in the same run: the larger of the bytes
+it must read (every weight matrix once, the prompt's KV once per layer) at `timing.memory_read_gb_per_s` and its
+FLOPs at `timing.bf16_matmul_gflop_per_s`, and spct's decode as a fraction of it (decode alone: the time of the
+same request with one new token, its prefill from the prefix cache, is taken off).
+
+test_generate_under_contention runs k = 16 quiet, then beside a busy process that holds one core (a Python loop,
+ended after), with the engine's thread tuner (spct.engine.threads) and with a fixed thread count.
+
+SPCT_BENCH_NEW_TOKENS shortens the generation (default 256); SPCT_BENCH_BASELINE=0 skips transformers;
+SPCT_BENCH_DEVICE runs spct and transformers on another device (default cpu; bench/gpu_suite.sh sets cuda).
 """
 
 from __future__ import annotations
@@ -18,6 +27,9 @@ import gzip
 import inspect
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +41,7 @@ from spct.engine.models import fetch
 KS = [1, 2, 4, 8, 16, 32]
 PROMPT_TOKENS = 1000
 NEW_TOKENS = int(os.environ.get("SPCT_BENCH_NEW_TOKENS", "256"))
+DEVICE = os.environ.get("SPCT_BENCH_DEVICE", "cpu")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rmb" / "rmb_bon.jsonl.gz"
 TEMPLATE = ("You are a skilled judge. Read the query and both responses, write your principles and a critique, then "
             "score each response from 1 to 10.\n\n[Query]\n{query}\n\n[Response 1]\n{a}\n\n[Response 2]\n{b}\n\n"
@@ -100,8 +113,45 @@ def engines(model_dir):
 
 def _engine(engines, model_dir, dtype):
     if dtype not in engines:
-        engines[dtype] = spct.Engine.from_pretrained(model_dir, dtype=dtype)
+        engines[dtype] = spct.Engine.from_pretrained(model_dir, dtype=dtype, device=DEVICE)
     return engines[dtype]
+
+
+def _sync():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def roofline_tokens_per_s(runner, k: int, context: int) -> tuple[float, str]:
+    """The most decode tokens/s this machine allows at k samples over `context` tokens (module docstring), and
+    what bounds it."""
+    from timing import bf16_matmul_gflop_per_s, memory_read_gb_per_s
+
+    c = runner.config
+    linears = [runner.lm_head, *(m for layer in runner.layers for m in layer.values() if hasattr(m, "out_features"))]
+    params = sum(m.out_features * m.in_features for m in linears)
+    weight_bytes = params * runner.dtype.itemsize
+    kv_bytes = 2 * c.num_layers * context * c.num_kv_heads * c.head_dim * runner.dtype.itemsize
+    flops = 2 * k * params + 4 * k * c.num_layers * context * c.num_heads * c.head_dim
+    read_s = (weight_bytes + kv_bytes) / (memory_read_gb_per_s() * 1e9)
+    compute_s = flops / (bf16_matmul_gflop_per_s() * 1e9)
+    return k / max(read_s, compute_s), "memory" if read_s >= compute_s else "compute"
+
+
+def decode_tokens_per_s(engine, ids, k: int, rounds: int) -> float:
+    """k * (NEW_TOKENS - 1) over the best time of a NEW_TOKENS generation less that of a 1-token one (the prefill,
+    served by the prefix cache after the first)."""
+    settings = {"temperature": 0.5, "seed": 1}
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        engine.generate([ids], k=k, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **settings)
+        _sync()
+        t1 = time.perf_counter()
+        engine.generate([ids], k=k, max_new_tokens=1, min_new_tokens=1, **settings)
+        _sync()
+        best = min(best, (t1 - t0) - (time.perf_counter() - t1))
+    return k * (NEW_TOKENS - 1) / best
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -115,28 +165,33 @@ def test_generate_throughput(benchmark, engines, model_dir, k, dtype):
         assert all(len(s.token_ids) == 4 for s in out[0])
         return
     tokens = k * NEW_TOKENS
-    run = lambda: engine.generate([ids], k=k, seed=1, **settings)  # noqa: E731
+    run = lambda: (engine.generate([ids], k=k, seed=1, **settings), _sync())[0]  # noqa: E731
     out, spct_peak = peak_rise_mib(run)
     assert all(len(s.token_ids) == NEW_TOKENS for s in out[0])
     benchmark.pedantic(run, rounds=int(os.environ.get("SPCT_BENCH_ROUNDS", "3")), warmup_rounds=0)
     spct_s = benchmark.stats.stats.median
-    info = {"k": k, "dtype": dtype, "prompt": source, "prompt_tokens": len(ids), "new_tokens": NEW_TOKENS,
-            "threads": torch.get_num_threads(), "spct_tokens_per_s": tokens / spct_s, "spct_peak_rise_mib": spct_peak,
+    decode = decode_tokens_per_s(engine, ids, k, 2)
+    roof, bound = roofline_tokens_per_s(engine.runner, k, len(ids) + NEW_TOKENS // 2)
+    info = {"k": k, "dtype": dtype, "device": str(engine.runner.device), "prompt": source, "prompt_tokens": len(ids),
+            "new_tokens": NEW_TOKENS, "threads": torch.get_num_threads(), "spct_tokens_per_s": tokens / spct_s,
+            "spct_decode_tokens_per_s": decode, "roofline_decode_tokens_per_s": roof, "roofline_bound": bound,
+            "fraction_of_roofline": decode / roof, "spct_peak_rise_mib": spct_peak,
             "spct_kv_mib": engine.last_kv_bytes / 2**20}
-    line = (f"\n{dtype:8s} k={k:2d} spct {tokens / spct_s:7.1f} tok/s (peak +{spct_peak:6.0f} MiB, KV "
+    line = (f"\n{dtype:8s} k={k:2d} spct {tokens / spct_s:7.1f} tok/s, decode {decode:7.1f} tok/s = "
+            f"{decode / roof:4.0%} of the {bound} roofline {roof:6.0f} (peak +{spct_peak:6.0f} MiB, KV "
             f"{engine.last_kv_bytes / 2**20:5.0f} MiB)")
     if os.environ.get("SPCT_BENCH_BASELINE", "1") != "0":
-        import time
-
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval().to(DEVICE)
         hf_settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "temperature": 0.5,
                        "do_sample": True, "top_k": 0, "top_p": 1.0, "num_return_sequences": k, "pad_token_id": 2}
 
         def baseline():
             with torch.no_grad():
-                return model.generate(torch.tensor([ids]), **hf_settings)
+                out = model.generate(torch.tensor([ids], device=DEVICE), **hf_settings)
+            _sync()
+            return out
 
         t0 = time.perf_counter()
         gen, hf_peak = peak_rise_mib(baseline)
@@ -146,4 +201,41 @@ def test_generate_throughput(benchmark, engines, model_dir, k, dtype):
                     ratio_vs_transformers=hf_s / spct_s)
         line += (f"  transformers {tokens / hf_s:7.1f} tok/s (peak +{hf_peak:6.0f} MiB)  ratio {hf_s / spct_s:5.2f}x")
     benchmark.extra_info.update(info)
+    print(line)
+
+
+def _busy_core() -> subprocess.Popen:
+    """A process that holds one core until it is killed."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the contention bench is for CPU runs")
+def test_generate_under_contention(benchmark, model_dir):
+    """k = 16 decode quiet and beside a busy process, with the thread tuner and with a fixed count."""
+    if benchmark.disabled:
+        pytest.skip("a timing-only bench: run with --benchmark-enable")
+    if os.cpu_count() < 2:
+        pytest.skip("needs at least 2 cores")
+    info, line = {"k": 16, "threads": torch.get_num_threads()}, "\nbfloat16 k=16 under contention:"
+    for mode in ("auto", "fixed"):
+        os.environ["SPCT_THREADS"] = mode  # read when the engine's step loop is made
+        try:
+            engine = spct.Engine.from_pretrained(model_dir, dtype="bfloat16")
+        finally:
+            os.environ.pop("SPCT_THREADS")
+        _, ids = grm_prompt(engine.tokenizer)
+        quiet = decode_tokens_per_s(engine, ids, 16, 2)
+        hog = _busy_core()
+        try:
+            time.sleep(0.5)
+            busy = decode_tokens_per_s(engine, ids, 16, 2)
+        finally:
+            hog.kill()
+            hog.wait()
+        info.update({f"{mode}_quiet_tokens_per_s": quiet, f"{mode}_busy_tokens_per_s": busy,
+                     f"{mode}_busy_fraction": busy / quiet})
+        line += f"  {mode}: quiet {quiet:6.1f}, one core busy {busy:6.1f} tok/s ({busy / quiet:4.0%})"
+        del engine
+    benchmark.extra_info.update(info)
+    benchmark.pedantic(lambda: None, rounds=1)
     print(line)

@@ -34,11 +34,12 @@ using attn::PagedAttention;
 #include "vec_impl.h"  // W (floats per vector: queries per lane group), Buf, vf/vi, bf16, load1/store1, vexp
 
 // Queries per task. A query's bits do not depend on the tile it is in (tested), so the size follows the work: one
-// vector of lanes for a few rows per KV head (a 16-row decode step at Hq 9 / Hkv 3 makes 9 tasks, which keeps 2
-// threads busy where 3 tasks left one idle a third of the time), three vectors once that still leaves 4 tiles per
-// KV head (K/V converted once for 48 queries: a 256-row prefill chunk over 1,024 tokens took 4.8 ms instead of
-// 12 ms on one thread).
-inline int64_t tile_size(int64_t queries) { return queries >= 4 * 3 * W ? 3 * W : W; }
+// vector of lanes while a KV head has fewer than three vectors of queries, three vectors from there. Each task
+// walks all of its segments' blocks (converting K and V to float32, the online-softmax bookkeeping), which cost
+// more than the dot products of one vector of lanes: a 16-row decode step over a 1,100-token prompt (Hq 9, Hkv 3:
+// 48 queries per KV head) took 570 us as 9 tasks of 16 queries on 2 threads and 372 us as 3 tasks of 48, though
+// one thread then does two of the three.
+inline int64_t tile_size(int64_t queries) { return queries >= 3 * W ? 3 * W : W; }
 #if defined(__AVX512F__)
 constexpr int kAcc = 24;  // score accumulators (vectors of W) a q . k pass holds in registers
 #else

@@ -13,18 +13,30 @@ A failure that belongs to one request (its constraint raised) fails that request
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
 
 from spct.engine.scheduler import Entry, Job, Scheduler
+from spct.engine.threads import ThreadTuner
 from spct.engine.tokens import Live, Request, Sample, TokenRules
 
 __all__ = ["Handle", "Online", "RequestCancelled"]
 
 IDLE_EXIT_S = 2.0  # the step loop's thread ends after this long without work
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # every Online, for the exit hook below
+
+
+@atexit.register
+def _stop_loops() -> None:
+    """At interpreter exit, each step loop ends before Python finalises: a daemon thread still inside a native call
+    then would be unwound from under it (the C++ runtime aborts with "terminate called ...")."""
+    for online in list(_LIVE):
+        online.shutdown()
 
 
 class RequestCancelled(Exception):
@@ -130,6 +142,8 @@ class Online:
         self._busy = 0.0
         self._closed = False
         self._jobs: dict[int, Job] = {}  # id(request) -> its job, while it runs
+        self._tuner = ThreadTuner(torch.get_num_threads())  # the step loop's thread count (engine/threads.py)
+        _LIVE.add(self)
 
     @property
     def block_bytes(self) -> int:
@@ -206,13 +220,16 @@ class Online:
             if not entries:
                 time.sleep(0.001)  # only while a waiting request waits for a prefill that another one ends
                 continue
+            self._tuner.before_step()
             t0 = time.perf_counter()
             try:
                 self._step(entries)
             except Exception as e:  # noqa: BLE001 - a step that fails fails its requests, the loop goes on
                 for job in {id(x.job): x.job for x in entries}.values():
                     self._end(job, e)
-            self._busy += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self._busy += took
+            self._tuner.after_step(took, len(entries), all(e.j >= 0 for e in entries))
 
     def _step(self, entries: list[Entry]) -> None:
         s = self.scheduler

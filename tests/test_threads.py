@@ -1,0 +1,62 @@
+"""The engine's thread tuner (spct.engine.threads): it keeps the count whose decode steps are fastest per row, tries
+the neighbouring counts once a period, and follows a change; prefill steps are not measured."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spct.engine.threads import ThreadTuner
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(tuner: ThreadTuner, cost: dict[int, float], steps: int) -> list[int]:
+    """Steps of 16 rows that take cost[n] seconds per row at n threads; the counts used."""
+    used = []
+    for _ in range(steps):
+        n = tuner.before_step()
+        assert torch.get_num_threads() == n
+        used.append(n)
+        tuner.after_step(cost[n] * 16, 16, True)
+    return used
+
+
+def test_a_quiet_machine_keeps_every_thread_and_pays_only_the_trials():
+    tuner = ThreadTuner(4, period=10, trial=2)
+    used = _run(tuner, {1: 4.0, 2: 2.1, 3: 1.5, 4: 1.2}, 100)
+    assert tuner.threads == 4
+    assert used.count(4) >= 80  # trials of 3 threads: 2 steps in every 14
+    assert set(used) == {3, 4}
+
+
+def test_a_busy_core_moves_the_count_down_and_back_up_when_it_leaves():
+    tuner = ThreadTuner(2, period=8, trial=2)
+    _run(tuner, {1: 2.0, 2: 1.1}, 30)
+    assert tuner.threads == 2
+    _run(tuner, {1: 2.0, 2: 5.0}, 30)  # a busy process holds a core: two threads wait at every barrier
+    assert tuner.threads == 1
+    _run(tuner, {1: 2.0, 2: 1.1}, 30)
+    assert tuner.threads == 2
+
+
+def test_a_near_tie_keeps_the_current_count():
+    tuner = ThreadTuner(2, period=4, trial=1)
+    _run(tuner, {1: 0.99, 2: 1.0}, 20)
+    assert tuner.threads == 2
+
+
+def test_prefill_steps_are_not_measured_and_fixed_turns_it_off(monkeypatch):
+    tuner = ThreadTuner(2, period=2, trial=1)
+    for _ in range(10):
+        tuner.before_step()
+        tuner.after_step(100.0, 300, False)
+    assert tuner.threads == 2 and not tuner._queue
+    monkeypatch.setenv("SPCT_THREADS", "fixed")
+    fixed = ThreadTuner(2, period=2, trial=1)
+    assert set(_run(fixed, {1: 0.1, 2: 9.0}, 20)) == {2}
