@@ -41,10 +41,13 @@ inline void store_bf16(uint16_t* p, vf f) {
   memcpy(p, &h, sizeof h);
 }
 
-inline vf round_bf16(vf f) {  // f rounded to bfloat16 and back
-  uint16_t tmp[W];
-  store_bf16(tmp, f);
-  return load_bf16(tmp);
+inline vf round_bf16(vf f) {  // f rounded to bfloat16 and back, in registers (a NaN stays a NaN)
+  vi u;
+  memcpy(&u, &f, sizeof u);
+  const vi rounded = (u + 0x7FFF + ((u >> 16) & 1)) & int32_t(0xFFFF0000u);
+  vf out;
+  memcpy(&out, &rounded, sizeof out);
+  return f != f ? f : out;
 }
 
 // exp(x) for any x (clamped to [-87, 88]: below, exp(-87) ~ 1.6e-38; above, ~1.7e38).
@@ -97,6 +100,7 @@ int64_t rope_qkv_bf16(const uint16_t* qkv, int64_t m, int64_t hq, int64_t hkv, i
   for (int64_t r = 0; r < m; ++r)  // every index before any write
     if (positions[r] < 0 || positions[r] >= num_positions || slots[r] < 0 || slots[r] >= num_slots) return r;
   const int64_t width = (hq + 2 * hkv) * d, half = d / 2;
+#pragma omp parallel for schedule(static) if (m * width >= (1 << 16))
   for (int64_t r = 0; r < m; ++r) {
     const uint16_t* row = qkv + r * width;
     const uint16_t* c = cos + positions[r] * d;
