@@ -142,7 +142,10 @@ class Online:
         self._busy = 0.0
         self._closed = False
         self._jobs: dict[int, Job] = {}  # id(request) -> its job, while it runs
-        self._tuner = ThreadTuner(torch.get_num_threads())  # the step loop's thread count (engine/threads.py)
+        # the step loop's thread count (engine/threads.py), where no result depends on it: the native bf16 kernels
+        # (torch's float32 matmuls are not known to give the same bits on any thread count)
+        tunable = runner.device.type == "cpu" and bool(getattr(runner.lm_head, "native", False))
+        self._tuner = ThreadTuner(torch.get_num_threads() if tunable else 1)
         _LIVE.add(self)
 
     @property
