@@ -8,9 +8,9 @@ with a byte-table lookup).
 
 The physical limit: the op must read each token id (8 bytes) and its bytes from the table and write the text, so
 its floor is those bytes at this machine's memory read speed (`timing.memory_read_gb_per_s`, measured in the same
-run); "of limit" is that floor over the native time. The parse is a byte-by-byte scan on top, so the fraction stays
-well below 100%. Both sides are timed in the same test; extra_info holds generations/s of each, the ratios of medians and
-the fraction of the limit.
+run); "of limit" is that floor over the native time. The parse is a byte-by-byte scan on top, so the fraction
+stays well below 100%. Both sides are timed in the same test; extra_info holds generations/s of each, the ratios of
+medians and the fraction of the limit.
 
     python -m pytest bench/bench_extract_scores.py --benchmark-enable --benchmark-json=extract.json
 """
