@@ -6,7 +6,8 @@
 //
 // The packed weight is already the layout of a tile of B: 16 pairs along K (rows) by 16 outputs (64 bytes), so a
 // tile of 32 values of K for 16 outputs is 1 KiB, contiguous. x is read as tiles of 16 rows by 32 values of K; a
-// last partial tile of rows is copied into a zeroed buffer first. Each output's sum runs over K in tiles of 32, in
+// last partial tile of rows is a tile of fewer rows (the tiles are configured again for it: a decode step of one
+// row multiplies one row, and reads nothing past x). Each output's sum runs over K in tiles of 32, in
 // order, into a float32 tile that starts at zero; the bias is added after, before the rounding to bfloat16. None of
 // that depends on M or on the other rows, so a row's result does not depend on the batch (tested), and every M runs
 // this same kernel on a machine that has AMX (one kernel per machine: a row must not change with the batch size).
@@ -40,11 +41,12 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-void configure_tiles() {
+// tmm0-3 results and tmm4 x: `rows` rows; tmm5-7 weights: 16 rows (pairs along K); all 64 bytes wide.
+void configure_tiles(int rows) {
   TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {  // tmm0-3 results, tmm4 x, tmm5-7 weights: all 16 rows of 64 bytes
+  for (int t = 0; t < 8; ++t) {
     cfg.colsb[t] = 64;
-    cfg.rows[t] = kTileRows;
+    cfg.rows[t] = uint8_t(t < 5 ? rows : kTileRows);
   }
   _tile_loadconfig(&cfg);
 }
@@ -131,34 +133,27 @@ bool linear_bf16_amx_supported() {
 void linear_bf16_amx(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n,
                      const uint16_t* bias, uint16_t* y) {
   const int64_t full = m / kTileRows, rest = m % kTileRows;
-  uint16_t* tail = nullptr;  // the last partial tile of rows, zero-padded to 16
-  if (rest) {
-    tail = static_cast<uint16_t*>(calloc(size_t(kTileRows * k), sizeof(uint16_t)));
-    if (tail == nullptr) abort();
-    memcpy(tail, x + full * kTileRows * k, size_t(rest * k) * sizeof(uint16_t));
-  }
   const int64_t n_blocks = n / 16;
   const uint16_t* w_end = packed + n * k;
   const int group = group_size(n_blocks, omp_get_max_threads());
   const int64_t tasks = (n_blocks + group - 1) / group;
 #pragma omp parallel
   {
-    configure_tiles();
     alignas(64) float acc[kMaxGroup * 256];
+    int configured = 0;  // the rows the tiles are configured for (a last partial tile of rows has fewer)
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t nb = t * group;
       const int g = int(n_blocks - nb < group ? n_blocks - nb : group);
       for (int64_t mt = 0; mt < full + (rest ? 1 : 0); ++mt) {
-        const bool last = mt == full;
-        tile_rows(last ? tail : x + mt * kTileRows * k, k, packed, w_end, nb, g, acc);
-        for (int j = 0; j < g; ++j)
-          write_tile(acc + j * 256, last ? rest : kTileRows, bias, nb + j, y + mt * kTileRows * n, n);
+        const int rows = int(mt == full ? rest : kTileRows);
+        if (rows != configured) configure_tiles(configured = rows);
+        tile_rows(x + mt * kTileRows * k, k, packed, w_end, nb, g, acc);
+        for (int j = 0; j < g; ++j) write_tile(acc + j * 256, rows, bias, nb + j, y + mt * kTileRows * n, n);
       }
     }
-    _tile_release();
+    if (configured) _tile_release();
   }
-  free(tail);
 }
 
 }  // namespace cpu
