@@ -1,10 +1,10 @@
 """linear throughput: decode-like products y = x W^T at SmolLM2-135M's weight matrices (bfloat16), M in {1, 16, 64}
 rows (one per live sample).
 
-Native: `spct.ops.linear.Linear` (the packed AVX-512 BF16 kernel; skipped on CPUs without it), the weight packed
-before timing as the runner packs it once. Each call reads a cold copy of the weight (512 MiB of copies in turn), as
-a decode step reads each layer's matrices from memory. Baseline: torch.nn.functional.linear on the same bf16 tensors, what the
-runner would call otherwise. Both are validated against a float32 product before timing and timed in the same
+Native: `spct.ops.linear.Linear` (the packed kernel this CPU runs: AMX tiles, else AVX-512 BF16; skipped on CPUs
+with neither), the weight packed before timing as the runner packs it once. Each call reads a cold copy of the
+weight (512 MiB of copies in turn), as a decode step reads each layer's matrices from memory. Baseline:
+torch.nn.functional.linear on the same bf16 tensors, what the runner would call otherwise. Both are validated against a float32 product before timing and timed in the same
 test; extra_info holds GB/s (the weight, x and y bytes each call must move), the ratio of medians, and the fraction
 of the roofline: the larger of the bytes at the memory-read speed and the FLOPs at the bf16 matmul speed, both
 measured in the same run (`timing.memory_read_gb_per_s`, `timing.bf16_matmul_gflop_per_s`), over the native time.
