@@ -34,6 +34,9 @@ void bind_linear(py::module_& m) {
   m.def(
       "linear_bf16",
       [](const LinearBF16Weight& w, uintptr_t x, int64_t rows, uintptr_t y, bool amx) {
+        // the tile registers exist only after the OS granted them (linear_bf16_amx_supported asks, once)
+        if (amx && !spct::cpu::linear_bf16_amx_supported())
+          throw py::value_error("amx=True needs a CPU with AMX-BF16 whose OS grants the tile registers");
         py::gil_scoped_release nogil;
         auto run = amx ? &spct::cpu::linear_bf16_amx : &spct::cpu::linear_bf16;
         run(dptr<const uint16_t>(x), rows, w.k, w.packed, w.n, w.bias, dptr<uint16_t>(y));
