@@ -60,6 +60,9 @@ def test_prefill_steps_are_not_measured_and_fixed_turns_it_off(monkeypatch):
     monkeypatch.setenv("SPCT_THREADS", "fixed")
     fixed = ThreadTuner(2, period=2, trial=1)
     assert set(_run(fixed, {1: 0.1, 2: 9.0}, 20)) == {2}
+    monkeypatch.delenv("SPCT_THREADS")
+    off = ThreadTuner(2, period=2, trial=1, enabled=False)  # kernels whose bits may follow the count: all threads
+    assert set(_run(off, {1: 0.1, 2: 9.0}, 20)) == {2}
 
 
 def test_the_thread_count_changes_no_token(default_model_dir):
@@ -69,8 +72,7 @@ def test_the_thread_count_changes_no_token(default_model_dir):
     engine = spct.Engine.from_pretrained(default_model_dir, dtype="bfloat16")
     runs = []
     for threads in range(1, torch.get_num_threads() + 1):
-        engine._engine()._tuner = ThreadTuner(threads)
-        engine._engine()._tuner.enabled = False  # stays at `threads`
+        engine._engine()._tuner = ThreadTuner(threads, enabled=False)  # stays at `threads`
         out = engine.generate(["Rate this answer: 2 + 2 = 4."], k=4, seed=3, max_new_tokens=12, temperature=0.9)
         runs.append([s.token_ids for s in out[0]])
     assert all(r == runs[0] for r in runs)

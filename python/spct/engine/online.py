@@ -145,7 +145,7 @@ class Online:
         # the step loop's thread count (engine/threads.py), where no result depends on it: the native bf16 kernels
         # (torch's float32 matmuls are not known to give the same bits on any thread count)
         tunable = runner.device.type == "cpu" and bool(getattr(runner.lm_head, "native", False))
-        self._tuner = ThreadTuner(torch.get_num_threads() if tunable else 1)
+        self._tuner = ThreadTuner(torch.get_num_threads(), enabled=tunable)
         _LIVE.add(self)
 
     @property

@@ -35,10 +35,10 @@ TRIAL = 3  # decode steps per candidate in a trial (the median of them counts)
 class ThreadTuner:
     """Chooses the thread count of each step (module docstring). Not thread-safe: the step loop owns it."""
 
-    def __init__(self, max_threads: int, period: int = PERIOD, trial: int = TRIAL):
+    def __init__(self, max_threads: int, period: int = PERIOD, trial: int = TRIAL, enabled: bool = True):
         self.max_threads = max(1, int(max_threads))
         self.period, self.trial = period, trial
-        self.enabled = self.max_threads > 1 and os.environ.get("SPCT_THREADS", "auto") != "fixed"
+        self.enabled = enabled and self.max_threads > 1 and os.environ.get("SPCT_THREADS", "auto") != "fixed"
         self.threads = self.max_threads
         self._since = 0  # decode steps since the last trial
         self._queue: list[int] = []  # candidates still to try in this trial, the current one first
