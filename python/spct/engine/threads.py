@@ -8,8 +8,9 @@ bits are independent of how its work is split; tested).
 
 The rule is measured, not guessed: the loop runs its decode steps at the current count, and every `period` decode
 steps it tries the neighbouring counts (one fewer, one more) for `trial` steps each, comparing seconds per row.
-It keeps the fastest. On a quiet machine the trials cost a few percent of the steps; when a busy process arrives
-or leaves, the count follows within one period. Prefill steps run at the current count and are not measured (their
+It keeps the fastest. A trial that keeps the count doubles the period, up to 8 times `period` (on a quiet machine
+the trials then cost under 1% of the steps); one that changes it starts again from `period`, so when a busy process
+arrives or leaves the count follows within a few hundred steps at most. Prefill steps run at the current count and are not measured (their
 cost per row differs).
 
     tuner = ThreadTuner(torch.get_num_threads())
@@ -40,6 +41,7 @@ class ThreadTuner:
         self.period, self.trial = period, trial
         self.enabled = enabled and self.max_threads > 1 and os.environ.get("SPCT_THREADS", "auto") != "fixed"
         self.threads = self.max_threads
+        self._every = period  # decode steps between trials now: period, doubled by each trial that keeps the count
         self._since = 0  # decode steps since the last trial
         self._queue: list[int] = []  # candidates still to try in this trial, the current one first
         self._times: dict[int, list[float]] = {}
@@ -57,7 +59,7 @@ class ThreadTuner:
             return
         if not self._queue:
             self._since += 1
-            if self._since >= self.period:
+            if self._since >= self._every:
                 self._start_trial()
             return
         n = self._queue[0]
@@ -79,4 +81,5 @@ class ThreadTuner:
         # a step with fewer threads must be clearly faster to win: a tie keeps the larger count
         if cost[best] > 0.97 * cost[self.threads]:
             best = self.threads
+        self._every = min(2 * self._every, 8 * self.period) if best == self.threads else self.period
         self.threads, self._since = best, 0
