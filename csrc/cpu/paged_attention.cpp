@@ -21,6 +21,9 @@ bool paged_attention_run(const attn::PagedAttention& a);
 namespace avx512 {
 bool paged_attention_run(const attn::PagedAttention& a);
 }
+namespace amx {
+bool paged_attention_run(const attn::PagedAttention& a);
+}
 #endif
 
 namespace {
@@ -146,6 +149,7 @@ std::string check_indices(const attn::PagedAttention& a) {
 
 bool run(const attn::PagedAttention& a) {
 #if defined(SPCT_X86_VARIANTS)
+  if (a.amx) return amx::paged_attention_run(a);  // the binding checked what it needs
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512dq")) {
     return avx512::paged_attention_run(a);

@@ -20,6 +20,10 @@
 
 #include "spct/paged_attention.h"
 
+#if defined(SPCT_AMX)
+#include <immintrin.h>
+#endif
+
 #ifndef SPCT_ISA
 #error "define SPCT_ISA before including paged_attention_impl.h"
 #endif
@@ -130,15 +134,17 @@ void qk(const float* qt, int64_t lw, const float* k, int64_t kld, int64_t n, flo
 
 // The online-softmax step of one block for every lane: lane i sees the block's first nv[i] tokens (0: its state is
 // left as it is). Scores s (n x lw) become probabilities p = exp(score - new max) (0 where not seen); m and l are
-// the running max and sum; corr gets exp(old max - new max), the factor of the lane's accumulator. Masked = false
+// the running max and sum; corr gets exp(old max - new max), the factor of the lane's accumulator. The scores are
+// taken times scale (the vector kernel's are scaled already: 1, exact). Masked = false
 // when every lane sees all n tokens (padding lanes too: their queries are zeros): the same bits without the masks.
 template <bool Masked>
-void softmax_step(float* s, int64_t lw, int64_t n, const int32_t* nv, float* m, float* l, float* corr) {
+void softmax_step(float* s, int64_t lw, int64_t n, const int32_t* nv, float* m, float* l, float* corr,
+                  float scale = 1.0f) {
   for (int64_t j = 0; j < lw; j += W) {
     const vi seen = loadi(nv + j), any = seen > 0;
     vf top = splat(-INFINITY);
     for (int64_t t = 0; t < n; ++t) {
-      const vf x = loadv(s + t * lw + j);
+      const vf x = loadv(s + t * lw + j) * scale;
       top = Masked ? ((vi{} + int32_t(t) < seen) & (top < x) ? x : top) : (top < x ? x : top);
     }
     const vf old = loadv(m + j);
@@ -147,7 +153,7 @@ void softmax_step(float* s, int64_t lw, int64_t n, const int32_t* nv, float* m, 
     const vf c = Masked ? (any ? vexp(any ? old - mx : splat(0.0f)) : splat(1.0f)) : vexp(old - mx);
     vf sum = {};
     for (int64_t t = 0; t < n; ++t) {
-      const vf x = loadv(s + t * lw + j);
+      const vf x = loadv(s + t * lw + j) * scale;
       vf p;
       if (Masked) {
         const vi vis = vi{} + int32_t(t) < seen;
@@ -202,6 +208,8 @@ struct Scratch {
   Buf<float> qt, lm, ll, corr, s, k, v;  // lanes: (D, lw) scaled queries, (lw,) states, (B, lw) scores, K/V rows
   Buf<int32_t> query, pos, nv, lane;   // lanes: local query (-1: padding), q_pos, tokens seen; real lanes
   Buf<float*> accs;
+  Buf<uint32_t> qb, vb, pb;  // the AMX path's packed queries, values and probabilities (paged_attention_amx.h)
+  Buf<float> o;          // the AMX path's P . V of one block (lw, D)
   int64_t lw = 0;
 };
 
@@ -334,6 +342,10 @@ void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int
   }
 }
 
+#if defined(SPCT_AMX)
+#include "paged_attention_amx.h"
+#endif
+
 // One task: KV head h for the queries of tile `tile`; writes their outputs (zeros for a row that saw no token).
 template <int D, typename T>
 void run_task(const PagedAttention& a, const Tiles& tl, int64_t tile, int64_t h, Scratch* sc) {
@@ -345,7 +357,15 @@ void run_task(const PagedAttention& a, const Tiles& tl, int64_t tile, int64_t h,
   for (int64_t e = tl.start.p[tile]; e < end;) {
     int64_t next = e;
     while (next < end && tl.seg.p[next] == tl.seg.p[e]) ++next;
+#if defined(SPCT_AMX)
+    if constexpr (sizeof(T) == 2 && D % 32 == 0) {
+      attend_segment_amx<D>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, tl.size, h, sc);
+    } else {
+      attend_segment<D, T>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, tl.size, h, sc);
+    }
+#else
     attend_segment<D, T>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, tl.size, h, sc);
+#endif
     e = next;
   }
   T* out = static_cast<T*>(a.out);
@@ -364,8 +384,14 @@ void run_typed(const PagedAttention& a) {
 #pragma omp parallel
   {
     Scratch sc;
+#if defined(SPCT_AMX)
+    amx_configure();
+#endif
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) run_task<D, T>(a, tl, task / a.kv_heads, task % a.kv_heads, &sc);
+#if defined(SPCT_AMX)
+    _tile_release();
+#endif
   }
 }
 

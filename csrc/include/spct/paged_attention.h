@@ -43,6 +43,8 @@ struct PagedAttention {
   int64_t num_blocks, block_size, segments, nnz_blocks, nnz_rows;
   float scale;  // applied to q . k (usually 1 / sqrt(D))
   bool bf16;    // q, caches and out are bfloat16 (else float32); the arithmetic is float32 either way
+  bool amx;     // the CPU kernel's AMX build (bf16, head_dim % 32 == 0, block_size % 16 == 0, a CPU with AMX-BF16
+                // whose OS granted the tiles: cpu::linear_bf16_amx_supported); else its vector build
 };
 
 }  // namespace attn

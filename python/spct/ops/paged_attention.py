@@ -32,7 +32,9 @@ one block table each, a fixed number of levels): the rows of a continuous batch 
 any number of segments, so the engine never reorders rows and never pads levels. A kernel works segment by segment:
 it loads a segment's blocks once, computes all its rows, and merges each row's partial output and log-sum-exp.
 
-Backends: the reference (`spct.ops.ref.paged_attention`), the C++ kernel (csrc/cpu/paged_attention*.{cpp,h}), the
+Backends: the reference (`spct.ops.ref.paged_attention`), the C++ kernel (csrc/cpu/paged_attention*.{cpp,h}; two
+builds, `CPU_KERNELS`: AMX tiles for bfloat16 where the CPU has AMX-BF16, head_dim % 32 == 0 and block_size % 16 ==
+0, chosen by `cpu_kernel` once per process like the bf16 linear's; else vector code of the widest instruction set), the
 CUDA kernel (csrc/cuda/paged_attention.cu; head sizes `HEAD_DIMS` for both, any block size; under "auto" another
 head size runs the reference) and the Triton kernel (spct.ops.triton.paged_attention); `spct.ops.dispatch.pick`
 chooses. The kernels follow one rule the
@@ -57,11 +59,12 @@ import torch
 from spct.ops import dispatch
 from spct.ops.ref import paged_attention as ref
 
-__all__ = ["DTYPES", "HEAD_DIMS", "Plan", "native_cpu", "paged_attention"]
+__all__ = ["CPU_KERNELS", "DTYPES", "HEAD_DIMS", "Plan", "cpu_kernel", "native_cpu", "paged_attention"]
 
 OP = "paged_attention"
 DTYPES = (torch.float32, torch.bfloat16)
 HEAD_DIMS = (8, 16, 32, 64, 128, 256)  # the head sizes the C++ kernel is compiled for
+CPU_KERNELS = ("amx", "vector")  # the C++ kernel's builds: AMX tiles (bfloat16), or the widest vectors the CPU has
 INDEX = ("block_ids", "seg_block_indptr", "seg_len", "seg_row_indptr", "seg_rows", "causal", "q_pos", "seg_start")
 
 
@@ -198,11 +201,34 @@ def native_cpu() -> bool:
     return dispatch.native_available(OP, "cpu")
 
 
+def cpu_kernel(dtype: torch.dtype, head_dim: int, block_size: int) -> str:
+    """The C++ kernel's build that CPU tensors run by default: "amx" for bfloat16 with head_dim a multiple of 32
+    and block_size a multiple of 16 on a CPU with AMX-BF16, else "vector". One build per process for a given
+    model and cache (a row's bits must not change with the batch), as for the bf16 linear (spct.ops.linear)."""
+    amx = dtype == torch.bfloat16 and head_dim % 32 == 0 and block_size % 16 == 0
+    return "amx" if amx and dispatch.native().linear_bf16_amx_supported() else "vector"
+
+
+def _check_cpu_kernel(kernel: str | None) -> None:
+    if kernel is not None and kernel not in CPU_KERNELS:
+        raise ValueError(f"cpu_kernel {kernel!r} is not one of {', '.join(map(repr, CPU_KERNELS))} (or None: auto)")
+
+
+def _amx(q: torch.Tensor, block_size: int, kernel: str | None) -> bool:
+    """Whether the C++ kernel runs its AMX build for these arguments (cpu_kernel None: cpu_kernel's choice)."""
+    best = cpu_kernel(q.dtype, q.shape[2], block_size)
+    if kernel == "amx" and best != "amx":
+        raise ValueError(f"cpu_kernel 'amx' needs bfloat16 (got {q.dtype}), head_dim a multiple of 32 (got "
+                         f"{q.shape[2]}), block_size a multiple of 16 (got {block_size}) and a CPU with AMX-BF16")
+    return (kernel or best) == "amx"
+
+
 def _address(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def _bind(index: tuple, q: torch.Tensor, k_cache: torch.Tensor, scale: float, backend: str):
+def _bind(index: tuple, q: torch.Tensor, k_cache: torch.Tensor, scale: float, backend: str,
+          kernel: str | None = None):
     """The backend for checked, contiguous arguments shaped like q: (R, Hq, D) and k_cache: (N, B, Hkv, D), as a
     function (q, k_cache, v_cache) -> (R, Hq, D); the C++ kernel's layout is made here, once. It holds the index
     tensors' addresses: the caller keeps them alive while it uses the function (a Plan holds them)."""
@@ -222,10 +248,11 @@ def _bind(index: tuple, q: torch.Tensor, k_cache: torch.Tensor, scale: float, ba
                                                                    row_map=row_map)
     lib = dispatch.native()
     # positional, in the binding's order: the eight index addresses (0: no causal segment), then rows, heads,
-    # kv_heads, head_dim, num_blocks, block_size, segments, nnz_blocks, nnz_rows, scale, bf16
+    # kv_heads, head_dim, num_blocks, block_size, segments, nnz_blocks, nnz_rows, scale, bf16, amx
+    amx = not q.is_cuda and _amx(q, k_cache.shape[1], kernel)
     layout = lib.PagedAttentionLayout(*map(_address, index), rows, heads, k_cache.shape[2], dim, k_cache.shape[0],
                                       k_cache.shape[1], seg_len.shape[0], block_ids.shape[0], seg_rows.shape[0],
-                                      scale, q.dtype == torch.bfloat16)
+                                      scale, q.dtype == torch.bfloat16, amx)
 
     def native(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(q)
@@ -248,8 +275,8 @@ class Plan:
         plan = Plan(block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows)  # once per step
         out = plan.run(q, k_cache, v_cache)                                          # per layer -> (R, Hq, D)
 
-    The index tensors, causal/q_pos/seg_start, scale and backend are `paged_attention`'s and must not change while
-    the plan is used. The first `run` checks what `paged_attention` checks and binds the backend (the C++ kernel's
+    The index tensors, causal/q_pos/seg_start, scale, backend and cpu_kernel are `paged_attention`'s and must not
+    change while the plan is used. The first `run` checks what `paged_attention` checks and binds the backend (the C++ kernel's
     layout); a later call whose tensors have the same shapes, dtypes and devices runs at once (any other is checked
     and bound again).
     """
@@ -257,13 +284,14 @@ class Plan:
     def __init__(self, block_ids: torch.Tensor, seg_block_indptr: torch.Tensor, seg_len: torch.Tensor,
                  seg_row_indptr: torch.Tensor, seg_rows: torch.Tensor, *, causal: torch.Tensor | None = None,
                  q_pos: torch.Tensor | None = None, seg_start: torch.Tensor | None = None,
-                 scale: float | None = None, backend: str = "auto"):
+                 scale: float | None = None, backend: str = "auto", cpu_kernel: str | None = None):
         dispatch.check_backend(OP, backend)
         if scale is not None:
             _scale(scale, 1)
         self._index = _contiguous((block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos,
                                    seg_start))
-        self._scale_arg, self._backend, self._key = scale, backend, None
+        _check_cpu_kernel(cpu_kernel)
+        self._scale_arg, self._backend, self._cpu_kernel, self._key = scale, backend, cpu_kernel, None
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         """q: (R, Hq, D); k_cache, v_cache: (N, B, Hkv, D) -> (R, Hq, D) in q's dtype."""
@@ -272,7 +300,8 @@ class Plan:
         if key != self._key:
             _check_layout(self._index, q.shape[0], q.device)
             _check_indices(self._index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
-            self._run = _bind(self._index, q, k_cache, _scale(self._scale_arg, q.shape[2]), self._backend)
+            self._run = _bind(self._index, q, k_cache, _scale(self._scale_arg, q.shape[2]), self._backend,
+                              self._cpu_kernel)
             self._key = key
         return self._run(q.contiguous(), k_cache.contiguous(), v_cache.contiguous())
 
@@ -280,10 +309,10 @@ class Plan:
 def _impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_ids: torch.Tensor,
           seg_block_indptr: torch.Tensor, seg_len: torch.Tensor, seg_row_indptr: torch.Tensor, seg_rows: torch.Tensor,
           causal: torch.Tensor | None, q_pos: torch.Tensor | None, seg_start: torch.Tensor | None, scale: float,
-          backend: str) -> torch.Tensor:
+          backend: str, cpu_kernel: str | None = None) -> torch.Tensor:
     index = (block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start)
     _check_indices(index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
-    return _bind(index, q, k_cache, scale, backend)(q, k_cache, v_cache)
+    return _bind(index, q, k_cache, scale, backend, cpu_kernel)(q, k_cache, v_cache)
 
 
 _op = torch.library.custom_op("spct::paged_attention", mutates_args=())(_impl)
@@ -291,7 +320,7 @@ _op = torch.library.custom_op("spct::paged_attention", mutates_args=())(_impl)
 
 @_op.register_fake
 def _(q, k_cache, v_cache, block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start,
-      scale, backend):
+      scale, backend, cpu_kernel=None):
     return torch.empty_like(q)
 
 
@@ -310,6 +339,7 @@ def paged_attention(
     seg_start: torch.Tensor | None = None,
     scale: float | None = None,
     backend: str = "auto",
+    cpu_kernel: str | None = None,
 ) -> torch.Tensor:
     """Attention of R query rows over segments of a paged KV cache (layout: module docstring).
 
@@ -318,12 +348,15 @@ def paged_attention(
     seg_len: (S,) int32, tokens per segment; seg_row_indptr: (S + 1,) int32; seg_rows: (nnz_rows,) int32, each
     segment's rows, < R; causal: (S,) bool, q_pos: (R,) int32, seg_start: (S,) int32, all three or none; scale:
     multiplies q . k (default 1 / sqrt(D)); backend: "auto", "native" (the C++ or CUDA kernel, D in HEAD_DIMS),
-    "triton" or "reference". returns: (R, Hq, D) in q's dtype, accumulated in float32.
+    "triton" or "reference"; cpu_kernel: the C++ kernel's build, "amx" or "vector" (CPU_KERNELS; None: `cpu_kernel`'s
+    choice). returns: (R, Hq, D) in q's dtype, accumulated in float32.
     """
     dispatch.check_backend(OP, backend)
+    _check_cpu_kernel(cpu_kernel)
     _check_tensors(q, k_cache, v_cache)
     index = (block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start)
     _check_layout(index, q.shape[0], q.device)
     scale = _scale(scale, q.shape[2])
     op = torch.ops.spct.paged_attention if torch.compiler.is_compiling() else _impl
-    return op(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), *_contiguous(index), scale, backend)
+    return op(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), *_contiguous(index), scale, backend,
+              cpu_kernel)

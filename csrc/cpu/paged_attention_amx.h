@@ -1,0 +1,255 @@
+// The AMX path of the CPU paged_attention kernel (bfloat16, head_dim a multiple of 32, block_size a multiple of 16):
+// included by paged_attention_impl.h inside the AMX build's namespace (paged_attention_amx.cpp), which defines
+// SPCT_AMX; the tile registers are granted and configured by the caller (amx_configure, per thread and call).
+//
+// Why: the vector kernel spends a decode step's attention in float32 dot products, one lane per query. A row's own
+// tokens (k = 1, or a sample's generated tokens) are read by the G = Hq / Hkv queries of one row, so 3 of 16 lanes
+// do work (SmolLM2: Hq 9, Hkv 3), and a 16-row step over a 1,100-token prompt took 0.40 ms per layer; with 300
+// tokens of their own, 0.83 ms. One tile multiply does 16 x 16 x 32 products whatever the queries, so the dot
+// products cost next to nothing and what is left is the softmax and the packing.
+//
+// Per block, as the vector kernel (the rule in spct/paged_attention.h, one online-softmax update per block):
+//   scores   S^T (tokens x lanes) = K (16 tokens x 32 dims, read in place from the cache) . Q^T (the lanes' queries,
+//            packed once per segment as pairs of dims), summed over the dims in tiles of 32, in order, in float32;
+//            then the vector kernel's softmax_step (lane-wise), which takes them times scale.
+//   values   O (lanes x D) = P (lanes x 16 tokens, the probabilities rounded to bfloat16, as FlashAttention does on
+//            GPUs) . V (pairs of tokens x D, packed once per block), over the block's tiles of 16 tokens in order;
+//            then acc = acc * corr + O per query, in float32.
+// Tokens past the block's last are zero in both P and V (the cache rows there may hold anything). Each output of a
+// tile multiply depends only on its own row of A and column of B, so a query's bits do not depend on its lane, on
+// the other queries or on the task: the batch invariance of the vector kernel holds here too (tested).
+
+constexpr int kTok = 16;  // tokens per tile of scores and of values
+
+struct alignas(64) AmxConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// tmm0-3: results (16 rows of 16 floats); tmm4: keys (16 tokens x 32 dims); tmm5: queries (16 pairs of dims x 16
+// lanes); tmm6: probabilities (16 lanes x 16 tokens); tmm7: values (8 pairs of tokens x 16 dims).
+void amx_configure() {
+  AmxConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = t == 6 ? 32 : 64;
+    cfg.rows[t] = t == 7 ? 8 : 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// The lanes' queries as tiles of B, unscaled: group j, dims [32c, 32c + 32): 16 rows (pairs of dims) of 16 lanes
+// (two bfloat16 each), at qb + (j * D / 32 + c) * 256 (32-bit words). Padding lanes are zero.
+template <int D>
+void pack_queries(const PagedAttention& a, int64_t q0, int64_t h, Scratch* sc) {
+  const int64_t G = a.heads / a.kv_heads, lw = sc->lw;
+  sc->qb.assign(lw / W * D / 32 * 256, 0u);
+  const uint32_t* q = static_cast<const uint32_t*>(a.q);  // pairs of bfloat16
+  for (int64_t i = 0; i < lw && sc->query[i] >= 0; ++i) {
+    const int64_t query = q0 + sc->query[i], r = query / G, g = query % G;
+    const uint32_t* src = q + (r * a.heads + h * G + g) * D / 2;
+    uint32_t* dst = sc->qb.data() + (i / W) * D / 32 * 256 + i % W;
+    for (int p = 0; p < D / 2; ++p) dst[(p / 16) * 256 + (p % 16) * 16] = src[p];
+  }
+}
+
+// The block's n values (row stride ld) as tiles of B: 16-token tile t, dims [16e, 16e + 16): 8 rows (pairs of tokens)
+// of 16 dims (the two tokens' bfloat16), at vb + (t * D / 16 + e) * 128 (32-bit words); zero past token n.
+template <int D>
+void pack_values(const uint16_t* v, int64_t ld, int64_t n, uint32_t* vb) {
+  const int64_t tiles = (n + kTok - 1) / kTok;
+  for (int64_t t = 0; t < tiles; ++t) {
+    for (int u = 0; u < kTok / 2; ++u) {
+      const int64_t t0 = t * kTok + 2 * u;
+      for (int e = 0; e < D / 16; ++e) {
+        const __m512i lo = t0 < n ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v + t0 * ld + 16 * e)))
+                                  : _mm512_setzero_si512();
+        const __m512i hi = t0 + 1 < n
+                               ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v + (t0 + 1) * ld + 16 * e)))
+                               : _mm512_setzero_si512();
+        _mm512_storeu_si512(vb + ((t * D / 16 + e) * 8 + u) * 16, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+      }
+    }
+  }
+}
+
+// The probabilities of lane group j for tokens [0, nt) of one 16-token tile (s: rows of lw floats, the group's
+// first lane at s[0]) as a tile of A: 16 rows (lanes) of 16 tokens in bfloat16, rounded to nearest even; zero from
+// token nt. pairs[u] holds tokens 2u and 2u + 1 of every lane (one 32-bit word per lane); the tile is their 8 x 16
+// transpose, done in registers (4 x 4 word blocks by unpacking, then 128-bit chunks by permutes).
+void pack_probs(const float* s, int64_t lw, int64_t nt, uint32_t* pa) {
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                              22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  __m512i pairs[kTok / 2];
+  for (int u = 0; u < kTok / 2; ++u) {
+    const __m512 a = 2 * u < nt ? _mm512_loadu_ps(s + 2 * u * lw) : _mm512_setzero_ps();
+    const __m512 b = 2 * u + 1 < nt ? _mm512_loadu_ps(s + (2 * u + 1) * lw) : _mm512_setzero_ps();
+    pairs[u] = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a));  // low 16: a, high: b
+  }
+  __m512i x[8], y[8];
+  for (int u = 0; u < 8; u += 2) {  // x[u]: words (u, u + 1) of lanes 4c, 4c + 1; x[u + 1]: of lanes 4c + 2, 4c + 3
+    x[u] = _mm512_unpacklo_epi32(pairs[u], pairs[u + 1]);
+    x[u + 1] = _mm512_unpackhi_epi32(pairs[u], pairs[u + 1]);
+  }
+  for (int half = 0; half < 2; ++half) {  // y[4 half + i]: words 4 half .. 4 half + 3 of lane 4c + i, chunk c
+    const __m512i* p = x + 4 * half;
+    y[4 * half + 0] = _mm512_unpacklo_epi64(p[0], p[2]);
+    y[4 * half + 1] = _mm512_unpackhi_epi64(p[0], p[2]);
+    y[4 * half + 2] = _mm512_unpacklo_epi64(p[1], p[3]);
+    y[4 * half + 3] = _mm512_unpackhi_epi64(p[1], p[3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    for (int c = 0; c < 4; c += 2) {  // lanes 4c + i and 4(c + 1) + i: 8 words each
+      const __m512i idx = _mm512_set_epi32(16 + 4 * c + 7, 16 + 4 * c + 6, 16 + 4 * c + 5, 16 + 4 * c + 4,
+                                           4 * c + 7, 4 * c + 6, 4 * c + 5, 4 * c + 4, 16 + 4 * c + 3,
+                                           16 + 4 * c + 2, 16 + 4 * c + 1, 16 + 4 * c, 4 * c + 3, 4 * c + 2,
+                                           4 * c + 1, 4 * c);
+      const __m512i rows = _mm512_permutex2var_epi32(y[i], idx, y[4 + i]);
+      _mm256_storeu_si256((__m256i*)(pa + (4 * c + i) * 8), _mm512_castsi512_si256(rows));
+      _mm256_storeu_si256((__m256i*)(pa + (4 * c + 4 + i) * 8), _mm512_extracti64x4_epi64(rows, 1));
+    }
+  }
+}
+
+// Scores of the block's n tokens (keys k, row stride ld) for every lane group into s (row t at s + t * lw),
+// unscaled. Rows past n hold whatever the cache rows there gave (never read). A tile of keys is loaded once for the
+// (at most 3) lane groups, each into its own result tile.
+#define SPCT_QK_GROUP(J)                                              \
+  if (groups > J) {                                                   \
+    _tile_loadd(5, sc.qb.p + (J * D / 32 + c) * 256, 64);             \
+    _tile_dpbf16ps(J, 4, 5);                                          \
+  }
+template <int D>
+void amx_scores(const uint16_t* k, int64_t ld, int64_t n, const Scratch& sc, float* s) {
+  const int64_t lw = sc.lw, groups = lw / W, tiles = (n + kTok - 1) / kTok;
+  for (int64_t t = 0; t < tiles; ++t) {
+    _tile_zero(0);
+    if (groups > 1) _tile_zero(1);
+    if (groups > 2) _tile_zero(2);
+    for (int c = 0; c < D / 32; ++c) {
+      _tile_loadd(4, k + t * kTok * ld + 32 * c, ld * 2);
+      SPCT_QK_GROUP(0)
+      SPCT_QK_GROUP(1)
+      SPCT_QK_GROUP(2)
+    }
+    float* row = s + t * kTok * lw;
+    _tile_stored(0, row, lw * 4);
+    if (groups > 1) _tile_stored(1, row + W, lw * 4);
+    if (groups > 2) _tile_stored(2, row + 2 * W, lw * 4);
+  }
+}
+#undef SPCT_QK_GROUP
+
+// Result tiles [e0, e0 + E) of one lane group: the sum over the block's token tiles of P (pb: the group's packed
+// probabilities, one tile per 16 tokens) . V, into o (16 lanes x D).
+#define SPCT_PV_TILE(C)                                                    \
+  if (E > C) {                                                             \
+    _tile_loadd(7, vb + ((t * (D / 16)) + e0 + C) * 128, 64);              \
+    _tile_dpbf16ps(C, 6, 7);                                               \
+  }
+#define SPCT_PV_STORE(C) \
+  if (E > C) _tile_stored(C, o + (e0 + C) * 16, D * 4);
+template <int D, int E>
+void pv_tiles(const uint32_t* pb, int64_t tiles, const uint32_t* vb, int64_t e0, float* o) {
+  _tile_zero(0);
+  if (E > 1) _tile_zero(1);
+  if (E > 2) _tile_zero(2);
+  if (E > 3) _tile_zero(3);
+  for (int64_t t = 0; t < tiles; ++t) {
+    _tile_loadd(6, pb + t * 128, 32);
+    SPCT_PV_TILE(0)
+    SPCT_PV_TILE(1)
+    SPCT_PV_TILE(2)
+    SPCT_PV_TILE(3)
+  }
+  SPCT_PV_STORE(0)
+  SPCT_PV_STORE(1)
+  SPCT_PV_STORE(2)
+  SPCT_PV_STORE(3)
+}
+#undef SPCT_PV_TILE
+#undef SPCT_PV_STORE
+
+// The probabilities of the block's n tokens (s) for every lane group as tiles of A, into pb: group j's tile of
+// tokens [16t, 16t + 16) at pb + (j * tiles + t) * 128.
+void pack_block_probs(const float* s, int64_t lw, int64_t n, uint32_t* pb) {
+  const int64_t tiles = (n + kTok - 1) / kTok;
+  for (int64_t j = 0; j < lw / W; ++j)
+    for (int64_t t = 0; t < tiles; ++t)
+      pack_probs(s + t * kTok * lw + j * W, lw, imin(kTok, n - t * kTok), pb + (j * tiles + t) * 128);
+}
+
+// A block's P . V (n tokens: pb from pack_block_probs, vb from pack_values) for every lane group into sc->o
+// (lw x D), then each real lane's accumulator: acc * corr + o.
+template <int D>
+void amx_values(const uint32_t* pb, const uint32_t* vb, const float* corr, int64_t n, int64_t nq, Scratch* sc) {
+  constexpr int E = D / 16 < 4 ? D / 16 : 4;  // result tiles per pass
+  const int64_t groups = sc->lw / W, tiles = (n + kTok - 1) / kTok;
+  for (int64_t j = 0; j < groups; ++j)
+    for (int64_t e0 = 0; e0 < D / 16; e0 += E) pv_tiles<D, E>(pb + j * tiles * 128, tiles, vb, e0, sc->o.p + j * W * D);
+  for (int64_t i = 0; i < nq; ++i) {
+    float* acc = sc->accs[i];
+    const __m512 c = _mm512_set1_ps(corr[i]);
+    for (int d = 0; d < D; d += W)
+      _mm512_storeu_ps(acc + d, _mm512_fmadd_ps(_mm512_loadu_ps(acc + d), c, _mm512_loadu_ps(sc->o.p + i * D + d)));
+  }
+}
+
+// The keys and values of head h in block b (B tokens of D at row stride ld) into L1: a tile load waits for all of its
+// 16 rows, which the hardware prefetcher does not fetch ahead at this stride.
+template <int D>
+void prefetch_block(const uint16_t* k, const uint16_t* v, int64_t ld, int64_t B) {
+  for (int64_t t = 0; t < B; ++t) {
+    for (int c = 0; c < D * 2; c += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(k + t * ld) + c, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(v + t * ld) + c, _MM_HINT_T0);
+    }
+  }
+}
+
+// attend_segment on tiles (the vector kernel's bookkeeping: lanes, visible tokens, softmax_step). The values are
+// packed first, so that their stores have reached the cache when P . V loads them as tiles (a tile load right after
+// the vector stores that wrote its bytes waits for them). Tried and dropped: packing a block in its iteration and
+// multiplying it in the next (no faster on a 2-core Xeon), prefetching two blocks ahead instead of one (slower).
+template <int D>
+void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0,
+                        int64_t size, int64_t h, Scratch* sc) {
+  const int64_t nq = gather<D, uint16_t>(a, rows, count, q0, size, h, sc), lw = sc->lw;
+  const int64_t B = a.block_size, ld = a.kv_heads * D, len = a.seg_len[s];
+  const bool causal = a.causal != nullptr && a.causal[s] != 0;
+  const uint16_t* k_cache = static_cast<const uint16_t*>(a.k_cache);
+  const uint16_t* v_cache = static_cast<const uint16_t*>(a.v_cache);
+  pack_queries<D>(a, q0, h, sc);
+  sc->s.resize(B * lw);
+  sc->corr.resize(lw);
+  sc->vb.resize(B * D / 2);
+  sc->pb.resize(lw / W * (B / kTok) * 128);
+  sc->o.resize(lw * D);
+  sc->accs.resize(nq);
+  for (int64_t i = 0; i < nq; ++i) sc->accs[i] = sc->acc.data() + sc->query[i] * D;
+  const int64_t b_end = a.seg_block_indptr[s + 1];
+  for (int64_t bi = 0, b = a.seg_block_indptr[s]; b < b_end; ++b, ++bi) {
+    const int64_t n = visible(a, s, bi, imin(B, len - bi * B), lw, sc);
+    if (n == 0) continue;
+    const int64_t first = (int64_t(a.block_ids[b]) * B * a.kv_heads + h) * D;
+    if (b + 1 < b_end) {
+      const int64_t next = (int64_t(a.block_ids[b + 1]) * B * a.kv_heads + h) * D;
+      prefetch_block<D>(k_cache + next, v_cache + next, ld, B);
+    }
+    pack_values<D>(v_cache + first, ld, n, sc->vb.data());
+    amx_scores<D>(k_cache + first, ld, n, *sc, sc->s.data());
+    if (causal) {
+      softmax_step<true>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.data(), a.scale);
+    } else {
+      softmax_step<false>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.data(), a.scale);
+    }
+    pack_block_probs(sc->s.data(), lw, n, sc->pb.data());
+    amx_values<D>(sc->pb.data(), sc->vb.data(), sc->corr.data(), n, nq, sc);
+  }
+  for (int64_t i = 0; i < nq; ++i) {
+    sc->m[sc->query[i]] = sc->lm[i];
+    sc->l[sc->query[i]] = sc->ll[i];
+  }
+}

@@ -1,0 +1,164 @@
+"""paged_attention's AMX build (csrc/cpu/paged_attention_amx.h: bfloat16, head_dim a multiple of 32, block_size a
+multiple of 16): against the per-row oracle within the bfloat16 tolerance on GRM layouts (head sizes 32 to 256,
+partial blocks, causal prefill chunks beside decode rows), with NaN in every cache row it must not read; close to the
+vector build; its rows bitwise independent of segmentation, of the other rows, of causal vs decode rows and of the
+thread count; chosen by default where it applies; cpu_kernel's checks. Skipped where the CPU has no AMX-BF16."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import TOLERANCES
+from extract_helpers import native_lib
+from test_paged_attention import INDEX, bits, cache_of, i32, indptr, make_layout, oracle, run
+
+from spct.ops import paged_attention as pa
+
+BF16 = torch.bfloat16
+
+
+def amx_or_skip():
+    lib = native_lib()
+    if not lib.linear_bf16_amx_supported():
+        pytest.skip("this CPU has no AMX-BF16 (or the OS did not grant the tile registers): the AMX build cannot run")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def grm(dim: int, seed: int = 0, own=(1, 17, 33, 16, 5)) -> dict:
+    """A 70-token query prefix read by every row, two orders' suffixes (23 and 16 tokens) read by their samples, and
+    each sample's own tokens; Hq 9 over Hkv 3 (SmolLM2's grouping), blocks of 16."""
+    rows = len(own)
+    seg_rows = [list(range(rows)), [r for r in range(rows) if r % 2 == 0], [r for r in range(rows) if r % 2]]
+    seg_rows += [[r] for r in range(rows)]
+    return make_layout([70, 23, 16, *own], seg_rows, rows, heads=9, kv_heads=3, dim=dim, block_size=16, dtype=BF16,
+                       seed=seed, sharp=2.0)
+
+
+def poison_unread(layout: dict) -> dict:
+    """NaN in every cache row no segment holds: the tails of partial blocks and the spare blocks."""
+    k, v = layout["k_cache"].clone(), layout["v_cache"].clone()
+    used = torch.zeros(k.shape[:2], dtype=torch.bool)
+    for s in range(layout["seg_len"].shape[0]):
+        lo, hi, n = (int(layout["seg_block_indptr"][s]), int(layout["seg_block_indptr"][s + 1]),
+                     int(layout["seg_len"][s]))
+        for i, b in enumerate(layout["block_ids"][lo:hi].tolist()):
+            used[b, :min(k.shape[1], n - i * k.shape[1])] = True
+    k[~used], v[~used] = float("nan"), float("nan")
+    return {**layout, "k_cache": k, "v_cache": v}
+
+
+@pytest.mark.parametrize("dim", [32, 64, 128, 256])
+def test_matches_the_oracle(dim):
+    amx_or_skip()
+    layout = poison_unread(grm(dim))
+    got = run(layout, backend="native", cpu_kernel="amx")
+    assert got.isfinite().all()
+    clean = {**layout, "k_cache": layout["k_cache"].nan_to_num(0.0), "v_cache": layout["v_cache"].nan_to_num(0.0)}
+    torch.testing.assert_close(got, oracle(clean), **TOLERANCES[BF16])
+    torch.testing.assert_close(got, run(layout, backend="native", cpu_kernel="vector"), **TOLERANCES[BF16])
+
+
+def test_many_rows_and_a_long_prompt():
+    """16 samples over a 1,100-token prompt with 1..200 tokens each (lanes in three vector groups per KV head)."""
+    amx_or_skip()
+    own = [1 + (r * 37) % 200 for r in range(16)]
+    layout = make_layout([1100, *own], [list(range(16))] + [[r] for r in range(16)], 16, heads=9, kv_heads=3,
+                         dim=64, block_size=16, dtype=BF16, seed=3)
+    torch.testing.assert_close(run(layout, backend="native", cpu_kernel="amx"), oracle(layout), **TOLERANCES[BF16])
+
+
+def test_causal_prefill_chunk_beside_decode_rows():
+    """A chunk of 20 rows at positions 40..59 over a 32-token context and a causal segment from position 32 (8
+    context tokens, then the chunk), beside 3 decode rows: the oracle, and each chunk row bit for bit a decode row
+    over the same tokens."""
+    amx_or_skip()
+    k_cache, v_cache = cache_of(12, 16, BF16, seed=5, kv_heads=1, dim=64)
+    q = torch.randn(23, 3, 64, generator=torch.Generator().manual_seed(6)).to(BF16)
+    chunk = list(range(3, 23))
+    q_pos = [0, 0, 0] + [40 + i for i in range(20)]
+    segs = [([4, 9], 32, chunk + [0, 2]), ([1, 7], 28, chunk), ([3], 5, [0, 1, 2])]
+    causal = {"causal": [False, True, False], "q_pos": q_pos, "seg_start": [0, 32, 0]}
+    got = over_blocks(q, k_cache, v_cache, segs, **causal)
+    for r in chunk:
+        seen = q_pos[r] - 31
+        parts = [([4, 9], 32, [0]), ([1, 7][:math.ceil(seen / 16)], seen, [0])]
+        assert torch.equal(bits(over_blocks(q[r:r + 1], k_cache, v_cache, parts)[0]), bits(got[r])), r
+    layout = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "block_ids": i32([4, 9, 1, 7, 3]),
+              "seg_block_indptr": indptr([2, 2, 1]), "seg_len": i32([32, 28, 5]),
+              "seg_row_indptr": indptr([22, 20, 3]), "seg_rows": i32(chunk + [0, 2] + chunk + [0, 1, 2]),
+              "causal": torch.tensor(causal["causal"]), "q_pos": i32(q_pos), "seg_start": i32(causal["seg_start"])}
+    torch.testing.assert_close(got, oracle(layout), **TOLERANCES[BF16])
+
+
+def over_blocks(q, k_cache, v_cache, segs, **causal) -> torch.Tensor:
+    """segs: (block ids, tokens, rows) per segment, over the given cache; the AMX build."""
+    extra = {name: i32(causal[name]) for name in ("q_pos", "seg_start") if name in causal}
+    if causal:
+        extra["causal"] = torch.tensor(causal["causal"], dtype=torch.bool)
+    return pa.paged_attention(q, k_cache, v_cache, i32([b for ids, _, _ in segs for b in ids]),
+                              indptr([len(ids) for ids, _, _ in segs]), i32([n for _, n, _ in segs]),
+                              indptr([len(rows) for _, _, rows in segs]),
+                              i32([r for _, _, rows in segs for r in rows]), backend="native", cpu_kernel="amx",
+                              **extra)
+
+
+def test_rows_do_not_depend_on_segments_or_other_rows():
+    """A row over 5 blocks of 16 and 3 tokens of a sixth, alone, then among 13 other rows with its blocks split
+    into 4 segments shared differently, then among 56 more rows (lanes in three groups): the same bits."""
+    amx_or_skip()
+    k_cache, v_cache = cache_of(30, 16, BF16, seed=11, dim=64)
+    gen = torch.Generator().manual_seed(12)
+    q = (torch.randn(14, 9, 64, generator=gen) * 2).to(BF16)
+    mine = [21, 2, 17, 5, 0, 28]
+    alone = over_blocks(q[9:10], k_cache, v_cache, [(mine, 83, [0])])
+    others = [r for r in range(14) if r != 9]
+    split = [(mine[:1], 16, [9, 3, 0]), (mine[1:3], 32, others[:10] + [9]), (mine[3:5], 32, [9, *others[4:]]),
+             (mine[5:], 3, [12, 9]), ([1, 3], 20, others), ([29], 2, [0, 1])]
+    beside = over_blocks(q, k_cache, v_cache, split)
+    assert torch.equal(bits(beside[9]), bits(alone[0]))
+    many_q = torch.cat([torch.randn(56, 9, 64, generator=gen).to(BF16), q])
+    many = [(ids, n, [56 + r for r in rows]) for ids, n, rows in split]
+    many += [([r % 30], 1 + r % 16, [r]) for r in range(56)]
+    assert torch.equal(bits(over_blocks(many_q, k_cache, v_cache, many)[56:]), bits(beside))
+
+
+def test_rows_do_not_depend_on_the_thread_count():
+    amx_or_skip()
+    layout = grm(64, seed=2)
+    outs = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        outs.append(bits(run(layout, backend="native", cpu_kernel="amx")))
+    torch.set_num_threads(1)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_default_choice_and_checks():
+    amx_or_skip()
+    assert pa.cpu_kernel(BF16, 64, 16) == "amx"
+    assert [pa.cpu_kernel(*args) for args in ((torch.float32, 64, 16), (BF16, 48, 16), (BF16, 64, 8))] == ["vector"] * 3
+    layout = grm(64)
+    assert torch.equal(bits(run(layout)), bits(run(layout, backend="native", cpu_kernel="amx")))  # the default
+    with pytest.raises(ValueError, match=r"cpu_kernel 'amx' needs bfloat16 \(got torch.float32\)"):
+        run(make_layout([20], [[0]], 1, heads=2, kv_heads=1, dim=64, block_size=16), cpu_kernel="amx")
+    with pytest.raises(ValueError, match=r"block_size a multiple of 16 \(got 4\)"):
+        run(make_layout([20], [[0]], 1, heads=2, kv_heads=1, dim=64, dtype=BF16), cpu_kernel="amx")
+    with pytest.raises(ValueError, match=r"cpu_kernel 'tiles' is not one of 'amx', 'vector'"):
+        run(layout, cpu_kernel="tiles")
+    with pytest.raises(ValueError, match=r"cpu_kernel 'tiles' is not one of"):
+        pa.Plan(*(layout[n] for n in INDEX), cpu_kernel="tiles")
+    lib = native_lib()
+    q, k = layout["q"], layout["k_cache"]
+    with pytest.raises(ValueError, match=r"amx=True needs bfloat16, head_dim a multiple of 32"):
+        lib.PagedAttentionLayout(*(layout[n].data_ptr() for n in INDEX), 0, 0, 0, *q.shape[:2], k.shape[2], 48,
+                                 *k.shape[:2], 8, layout["block_ids"].shape[0], layout["seg_rows"].shape[0], 0.125,
+                                 True, True)
