@@ -7,6 +7,7 @@ namespace spct_bind {
 
 void bind_paged_attention(py::module_& m);  // csrc/bindings/paged_attention.cpp
 void bind_layer_ops(py::module_& m);        // csrc/bindings/layer_ops.cpp
+void bind_decoder(py::module_& m);          // csrc/bindings/decoder.cpp
 
 void bind_view(py::module_& m) {
   py::class_<View>(m, "View", "A buffer by address: data, dtype, shape, strides (elements), device (-1: host).")
@@ -40,4 +41,5 @@ PYBIND11_MODULE(_C, m) {
   spct_bind::bind_linear(m);
   spct_bind::bind_score_group(m);
   spct_bind::bind_layer_ops(m);
+  spct_bind::bind_decoder(m);
 }

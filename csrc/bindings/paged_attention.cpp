@@ -10,16 +10,12 @@
 // are 0 (null) together when no segment is causal. Each call's tensors have the shapes the layout was made for.
 #include "common.h"
 
+#include "paged_attention_layout.h"
 #include "spct/linear.h"
 #include "spct/paged_attention.h"
 
 namespace spct_bind {
 namespace {
-
-// The index arrays and sizes shared by the calls of one step; the tensors are filled in per call.
-struct PagedAttentionLayout {
-  spct::attn::PagedAttention a{};
-};
 
 PagedAttentionLayout make_layout(uintptr_t block_ids, uintptr_t seg_block_indptr, uintptr_t seg_len,
                                  uintptr_t seg_row_indptr, uintptr_t seg_rows, uintptr_t causal, uintptr_t q_pos,

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from spct.engine.models import fetch, read_json
+from spct.engine.native_decoder import NativeDecoder
 from spct.ops import layer_ops
 from spct.ops import paged_attention as paged
 from spct.ops import prefix_attention as pa
@@ -216,6 +217,7 @@ class LlamaRunner:
         self.sin = (emb.sin() * attention_factor).to(device=device, dtype=dtype)
         self.scale = 1.0 / math.sqrt(c.head_dim)
         self._tiled = dtype == torch.float32 and device.type == "cpu"
+        self.native_decoder = NativeDecoder.of(self)  # forward_paged's layer loop in one native call, or None
 
     @classmethod
     def from_dir(cls, path: str | Path, dtype: torch.dtype, device: torch.device) -> LlamaRunner:
@@ -429,9 +431,20 @@ class LlamaRunner:
         plan = paged.Plan(ix["block_ids"], ix["seg_block_indptr"], ix["seg_len"], ix["seg_row_indptr"],
                           ix["seg_rows"], causal=ix["causal"], q_pos=ix["q_pos"], seg_start=ix["seg_start"],
                           scale=self.scale)
+        x = self.embed[tokens]
+        h = None if self.native_decoder is None else self.native_decoder.forward(plan, x, positions, slots, kv)
+        if h is None:
+            h = self._layers_paged(plan, x, positions, slots, kv)
+        if not layout.logit_rows:
+            return x.new_empty((0, c.vocab_size))
+        return self._linear(self.lm_head, h[as_t(layout.logit_rows)], True)
+
+    def _layers_paged(self, plan, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                      kv: torch.Tensor) -> torch.Tensor:
+        """forward_paged's layer loop in Python: x (R, H) the residual stream (in place) -> its final norm."""
+        c, eps = self.config, self.config.rms_norm_eps
         # Each layer is 4 matmuls, the attention and 3 fused element-wise calls (spct.ops.layer_ops): the residual
         # adds go into the norms that follow them, RoPE writes k and v to their slots.
-        x, eps = self.embed[tokens], c.rms_norm_eps
         h = layer_ops.add_rms_norm(x, None, self.layers[0]["in_norm"], eps)
         for i, layer in enumerate(self.layers):
             qkv = self._linear(layer["qkv"], h, True)
@@ -443,6 +456,4 @@ class LlamaRunner:
             down = self._linear(layer["down"], layer_ops.silu_mul(self._linear(layer["gate_up"], h, True)), True)
             after = self.layers[i + 1]["in_norm"] if i + 1 < len(self.layers) else self.norm
             h = layer_ops.add_rms_norm(x, down, after, eps)  # the last layer's: the final norm
-        if not layout.logit_rows:
-            return x.new_empty((0, c.vocab_size))
-        return self._linear(self.lm_head, h[as_t(layout.logit_rows)], True)
+        return h

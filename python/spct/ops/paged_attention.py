@@ -259,6 +259,8 @@ def _bind(index: tuple, q: torch.Tensor, k_cache: torch.Tensor, scale: float, ba
         lib.paged_attention(layout, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr())
         return out
 
+    native.layout = layout  # for Plan.cpu_layout
+
     def native_cuda(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(q)
         with torch.cuda.device(q.device):  # the kernel launches (and allocates its workspace) on the current device
@@ -295,6 +297,17 @@ class Plan:
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         """q: (R, Hq, D); k_cache, v_cache: (N, B, Hkv, D) -> (R, Hq, D) in q's dtype."""
+        self._prepare(q, k_cache, v_cache)
+        return self._run(q.contiguous(), k_cache.contiguous(), v_cache.contiguous())
+
+    def cpu_layout(self, q: torch.Tensor, k_cache: torch.Tensor):
+        """The C++ kernel's layout (spct._C.PagedAttentionLayout) for calls shaped like q over k_cache, checked as
+        `run` checks them: what a native loop over the layers takes (spct/decoder.h). None where such calls do not
+        run the C++ kernel (another backend, a head size it lacks, CUDA tensors)."""
+        self._prepare(q, k_cache, k_cache)
+        return getattr(self._run, "layout", None) if not q.is_cuda else None
+
+    def _prepare(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
         _check_tensors(q, k_cache, v_cache)
         key = (q.shape, q.dtype, q.device, k_cache.shape, v_cache.shape)
         if key != self._key:
@@ -303,7 +316,6 @@ class Plan:
             self._run = _bind(self._index, q, k_cache, _scale(self._scale_arg, q.shape[2]), self._backend,
                               self._cpu_kernel)
             self._key = key
-        return self._run(q.contiguous(), k_cache.contiguous(), v_cache.contiguous())
 
 
 def _impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_ids: torch.Tensor,

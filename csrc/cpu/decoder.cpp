@@ -1,0 +1,77 @@
+// decoder_forward_bf16 (spct/decoder.h): the layer loop of a decode or prefill step, on the kernels the Python loop
+// calls one by one.
+#include "spct/decoder.h"
+
+#include <string>
+
+#include "spct/layer_ops.h"
+#include "spct/linear.h"
+
+namespace spct {
+namespace cpu {
+namespace {
+
+struct Buffers {
+  uint16_t *h, *qkv, *q, *attn, *delta, *gate_up, *act;
+};
+
+Buffers carve(Decoder& d, int64_t rows) {
+  const int64_t H = d.hidden, qd = d.heads * d.head_dim, qkv = (d.heads + 2 * d.kv_heads) * d.head_dim;
+  const int64_t sizes[] = {H, qkv, qd, qd, H, 2 * d.intermediate, d.intermediate};
+  int64_t total = 0;
+  for (int64_t s : sizes) total += rows * s;
+  if (int64_t(d.work.size()) < total) d.work.resize(size_t(total));
+  uint16_t* p = d.work.data();
+  uint16_t* parts[7];
+  for (int i = 0; i < 7; ++i) {
+    parts[i] = p;
+    p += rows * sizes[i];
+  }
+  return {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], parts[6]};
+}
+
+}  // namespace
+
+std::string decoder_forward_bf16(Decoder& d, attn::PagedAttention a, uint16_t* x, int64_t rows,
+                                 const int64_t* positions, const int64_t* slots, uint16_t* kv, int64_t num_blocks,
+                                 int64_t block_size, uint16_t* out) {
+  const auto linear = d.amx ? &linear_bf16_amx : &linear_bf16;
+  const auto matmul = [&](const uint16_t* in, const PackedLinear& w, uint16_t* y) {
+    linear(in, rows, w.k, w.packed, w.n, w.bias, y);
+  };
+  const int64_t H = d.hidden, n = int64_t(d.layers.size()), num_slots = num_blocks * block_size;
+  const int64_t cache = num_slots * d.kv_heads * d.head_dim;  // one layer's keys (or values)
+  const Buffers b = carve(d, rows);
+  add_rms_norm_bf16(x, nullptr, d.layers[0].in_norm, d.eps, rows, H, b.h);
+  for (int64_t i = 0; i < n; ++i) {
+    const DecoderLayer& l = d.layers[size_t(i)];
+    uint16_t* k_cache = kv + 2 * i * cache;
+    matmul(b.h, l.qkv, b.qkv);
+    const int64_t bad = rope_qkv_bf16(b.qkv, rows, d.heads, d.kv_heads, d.head_dim, d.cos, d.sin, d.num_positions,
+                                      positions, num_slots, slots, b.q, k_cache, k_cache + cache);
+    if (bad >= 0) {
+      const bool pos = positions[bad] < 0 || positions[bad] >= d.num_positions;
+      return std::string(pos ? "positions[" : "slots[") + std::to_string(bad) + "] = " +
+             std::to_string(pos ? positions[bad] : slots[bad]) + " is outside [0, " +
+             std::to_string(pos ? d.num_positions : num_slots) + ")";
+    }
+    a.q = b.q;
+    a.k_cache = k_cache;
+    a.v_cache = k_cache + cache;
+    a.out = b.attn;
+    const std::string error = paged_attention(a);
+    if (!error.empty()) return error;
+    matmul(b.attn, l.o, b.delta);
+    add_rms_norm_bf16(x, b.delta, l.post_norm, d.eps, rows, H, b.h);
+    matmul(b.h, l.gate_up, b.gate_up);
+    silu_mul_bf16(b.gate_up, rows, d.intermediate, b.act);
+    matmul(b.act, l.down, b.delta);
+    const bool last = i + 1 == n;
+    add_rms_norm_bf16(x, b.delta, last ? d.final_norm : d.layers[size_t(i + 1)].in_norm, d.eps, rows, H,
+                      last ? out : b.h);
+  }
+  return "";
+}
+
+}  // namespace cpu
+}  // namespace spct

@@ -1,0 +1,77 @@
+"""The layer loop of a bfloat16 CPU step in one native call (spct/decoder.h, csrc/cpu/decoder.cpp).
+
+`LlamaRunner.forward_paged` runs each layer as 9 calls: the norms, the four matrix products, RoPE with the KV
+write, the attention and SiLU times up, each through a Python wrapper that checks its arguments and allocates its
+output. The native loop makes the same kernel calls in the same order on the same values, so every row gets the
+same bits (tested), with the arguments checked once per step and the work buffers kept from one step to the next.
+It is used where every layer's weights run the native bf16 linear without padding (`NativeDecoder.of` answers None
+otherwise, and the Python loop runs). SPCT_NATIVE_DECODER=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from spct.ops import dispatch
+
+__all__ = ["NativeDecoder"]
+
+LINEARS = ("qkv", "o", "gate_up", "down")
+
+
+class NativeDecoder:
+    """A runner's weights by address for spct._C.decoder_forward_bf16; the runner keeps the tensors alive."""
+
+    def __init__(self, runner):
+        c, lib = runner.config, dispatch.native()
+        layers = []
+        for layer in runner.layers:
+            addresses = []
+            for name in LINEARS:
+                m = layer[name]
+                addresses += [m.packed.data_ptr(), 0 if m.bias is None else m.bias.data_ptr()]
+            layers.append(addresses + [layer["in_norm"].data_ptr(), layer["post_norm"].data_ptr()])
+        self._lib, self._hidden = lib, c.hidden_size
+        self._decoder = lib.Decoder(layers, runner.norm.data_ptr(), runner.cos.data_ptr(), runner.sin.data_ptr(),
+                                    runner.cos.shape[0], c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
+                                    c.intermediate_size, float(c.rms_norm_eps), runner.layers[0]["qkv"].kernel == "amx")
+        self._shape = (c.num_heads, c.head_dim)
+
+    @classmethod
+    def of(cls, runner) -> NativeDecoder | None:
+        """The native loop for this runner, or None where it does not apply (not bf16 on the CPU, a weight that
+        is not the native linear's or is padded, norms or tables not contiguous bf16, SPCT_NATIVE_DECODER=0)."""
+        if os.environ.get("SPCT_NATIVE_DECODER", "1") == "0" or runner.dtype != torch.bfloat16:
+            return None
+        if runner.device.type != "cpu":
+            return None
+        for layer in runner.layers:
+            for name in LINEARS:
+                m = layer[name]
+                if not m.native or (m.n, m.k) != (m.out_features, m.in_features):
+                    return None
+        if not hasattr(dispatch.native(), "Decoder"):  # the native linear is there, so is spct._C
+            return None
+        tensors = [runner.norm, runner.cos, runner.sin, *(layer[n] for layer in runner.layers
+                                                          for n in ("in_norm", "post_norm"))]
+        if not all(t.dtype == torch.bfloat16 and t.is_contiguous() for t in tensors):
+            return None
+        return cls(runner)
+
+    def forward(self, plan, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                kv: torch.Tensor) -> torch.Tensor | None:
+        """x (R, H): the rows' embeddings, their residual stream after (in place); positions, slots (R,) int64;
+        kv: (layers, 2, N, B, Hkv, D); plan: the step's paged_attention Plan -> the final norm of the residual
+        stream (R, H). None (nothing done) where the plan's layout is not the C++ kernel's."""
+        if not (x.is_contiguous() and kv.is_contiguous() and kv.dtype == torch.bfloat16):
+            return None
+        rows = x.shape[0]
+        layout = plan.cpu_layout(torch.empty((rows, *self._shape), dtype=torch.bfloat16), kv[0, 0])
+        if layout is None:
+            return None
+        out = torch.empty_like(x)
+        self._lib.decoder_forward_bf16(self._decoder, layout, x.data_ptr(), rows, positions.data_ptr(),
+                                       slots.data_ptr(), kv.data_ptr(), kv.shape[2], kv.shape[3], out.data_ptr())
+        return out

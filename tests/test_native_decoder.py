@@ -1,0 +1,79 @@
+"""The native layer loop (spct.engine.native_decoder, spct/decoder.h) on the real default model in bfloat16: the same
+tokens and logprobs (so the same logits, bit for bit) as forward_paged's Python loop over a prefill in chunks and a
+batch of decode steps; a bad slot named in one line; used only where it applies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import spct
+from spct.engine.native_decoder import NativeDecoder
+from spct.ops import paged_attention as paged
+from spct.ops.linear import native_bf16_available
+
+
+@pytest.fixture(scope="module")
+def engine(default_model_dir):
+    if not native_bf16_available(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16 linear (AVX-512 BF16): the native layer loop does not apply")
+    return spct.Engine.from_pretrained(default_model_dir, dtype="bfloat16", kv_cache_mb=32, prefill_chunk=64)
+
+
+def run(engine, native: bool) -> tuple[list, int]:
+    """The outputs, and how many steps the native loop ran."""
+    runner = engine.runner
+    saved, steps = runner.native_decoder, []
+    forward = saved.forward
+
+    def counted(*args):
+        out = forward(*args)
+        steps.append(out is not None)
+        return out
+
+    saved.forward = counted
+    runner.native_decoder = saved if native else None
+    try:
+        prompts = ["Name three colors.", "Write a haiku about the sea, then explain why it works " * 6]
+        return engine.generate(prompts, k=[3, 2], max_new_tokens=10, temperature=0.8, seed=[5, 6],
+                               return_logprobs=True), sum(steps)
+    finally:
+        runner.native_decoder = saved
+        del saved.forward
+
+
+def test_same_tokens_and_logprobs_as_the_python_loop(engine):
+    assert engine.runner.native_decoder is not None
+    (native, steps), (python, none) = run(engine, True), run(engine, False)
+    assert steps >= 10 and none == 0  # a prefill of several chunks and 9 decode steps, all native
+    for got, want in zip(native, python):
+        assert [s.token_ids for s in got] == [s.token_ids for s in want]
+        assert [s.logprobs for s in got] == [s.logprobs for s in want]  # exact: the same logits
+    assert sum(len(s.token_ids) for out in native for s in out) == 50
+
+
+def test_a_bad_slot_is_named(engine):
+    runner = engine.runner
+    kv = runner.new_paged_kv(4, 16)
+    i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    plan = paged.Plan(i32([0]), i32([0, 1]), i32([1]), i32([0, 1]), i32([0]), scale=runner.scale)
+    x = runner.embed[torch.tensor([1])]
+    out = runner.native_decoder.forward(plan, x.clone(), torch.tensor([0]), torch.tensor([0]), kv)
+    assert out.shape == x.shape and out.isfinite().all()
+    with pytest.raises(ValueError, match=r"^slots\[0\] = 64 is outside \[0, 64\)$"):
+        runner.native_decoder.forward(plan, x, torch.tensor([0]), torch.tensor([64]), kv)
+    with pytest.raises(ValueError, match=r"^positions\[0\] = -1 is outside \[0, "):
+        runner.native_decoder.forward(plan, x, torch.tensor([-1]), torch.tensor([0]), kv)
+
+
+def test_used_only_where_it_applies(engine, monkeypatch):
+    assert NativeDecoder.of(engine.runner) is not None
+    monkeypatch.setenv("SPCT_NATIVE_DECODER", "0")
+    assert NativeDecoder.of(engine.runner) is None
+    monkeypatch.delenv("SPCT_NATIVE_DECODER")
+    runner = engine.runner
+    runner.dtype = torch.float32  # what `of` reads first; restored below
+    try:
+        assert NativeDecoder.of(runner) is None
+    finally:
+        runner.dtype = torch.bfloat16
