@@ -52,7 +52,7 @@ def test_same_tokens_and_logprobs_as_the_python_loop(engine):
     assert sum(len(s.token_ids) for out in native for s in out) == 50
 
 
-def test_a_bad_slot_is_named(engine):
+def test_bad_values_are_named(engine):
     runner = engine.runner
     kv = runner.new_paged_kv(4, 16)
     i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
@@ -64,6 +64,9 @@ def test_a_bad_slot_is_named(engine):
         runner.native_decoder.forward(plan, x, torch.tensor([0]), torch.tensor([64]), kv)
     with pytest.raises(ValueError, match=r"^positions\[0\] = -1 is outside \[0, "):
         runner.native_decoder.forward(plan, x, torch.tensor([-1]), torch.tensor([0]), kv)
+    outside = paged.Plan(i32([4]), i32([0, 1]), i32([1]), i32([0, 1]), i32([0]), scale=runner.scale)
+    with pytest.raises(ValueError, match=r"^block_ids\[0\] = 4 is outside \[0, 4\)$"):
+        runner.native_decoder.forward(outside, x, torch.tensor([0]), torch.tensor([0]), kv)
 
 
 def test_used_only_where_it_applies(engine, monkeypatch):

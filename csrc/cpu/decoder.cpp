@@ -59,7 +59,7 @@ std::string decoder_forward_bf16(Decoder& d, attn::PagedAttention a, uint16_t* x
     a.k_cache = k_cache;
     a.v_cache = k_cache + cache;
     a.out = b.attn;
-    const std::string error = paged_attention(a);
+    const std::string error = paged_attention(a, i == 0);  // one layout for every layer: checked once
     if (!error.empty()) return error;
     matmul(b.attn, l.o, b.delta);
     add_rms_norm_bf16(x, b.delta, l.post_norm, d.eps, rows, H, b.h);

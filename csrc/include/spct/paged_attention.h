@@ -50,8 +50,9 @@ struct PagedAttention {
 }  // namespace attn
 
 namespace cpu {
-// "" or the first bad index value, worded as the Python wrapper words it.
-std::string paged_attention(const attn::PagedAttention& a);
+// "" or the first bad index value, worded as the Python wrapper words it. check = false skips the index checks for
+// a layout already checked (the later layers of one step; spct/decoder.h).
+std::string paged_attention(const attn::PagedAttention& a, bool check = true);
 }  // namespace cpu
 
 namespace cuda {

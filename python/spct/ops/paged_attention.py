@@ -46,8 +46,9 @@ the thread count. They agree with the reference within the tolerance table.
 Two entry points, as for prefix_attention: `paged_attention(...)`, one call; `Plan(indices...).run(q, k_cache,
 v_cache)`, the calls of one step that share the layout (its layers), checked at the first call, which also makes the
 C++ kernel's layout (the index addresses and sizes) once. This wrapper checks everything (types, dtypes, shapes,
-devices, scale, backend, head_dim for the C++ kernel, and the index values: `_check_indices`, a sync on CUDA); the C++
-kernel checks the index values again on every call, worded the same way (a caller of spct._C gets the same message).
+devices, scale, backend, head_dim for the C++ kernel) and, for the other backends, the index values
+(`_check_indices`, a sync on CUDA); the C++ kernel checks the index values itself on every call, worded the same
+way, so the same bad value gets the same message whichever backend runs.
 """
 
 from __future__ import annotations
@@ -192,6 +193,12 @@ def _check_indices(index: tuple, rows: int, num_blocks: int, block_size: int) ->
     _check_visible(seg_len, seg_rows, segment, causal, q_pos, seg_start, rows)
 
 
+def _checked_natively(q: torch.Tensor, backend: str) -> bool:
+    """Whether the C++ kernel (CPU) will run these calls: it checks the index values itself on every call, worded
+    as _check_indices words them, so the wrapper leaves them to it (a decode step's layout was checked twice)."""
+    return not q.is_cuda and q.shape[2] in HEAD_DIMS and dispatch.pick(OP, q.device, backend) == "native"
+
+
 def _contiguous(index: tuple) -> tuple:
     return tuple(t.contiguous() if isinstance(t, torch.Tensor) else t for t in index)
 
@@ -312,7 +319,8 @@ class Plan:
         key = (q.shape, q.dtype, q.device, k_cache.shape, v_cache.shape)
         if key != self._key:
             _check_layout(self._index, q.shape[0], q.device)
-            _check_indices(self._index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
+            if not _checked_natively(q, self._backend):
+                _check_indices(self._index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
             self._run = _bind(self._index, q, k_cache, _scale(self._scale_arg, q.shape[2]), self._backend,
                               self._cpu_kernel)
             self._key = key
@@ -323,7 +331,8 @@ def _impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_i
           causal: torch.Tensor | None, q_pos: torch.Tensor | None, seg_start: torch.Tensor | None, scale: float,
           backend: str, cpu_kernel: str | None = None) -> torch.Tensor:
     index = (block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start)
-    _check_indices(index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
+    if not _checked_natively(q, backend):
+        _check_indices(index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
     return _bind(index, q, k_cache, scale, backend, cpu_kernel)(q, k_cache, v_cache)
 
 
