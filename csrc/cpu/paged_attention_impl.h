@@ -13,6 +13,8 @@
 //
 // No standard-library templates here (std::vector, std::max...): their instantiations are shared with the other
 // translation units by the linker, and one compiled with AVX-512 could end up run on a CPU without it.
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -43,7 +45,18 @@ using attn::PagedAttention;
 // more than the dot products of one vector of lanes: a 16-row decode step over a 1,100-token prompt (Hq 9, Hkv 3:
 // 48 queries per KV head) took 570 us as 9 tasks of 16 queries on 2 threads and 372 us as 3 tasks of 48, though
 // one thread then does two of the three.
-inline int64_t tile_size(int64_t queries) { return queries >= 3 * W ? 3 * W : W; }
+#if defined(SPCT_AMX)
+// The AMX build walks a block for little more than the tile products of its lane groups, so the tile is the largest
+// (3, 2 or 1 vectors of lanes) that still gives every thread two tasks: a 16-row step (48 queries per KV head, 3 KV
+// heads) on 2 threads runs 6 tasks of 2 and 1 vectors instead of 3 of 3, one thread doing two of them.
+inline int64_t tile_size(int64_t queries, int64_t kv_heads, int64_t threads) {
+  for (int64_t size = 3 * W; size > W; size -= W)
+    if (queries >= size && kv_heads * ((queries + size - 1) / size) >= 2 * threads) return size;
+  return W;
+}
+#else
+inline int64_t tile_size(int64_t queries, int64_t, int64_t) { return queries >= 3 * W ? 3 * W : W; }
+#endif
 #if defined(__AVX512F__)
 constexpr int kAcc = 24;  // score accumulators (vectors of W) a q . k pass holds in registers
 #else
@@ -223,7 +236,8 @@ struct Tiles {
 };
 
 void plan_tiles(const PagedAttention& a, Tiles* tl) {
-  const int64_t G = a.heads / a.kv_heads, size = tile_size(a.rows * G), tiles = (a.rows * G + size - 1) / size;
+  const int64_t G = a.heads / a.kv_heads, size = tile_size(a.rows * G, a.kv_heads, omp_get_max_threads());
+  const int64_t tiles = (a.rows * G + size - 1) / size;
   tl->size = size;
   tl->count = tiles;
   Buf<int64_t> fill;
