@@ -8,6 +8,7 @@ submitted by itself to a fresh `Engine` over the same runner (nothing cached, no
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import math
 import random
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import spct
+from spct.engine import online
 from spct.engine.kv_blocks import MIB
 from spct.engine.online import RequestCancelled
 from spct.grm.model import prompt_ids
@@ -398,3 +400,17 @@ def test_await_iterate_and_generate_agree_with_result(engine16, text_ids):
         assert outs == one and outs[0] == want
     finally:
         engine.shutdown()
+
+
+def test_an_online_engine_freezes_the_startup_heap(engine16, monkeypatch):
+    """Making an Online moves the objects alive then out of the cyclic collector's scans (gc.freeze);
+    SPCT_GC_FREEZE=0 leaves the collector as it is."""
+    gc.unfreeze()
+    monkeypatch.setenv("SPCT_GC_FREEZE", "0")
+    online.freeze_startup_heap()
+    assert gc.get_freeze_count() == 0
+    monkeypatch.delenv("SPCT_GC_FREEZE")
+    loop = online.Online(engine16.runner, engine16.rules, 256, num_blocks=4, block_size=16, max_batch=2,
+                         prefill_chunk=16)
+    assert gc.get_freeze_count() > 0
+    loop.shutdown()

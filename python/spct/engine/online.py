@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import gc
+import os
 import threading
 import time
 import weakref
@@ -25,7 +27,7 @@ from spct.engine.scheduler import Entry, Job, Scheduler
 from spct.engine.threads import ThreadTuner
 from spct.engine.tokens import Live, Request, Sample, TokenRules
 
-__all__ = ["Handle", "Online", "RequestCancelled"]
+__all__ = ["Handle", "Online", "RequestCancelled", "freeze_startup_heap"]
 
 IDLE_EXIT_S = 2.0  # the step loop's thread ends after this long without work
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # every Online, for the exit hook below
@@ -125,9 +127,20 @@ class Handle:
             wake()
 
 
+def freeze_startup_heap() -> None:
+    """Moves every object alive now (the model, torch's and transformers' modules) out of the cyclic garbage
+    collector's scans, as vLLM's engine does after start-up (gc.freeze; they are still freed by reference counting).
+    Why: the step loop makes short-lived objects, which trigger collections, and a full collection scanned every
+    object of the process. Measured on a 2-core Xeon (SmolLM2 bf16, 64 new tokens): decode 421-432 -> 496-516 tok/s
+    at k = 16. SPCT_GC_FREEZE=0 leaves the collector as it is."""
+    if os.environ.get("SPCT_GC_FREEZE", "1") != "0":
+        gc.collect()
+        gc.freeze()
+
+
 class Online:
     """The scheduler and its step loop over a runner with a paged KV (`runner.new_paged_kv`,
-    `runner.forward_paged`)."""
+    `runner.forward_paged`). Making one freezes the heap (`freeze_startup_heap`)."""
 
     def __init__(self, runner, rules: TokenRules, context: int, *, num_blocks: int, block_size: int,
                  max_batch: int, prefill_chunk: int):
@@ -147,6 +160,7 @@ class Online:
         tunable = runner.device.type == "cpu" and bool(getattr(runner.lm_head, "native", False))
         self._tuner = ThreadTuner(torch.get_num_threads(), enabled=tunable)
         _LIVE.add(self)
+        freeze_startup_heap()
 
     @property
     def block_bytes(self) -> int:
