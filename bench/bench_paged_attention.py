@@ -7,7 +7,8 @@ ratio against the fastest of bench_prefix_attention's three (`torch_baselines`: 
 call, a shared-prompt batched matmul), each over the tokens already gathered out of the blocks into its own
 contiguous layout before timing (a torch user holding a paged cache would also gather every step: the ratio is a
 lower bound of theirs); and, printed beside it, prefix_attention's C++ kernel (its Plan) on the same tokens, the
-prompt packed and the own tokens in slots: the spct op paged_attention replaces.
+prompt packed and the own tokens in slots: the spct op paged_attention replaces. Where the default build is the AMX
+one (bf16 on a CPU with AMX-BF16), the vector build's time is printed too ("vector build").
 
 Prefill: a chunk of 256 rows at positions 768..1023 of one sequence: its 768-token context as one segment and the
 chunk's own tokens as a causal segment from position 768. Baseline: torch's scaled_dot_product_attention over the
@@ -134,8 +135,12 @@ def test_decode_throughput(benchmark, dtype, block_size):
     benchmark.extra_info.update(dtype=str(dtype).removeprefix("torch."), block_size=block_size, rows=ROWS)
     flops = 4 * HEADS * DIM * (ROWS * PROMPT + sum(OWN))
     times = {name: median_seconds(fn, 50) for name, fn in baselines.items()}
-    report(benchmark, f"decode {str(dtype)[6:]:8s} B={block_size:2d}", ROWS, moved, flops, times,
-           {"prefix_attention kernel": median_seconds(prefix_kernel, 200)})
+    others = {"prefix_attention kernel": median_seconds(prefix_kernel, 200)}
+    if paged.cpu_kernel(dtype, DIM, block_size) == "amx":
+        vector = paged.Plan(*data["index"], scale=SCALE, backend="native", cpu_kernel="vector")
+        torch.testing.assert_close(vector.run(q, k_cache, v_cache), want, **TOLERANCES[dtype])
+        others["vector build"] = median_seconds(lambda: vector.run(q, k_cache, v_cache), 200)
+    report(benchmark, f"decode {str(dtype)[6:]:8s} B={block_size:2d}", ROWS, moved, flops, times, others)
 
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
@@ -168,5 +173,10 @@ def test_causal_prefill_throughput(benchmark, dtype, block_size):
     moved = kv_bytes(CONTEXT + CHUNK, dtype) + 2 * q.numel() * q.element_size()
     benchmark.extra_info.update(dtype=str(dtype).removeprefix("torch."), block_size=block_size, rows=CHUNK)
     flops = 4 * HEADS * DIM * (CHUNK * CONTEXT + CHUNK * (CHUNK + 1) // 2)  # row i attends CONTEXT + i + 1 keys
+    others = {}
+    if paged.cpu_kernel(dtype, DIM, block_size) == "amx":
+        vector = paged.Plan(*data["index"], **causal, scale=SCALE, backend="native", cpu_kernel="vector")
+        torch.testing.assert_close(vector.run(q, k_cache, v_cache), want, **TOLERANCES[dtype])
+        others["vector build"] = median_seconds(lambda: vector.run(q, k_cache, v_cache), 20)
     report(benchmark, f"prefill {str(dtype)[6:]:8s} B={block_size:2d}", CHUNK, moved, flops,
-           {"sdpa": median_seconds(baseline, 20)}, {})
+           {"sdpa": median_seconds(baseline, 20)}, others)

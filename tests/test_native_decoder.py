@@ -4,6 +4,8 @@ batch of decode steps; a bad slot named in one line; used only where it applies.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -80,3 +82,25 @@ def test_used_only_where_it_applies(engine, monkeypatch):
         assert NativeDecoder.of(runner) is None
     finally:
         runner.dtype = torch.bfloat16
+
+
+def test_threads_stepping_one_runner_at_once(engine):
+    """Engines that share a runner step it from their own threads at once: two threads, 3 and 7 rows, 15 steps
+    each, every result equal to the same step run alone (each thread has its own work buffers)."""
+    runner = engine.runner
+    i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+
+    def step(rows: int) -> torch.Tensor:
+        kv = runner.new_paged_kv(rows, 16)
+        kv.zero_()
+        plan = paged.Plan(i32(list(range(rows))), i32(list(range(rows + 1))), i32([1] * rows),
+                          i32(list(range(rows + 1))), i32(list(range(rows))), scale=runner.scale)
+        x = runner.embed[torch.arange(rows) + 100]
+        return runner.native_decoder.forward(plan, x, torch.zeros(rows, dtype=torch.int64),
+                                             torch.arange(rows) * 16, kv)
+
+    alone = {rows: step(rows) for rows in (3, 7)}
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(lambda rows: [step(rows) for _ in range(15)], rows) for rows in (3, 7)]
+        for rows, run_ in zip((3, 7), runs):
+            assert all(torch.equal(out, alone[rows]) for out in run_.result())

@@ -3,6 +3,7 @@
 #include "spct/decoder.h"
 
 #include <string>
+#include <vector>
 
 #include "spct/layer_ops.h"
 #include "spct/linear.h"
@@ -15,13 +16,15 @@ struct Buffers {
   uint16_t *h, *qkv, *q, *attn, *delta, *gate_up, *act;
 };
 
-Buffers carve(Decoder& d, int64_t rows) {
+// The calling thread's buffers, kept for its next step (engines sharing a runner call from their own threads).
+Buffers carve(const Decoder& d, int64_t rows) {
+  thread_local std::vector<uint16_t> work;
   const int64_t H = d.hidden, qd = d.heads * d.head_dim, qkv = (d.heads + 2 * d.kv_heads) * d.head_dim;
   const int64_t sizes[] = {H, qkv, qd, qd, H, 2 * d.intermediate, d.intermediate};
   int64_t total = 0;
   for (int64_t s : sizes) total += rows * s;
-  if (int64_t(d.work.size()) < total) d.work.resize(size_t(total));
-  uint16_t* p = d.work.data();
+  if (int64_t(work.size()) < total) work.resize(size_t(total));
+  uint16_t* p = work.data();
   uint16_t* parts[7];
   for (int i = 0; i < 7; ++i) {
     parts[i] = p;
@@ -32,7 +35,7 @@ Buffers carve(Decoder& d, int64_t rows) {
 
 }  // namespace
 
-std::string decoder_forward_bf16(Decoder& d, attn::PagedAttention a, uint16_t* x, int64_t rows,
+std::string decoder_forward_bf16(const Decoder& d, attn::PagedAttention a, uint16_t* x, int64_t rows,
                                  const int64_t* positions, const int64_t* slots, uint16_t* kv, int64_t num_blocks,
                                  int64_t block_size, uint16_t* out) {
   const auto linear = d.amx ? &linear_bf16_amx : &linear_bf16;

@@ -4,7 +4,8 @@
 // v into the paged cache), paged_attention, linear o, add_rms_norm, linear gate_up, silu_mul, linear down,
 // add_rms_norm. Why: the Python loop makes 9 calls per layer, each through a wrapper that checks its arguments and
 // allocates its output; at k = 1 that was about a sixth of a SmolLM2 decode step. Here the arguments are checked
-// once (spct.engine.native_decoder) and the work buffers are kept from one step to the next.
+// once (spct.engine.native_decoder) and the work buffers are kept from one step to the next (one set per calling
+// thread: engines that share a runner step it from their own threads at once).
 #pragma once
 
 #include <cstdint>
@@ -35,15 +36,14 @@ struct Decoder {
   const uint16_t* sin = nullptr;
   int64_t num_positions = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
   float eps = 0.0f;
-  bool amx = false;            // linear_bf16_amx, else linear_bf16
-  std::vector<uint16_t> work;  // the step's buffers, kept for the next
+  bool amx = false;  // linear_bf16_amx, else linear_bf16
 };
 
 // x (rows, H): the rows' embeddings, then their residual stream (in place); positions, slots (rows,): each row's
 // position and KV slot (block * block_size + offset); kv: (layers, 2, num_blocks, block_size, Hkv, D); layout: the
 // step's paged_attention layout (q, caches and out are filled in per layer); out (rows, H): the final norm of the
 // residual stream. Returns "" or the first bad value (a position or slot out of range, a bad index of layout).
-std::string decoder_forward_bf16(Decoder& d, attn::PagedAttention layout, uint16_t* x, int64_t rows,
+std::string decoder_forward_bf16(const Decoder& d, attn::PagedAttention layout, uint16_t* x, int64_t rows,
                                  const int64_t* positions, const int64_t* slots, uint16_t* kv, int64_t num_blocks,
                                  int64_t block_size, uint16_t* out);
 
