@@ -8,10 +8,12 @@ import json
 import subprocess
 import sys
 
-# Three copies of one item with two identical responses, k = 2 samples of one free token each, then a forced score
-# group: the default model writes small integers, and with seed 2 the two samples of item 2 (third line) give it
-# equal rewards. Item 2 sits at position 0 of its batch with --batch-size 1 and at position 2 with 4 or 16.
-ITEMS = [{"id": f"four-{i}", "query": "What is 2 + 2?", "responses": ["4", "4"]} for i in range(3)]
+# 32 copies of one item with two identical responses, k = 2 samples of one free token each, then a forced score
+# group: the default model writes small integers, so the two responses often get equal rewards. Which items tie
+# depends on how the CPU's kernels round (AMX or not draws other samples), so there are enough copies for some item
+# after the first to tie on any of them (three copies tied on one CPU and not on another). Item i sits at position 0
+# of its batch with --batch-size 1 and at position i % 4 or i % 16 with 4 or 16.
+ITEMS = [{"id": f"four-{i}", "query": "What is 2 + 2?", "responses": ["4", "4"]} for i in range(32)]
 SEED = 2
 
 

@@ -54,8 +54,8 @@ void bind_decoder(py::module_& m) {
            py::arg("intermediate"), py::arg("eps"), py::arg("amx"));
   m.def(
       "decoder_forward_bf16",
-      [](const spct::cpu::Decoder& d, const PagedAttentionLayout& layout, uintptr_t x, int64_t rows, uintptr_t positions,
-         uintptr_t slots, uintptr_t kv, int64_t num_blocks, int64_t block_size, uintptr_t out) {
+      [](const spct::cpu::Decoder& d, const PagedAttentionLayout& layout, uintptr_t x, int64_t rows,
+         uintptr_t positions, uintptr_t slots, uintptr_t kv, int64_t num_blocks, int64_t block_size, uintptr_t out) {
         SPCT_CHECK(layout.a.bf16 && layout.a.rows == rows && layout.a.heads == d.heads &&
                        layout.a.kv_heads == d.kv_heads && layout.a.head_dim == d.head_dim &&
                        layout.a.num_blocks == num_blocks && layout.a.block_size == block_size,

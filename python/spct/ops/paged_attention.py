@@ -285,9 +285,9 @@ class Plan:
         out = plan.run(q, k_cache, v_cache)                                          # per layer -> (R, Hq, D)
 
     The index tensors, causal/q_pos/seg_start, scale, backend and cpu_kernel are `paged_attention`'s and must not
-    change while the plan is used. The first `run` checks what `paged_attention` checks and binds the backend (the C++ kernel's
-    layout); a later call whose tensors have the same shapes, dtypes and devices runs at once (any other is checked
-    and bound again).
+    change while the plan is used. The first `run` checks what `paged_attention` checks and binds the backend (the
+    C++ kernel's layout); a later call whose tensors have the same shapes, dtypes and devices runs at once (any other
+    is checked and bound again).
     """
 
     def __init__(self, block_ids: torch.Tensor, seg_block_indptr: torch.Tensor, seg_len: torch.Tensor,
