@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "amx_tiles.h"
 #include "spct/linear.h"
 
 namespace spct {
@@ -32,14 +33,6 @@ namespace {
 constexpr int kTileRows = 16;  // rows of x (and of the float32 result) per tile
 constexpr int kTileK = 32;     // values of K per tile multiply
 constexpr int kMaxGroup = 4;   // output blocks per task: 4 result tiles + 1 of x + 3 of weights = the 8 tiles
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 // tmm0-3 results and tmm4 x: `rows` rows; tmm5-7 weights: 16 rows (pairs along K); all 64 bytes wide.
 void configure_tiles(int rows) {

@@ -21,18 +21,10 @@
 
 constexpr int kTok = 16;  // tokens per tile of scores and of values
 
-struct alignas(64) AmxConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 // tmm0-3: results (16 rows of 16 floats); tmm4: keys (16 tokens x 32 dims); tmm5: queries (16 pairs of dims x 16
 // lanes); tmm6: probabilities (16 lanes x 16 tokens); tmm7: values (8 pairs of tokens x 16 dims).
 void amx_configure() {
-  AmxConfig cfg;
+  TileConfig cfg;
   for (int t = 0; t < 8; ++t) {
     cfg.colsb[t] = t == 6 ? 32 : 64;
     cfg.rows[t] = t == 7 ? 8 : 16;
@@ -216,7 +208,7 @@ void prefetch_block(const uint16_t* k, const uint16_t* v, int64_t ld, int64_t B)
 template <int D>
 void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0,
                         int64_t size, int64_t h, Scratch* sc) {
-  const int64_t nq = gather<D, uint16_t>(a, rows, count, q0, size, h, sc), lw = sc->lw;
+  const int64_t nq = gather<D, uint16_t, false>(a, rows, count, q0, size, h, sc), lw = sc->lw;
   const int64_t B = a.block_size, ld = a.kv_heads * D, len = a.seg_len[s];
   const bool causal = a.causal != nullptr && a.causal[s] != 0;
   const uint16_t* k_cache = static_cast<const uint16_t*>(a.k_cache);

@@ -24,6 +24,8 @@
 
 #if defined(SPCT_AMX)
 #include <immintrin.h>
+
+#include "amx_tiles.h"
 #endif
 
 #ifndef SPCT_ISA
@@ -267,8 +269,9 @@ void plan_tiles(const PagedAttention& a, Tiles* tl) {
 }
 
 // Lanes for the queries in [q0, q0 + size) of the count rows (ids in rows) of segment s: queries scaled and
-// transposed, states gathered. Returns the number of lanes used; sc->lw gets the lane width (a multiple of W).
-template <int D, typename T>
+// transposed as float32 (Floats; the AMX path packs its own), states gathered. Returns the number of lanes used;
+// sc->lw gets the lane width (a multiple of W).
+template <int D, typename T, bool Floats = true>
 int64_t gather(const PagedAttention& a, const int32_t* rows, int64_t count, int64_t q0, int64_t size, int64_t h,
                Scratch* sc) {
   const int64_t G = a.heads / a.kv_heads;
@@ -279,7 +282,7 @@ int64_t gather(const PagedAttention& a, const int32_t* rows, int64_t count, int6
   const int64_t lw = (lanes + W - 1) / W * W;
   const T* q = static_cast<const T*>(a.q);
   sc->lw = lw;
-  sc->qt.assign(D * lw, 0.0f);
+  if (Floats) sc->qt.assign(D * lw, 0.0f);
   sc->lm.assign(lw, -INFINITY);
   sc->ll.assign(lw, 0.0f);
   sc->query.assign(lw, -1);
@@ -289,7 +292,7 @@ int64_t gather(const PagedAttention& a, const int32_t* rows, int64_t count, int6
     const int64_t r = rows[e];
     for (int64_t g = g_lo(r); g < g_hi(r); ++g, ++i) {
       const int64_t local = r * G + g - q0;
-      for (int d = 0; d < D; ++d) sc->qt[d * lw + i] = load1(q, (r * a.heads + h * G + g) * D + d) * a.scale;
+      for (int d = 0; Floats && d < D; ++d) sc->qt[d * lw + i] = load1(q, (r * a.heads + h * G + g) * D + d) * a.scale;
       sc->lm[i] = sc->m[local];
       sc->ll[i] = sc->l[local];
       sc->query[i] = int32_t(local);
