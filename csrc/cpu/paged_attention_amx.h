@@ -174,13 +174,18 @@ void pack_block_probs(const float* s, int64_t lw, int64_t n, uint32_t* pb) {
 }
 
 // A block's P . V (n tokens: pb from pack_block_probs, vb from pack_values) for every lane group into sc->o
-// (lw x D), then each real lane's accumulator: acc * corr + o.
+// (lw x D).
 template <int D>
-void amx_values(const uint32_t* pb, const uint32_t* vb, const float* corr, int64_t n, int64_t nq, Scratch* sc) {
+void amx_values(const uint32_t* pb, const uint32_t* vb, int64_t n, Scratch* sc) {
   constexpr int E = D / 16 < 4 ? D / 16 : 4;  // result tiles per pass
   const int64_t groups = sc->lw / W, tiles = (n + kTok - 1) / kTok;
   for (int64_t j = 0; j < groups; ++j)
     for (int64_t e0 = 0; e0 < D / 16; e0 += E) pv_tiles<D, E>(pb + j * tiles * 128, tiles, vb, e0, sc->o.p + j * W * D);
+}
+
+// Each real lane's accumulator after a block: acc * corr + o (sc->o from amx_values).
+template <int D>
+void accumulate(const float* corr, int64_t nq, Scratch* sc) {
   for (int64_t i = 0; i < nq; ++i) {
     float* acc = sc->accs[i];
     const __m512 c = _mm512_set1_ps(corr[i]);
@@ -201,10 +206,14 @@ void prefetch_block(const uint16_t* k, const uint16_t* v, int64_t ld, int64_t B)
   }
 }
 
-// attend_segment on tiles (the vector kernel's bookkeeping: lanes, visible tokens, softmax_step). The values are
-// packed first, so that their stores have reached the cache when P . V loads them as tiles (a tile load right after
-// the vector stores that wrote its bytes waits for them). Tried and dropped: packing a block in its iteration and
-// multiplying it in the next (no faster on a 2-core Xeon), prefetching two blocks ahead instead of one (slower).
+// attend_segment on tiles (the vector kernel's bookkeeping: lanes, visible tokens, softmax_step), software-pipelined
+// by one block: block b's scores, then block b - 1's P . V, then b's values packed, b's softmax step and
+// probabilities packed, then b - 1's accumulation. Why: a tile load right after the vector stores that wrote its
+// bytes waits for them, and so do vector loads right after a tile store; in this order every store has other work
+// between it and its load. Each lane's accumulator still takes its blocks in order, once each: the same bits as the
+// plain loop (checked). Measured on a 2-core Xeon over 30 layers' KV: a row's own 1,100 tokens (k = 1) 84 -> 63 us
+// per layer, 16 rows over a 1,000-token prompt plus 100 tokens each 295 -> 248 us. Tried and dropped: prefetching
+// two blocks ahead instead of one (slower).
 template <int D>
 void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0,
                         int64_t size, int64_t h, Scratch* sc) {
@@ -214,14 +223,17 @@ void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows,
   const uint16_t* k_cache = static_cast<const uint16_t*>(a.k_cache);
   const uint16_t* v_cache = static_cast<const uint16_t*>(a.v_cache);
   pack_queries<D>(a, q0, h, sc);
+  const int64_t pb_size = lw / W * (B / kTok) * 128, vb_size = B * D / 2;
   sc->s.resize(B * lw);
-  sc->corr.resize(lw);
-  sc->vb.resize(B * D / 2);
-  sc->pb.resize(lw / W * (B / kTok) * 128);
+  sc->corr.resize(2 * lw);
+  sc->vb.resize(2 * vb_size);
+  sc->pb.resize(2 * pb_size);
   sc->o.resize(lw * D);
   sc->accs.resize(nq);
   for (int64_t i = 0; i < nq; ++i) sc->accs[i] = sc->acc.data() + sc->query[i] * D;
   const int64_t b_end = a.seg_block_indptr[s + 1];
+  int64_t pending = 0;  // tokens of the previous block, whose P . V and accumulation are still to do (0: none)
+  int cur = 0;          // which half of corr, vb and pb the current block uses
   for (int64_t bi = 0, b = a.seg_block_indptr[s]; b < b_end; ++b, ++bi) {
     const int64_t n = visible(a, s, bi, imin(B, len - bi * B), lw, sc);
     if (n == 0) continue;
@@ -230,15 +242,24 @@ void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows,
       const int64_t next = (int64_t(a.block_ids[b + 1]) * B * a.kv_heads + h) * D;
       prefetch_block<D>(k_cache + next, v_cache + next, ld, B);
     }
-    pack_values<D>(v_cache + first, ld, n, sc->vb.data());
+    uint32_t *vb = sc->vb.p + cur * vb_size, *pb = sc->pb.p + cur * pb_size;
+    float* corr = sc->corr.p + cur * lw;
     amx_scores<D>(k_cache + first, ld, n, *sc, sc->s.data());
+    if (pending) amx_values<D>(sc->pb.p + (1 - cur) * pb_size, sc->vb.p + (1 - cur) * vb_size, pending, sc);
+    pack_values<D>(v_cache + first, ld, n, vb);
     if (causal) {
-      softmax_step<true>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.data(), a.scale);
+      softmax_step<true>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), corr, a.scale);
     } else {
-      softmax_step<false>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.data(), a.scale);
+      softmax_step<false>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), corr, a.scale);
     }
-    pack_block_probs(sc->s.data(), lw, n, sc->pb.data());
-    amx_values<D>(sc->pb.data(), sc->vb.data(), sc->corr.data(), n, nq, sc);
+    pack_block_probs(sc->s.data(), lw, n, pb);
+    if (pending) accumulate<D>(sc->corr.p + (1 - cur) * lw, nq, sc);
+    pending = n;
+    cur = 1 - cur;
+  }
+  if (pending) {
+    amx_values<D>(sc->pb.p + (1 - cur) * pb_size, sc->vb.p + (1 - cur) * vb_size, pending, sc);
+    accumulate<D>(sc->corr.p + (1 - cur) * lw, nq, sc);
   }
   for (int64_t i = 0; i < nq; ++i) {
     sc->m[sc->query[i]] = sc->lm[i];
