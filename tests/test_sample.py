@@ -71,6 +71,24 @@ def test_weights_are_bitwise_equal_and_within_one_ulp_of_exp(backend):
     torch.testing.assert_close(want[live], exact.float(), **TOLERANCES[torch.float32])
 
 
+@pytest.mark.parametrize("temperature", [0.05, 0.5, 1.0, 3.0])
+def test_masses_are_bitwise_equal_across_the_skipped_range(temperature):
+    """The native first pass (AVX-512 where the CPU has it: it skips the exp for 16 logits all more than 28.5 T
+    below the maximum) gives the reference's masses q = floor(w * 2^40) for every token, and their total."""
+    need("native")
+    gen = torch.Generator().manual_seed(int(temperature * 100))
+    t = torch.tensor(temperature)
+    gap = -torch.rand(4099, generator=gen) * 60 * temperature  # 0 .. 60 T below the maximum, either side of 28.5 T
+    edge = torch.tensor([-28.0, -28.5, -28.49999, -28.50001, -27.99999, -40.0]) * t  # near the cutoffs
+    x = torch.cat([torch.tensor([5.0]), 5.0 + gap, 5.0 + edge, torch.tensor([-INF] * 17)])
+    x[1000:1016] = 5.0 - 29 * t  # a whole block of 16 just past the skip bound
+    x[2000:2016] = 5.0 - 28.4 * t  # and one just inside it
+    want = (ref.exp_weight((x - 5.0) / t) * 2.0**ref.MASS_BITS).to(torch.int64)
+    q, total = native_lib().sample_masses(x.numpy(), 5.0, float(t))
+    assert torch.equal(torch.from_numpy(q), want)
+    assert total == int(want.sum())
+
+
 # ---- backends agree exactly ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("rows", "vocab"), [(1, 111), (7, 111), (989, 111), (1, 49152), (7, 49152)])

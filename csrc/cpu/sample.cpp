@@ -27,6 +27,27 @@
 
 namespace spct {
 namespace cpu {
+
+#if defined(SPCT_X86_VARIANTS)
+// sample_avx512.cpp: where the CPU has AVX-512 F and DQ, sample_full's weights and masses (the same bits) -> the
+// row's total mass.
+bool sample_avx512_supported();
+int64_t weights_masses_avx512(const float* x, int64_t vocab, float m, float t, float* w, int64_t* q);
+#endif
+
+int64_t weights_masses(const float* x, int64_t vocab, float m, float t, float* w, int64_t* q) {
+#if defined(SPCT_X86_VARIANTS)
+  if (sample_avx512_supported()) return weights_masses_avx512(x, vocab, m, t, w, q);
+#endif
+  for (int64_t i = 0; i < vocab; ++i) w[i] = sample::weight(x[i], m, t);
+  int64_t mass = 0;
+  for (int64_t i = 0; i < vocab; ++i) {
+    q[i] = sample::mass(w[i]);
+    mass += q[i];
+  }
+  return mass;
+}
+
 namespace {
 
 using sample::Status;
@@ -258,12 +279,7 @@ int64_t sample_full(const float* x, int64_t vocab, float m, float t, float top_p
   ws->masses.resize(vocab);
   float* w = ws->weights.data();
   int64_t* q = ws->masses.data();
-  for (int64_t i = 0; i < vocab; ++i) w[i] = sample::weight(x[i], m, t);
-  int64_t mass = 0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    q[i] = sample::mass(w[i]);
-    mass += q[i];
-  }
+  const int64_t mass = weights_masses(x, vocab, m, t, w, q);
   Last last{-kInf, vocab};  // top-p off: every token is in the prefix
   if (top_p < 1.0f) last = top_p_last(x, q, vocab, static_cast<double>(top_p) * static_cast<double>(mass), ws);
   int64_t total = mass;

@@ -119,6 +119,11 @@ void sample_rows(const void* logits, bool bf16, int64_t rows, int64_t vocab, int
 // out[i] = sample::exp_weight(z[i]), compiled under the kernel's floating-point settings (for tests).
 void exp_weights(const float* z, int64_t n, float* out);
 
+// A row's weights w and masses q (the sampler's first pass without top-k; w is exact where q > 0, else any value
+// whose mass is 0) for its maximum m and temperature t > 0 -> the total mass. The AVX-512 build where the CPU has
+// it (sample_avx512.cpp), else the baseline; the same q either way.
+int64_t weights_masses(const float* x, int64_t vocab, float m, float t, float* w, int64_t* q);
+
 }  // namespace cpu
 
 namespace cuda {
