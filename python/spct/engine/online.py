@@ -274,7 +274,8 @@ class Online:
                 rows.append(i)
                 lives.append(e.job.samples[e.j])
         if lives:
-            self.rules.choose(logits[torch.tensor(rows, device=logits.device)], lives)
+            picked = logits if rows == list(range(len(logits))) else logits[torch.tensor(rows, device=logits.device)]
+            self.rules.choose(picked, lives)
         for job, samples in forks:  # their partial blocks are copied before the next step
             if job.admitted >= 0 and job.prompt is not None:
                 s.fork(job, samples)

@@ -163,10 +163,12 @@ class TokenRules:
         wants_logprobs = any(s.req.settings.return_logprobs for s in rows)
         logprobs = torch.log_softmax(logits.float(), -1) if wants_logprobs else None
         masked = logits
+        short = [r for r, s in enumerate(rows) if len(s.tokens) < s.req.settings.min_new_tokens]
+        if short and self.eos_token_ids:  # EOS is masked for every row below its minimum length in one index op
+            masked = logits.clone()
+            masked[torch.tensor(short, device=logits.device)[:, None],
+                   torch.tensor(self.eos_token_ids, device=logits.device)] = -math.inf
         for r, s in enumerate(rows):
-            if len(s.tokens) < s.req.settings.min_new_tokens and self.eos_token_ids:
-                masked = masked.clone() if masked is logits else masked
-                masked[r, self.eos_token_ids] = -math.inf
             masked = self._constrain(masked, logits, r, s)
         st = [s.req.settings for s in rows]
         dev = logits.device
