@@ -7,6 +7,9 @@
 // in the last float32 bits, so those two are equal to a bfloat16 tolerance. Rows are independent: a row's result does
 // not depend on M. Written on GCC vector types of 16 floats; each function is cloned for AVX-512, AVX2 and the
 // baseline and picked at load time (target_clones).
+//
+// Rows are split over the threads from 8,192 values on (kParallel): a 16-row SmolLM2 decode step (9,216 to 24,576
+// values a call) spent 24 us a call in SiLU on one thread, 16 us on two, a fork and join included.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -64,11 +67,13 @@ inline vf vexp_any(vf x) {
 #define SPCT_CLONES
 #endif
 
+constexpr int64_t kParallel = 1 << 13;
+
 SPCT_CLONES
 void add_rms_norm_bf16(uint16_t* x, const uint16_t* delta, const uint16_t* weight, float eps, int64_t m, int64_t h,
                        uint16_t* out) {
   const int64_t body = h / W * W;
-#pragma omp parallel for schedule(static) if (m * h >= (1 << 16))
+#pragma omp parallel for schedule(static) if (m * h >= kParallel)
   for (int64_t r = 0; r < m; ++r) {
     uint16_t* xr = x + r * h;
     if (delta != nullptr) {  // x + delta, rounded: torch's bfloat16 add
@@ -100,7 +105,7 @@ int64_t rope_qkv_bf16(const uint16_t* qkv, int64_t m, int64_t hq, int64_t hkv, i
   for (int64_t r = 0; r < m; ++r)  // every index before any write
     if (positions[r] < 0 || positions[r] >= num_positions || slots[r] < 0 || slots[r] >= num_slots) return r;
   const int64_t width = (hq + 2 * hkv) * d, half = d / 2;
-#pragma omp parallel for schedule(static) if (m * width >= (1 << 16))
+#pragma omp parallel for schedule(static) if (m * width >= kParallel)
   for (int64_t r = 0; r < m; ++r) {
     const uint16_t* row = qkv + r * width;
     const uint16_t* c = cos + positions[r] * d;
@@ -134,7 +139,7 @@ int64_t rope_qkv_bf16(const uint16_t* qkv, int64_t m, int64_t hq, int64_t hkv, i
 SPCT_CLONES
 void silu_mul_bf16(const uint16_t* gate_up, int64_t m, int64_t n, uint16_t* out) {
   const int64_t body = n / W * W;
-#pragma omp parallel for schedule(static) if (m * n >= (1 << 16))
+#pragma omp parallel for schedule(static) if (m * n >= kParallel)
   for (int64_t r = 0; r < m; ++r) {
     const uint16_t* g = gate_up + r * 2 * n;
     const uint16_t* u = g + n;
