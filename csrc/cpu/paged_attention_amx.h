@@ -212,11 +212,13 @@ void prefetch_block(const uint16_t* k, const uint16_t* v, int64_t ld, int64_t B)
 // bytes waits for them, and so do vector loads right after a tile store; in this order every store has other work
 // between it and its load. Each lane's accumulator still takes its blocks in order, once each: the same bits as the
 // plain loop (checked). Measured on a 2-core Xeon over 30 layers' KV: a row's own 1,100 tokens (k = 1) 84 -> 63 us
-// per layer, 16 rows over a 1,000-token prompt plus 100 tokens each 295 -> 248 us. Tried and dropped: prefetching
-// two blocks ahead instead of one (slower).
+// per layer, 16 rows over a 1,000-token prompt plus 100 tokens each 295 -> 248 us. The block after a segment's
+// last is the first of the task's next segment (`after`, -1: none): a sample's own tokens are a few blocks, and
+// their first one missed the cache (16 rows of 100 own tokens: 106-116 -> 92-96 us per layer). Tried and dropped:
+// prefetching two blocks ahead instead of one (slower).
 template <int D>
 void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0,
-                        int64_t size, int64_t h, Scratch* sc) {
+                        int64_t size, int64_t h, int64_t after, Scratch* sc) {
   const int64_t nq = gather<D, uint16_t, false>(a, rows, count, q0, size, h, sc), lw = sc->lw;
   const int64_t B = a.block_size, ld = a.kv_heads * D, len = a.seg_len[s];
   const bool causal = a.causal != nullptr && a.causal[s] != 0;
@@ -238,8 +240,9 @@ void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows,
     const int64_t n = visible(a, s, bi, imin(B, len - bi * B), lw, sc);
     if (n == 0) continue;
     const int64_t first = (int64_t(a.block_ids[b]) * B * a.kv_heads + h) * D;
-    if (b + 1 < b_end) {
-      const int64_t next = (int64_t(a.block_ids[b + 1]) * B * a.kv_heads + h) * D;
+    const int64_t ahead = b + 1 < b_end ? int64_t(a.block_ids[b + 1]) : after;
+    if (ahead >= 0) {
+      const int64_t next = (ahead * B * a.kv_heads + h) * D;
       prefetch_block<D>(k_cache + next, v_cache + next, ld, B);
     }
     uint32_t *vb = sc->vb.p + cur * vb_size, *pb = sc->pb.p + cur * pb_size;

@@ -376,7 +376,9 @@ void run_task(const PagedAttention& a, const Tiles& tl, int64_t tile, int64_t h,
     while (next < end && tl.seg.p[next] == tl.seg.p[e]) ++next;
 #if defined(SPCT_AMX)
     if constexpr (sizeof(T) == 2 && D % 32 == 0) {
-      attend_segment_amx<D>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, tl.size, h, sc);
+      // the first block of the task's next segment, prefetched during this one's last block
+      const int64_t after = next < end ? int64_t(a.block_ids[a.seg_block_indptr[tl.seg.p[next]]]) : -1;
+      attend_segment_amx<D>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, tl.size, h, after, sc);
     } else {
       attend_segment<D, T>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, tl.size, h, sc);
     }
