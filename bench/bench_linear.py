@@ -30,7 +30,7 @@ COLD_BYTES = 512 << 20  # more than any last-level cache here
 
 
 @pytest.mark.skipif(not native_bf16_available(torch.device("cpu")),
-                    reason="this CPU has no AVX-512 BF16 (Linear is torch's there)")
+                    reason="this CPU runs no native bf16 linear (it needs AVX2; Linear is torch's there)")
 @pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize("matrix", list(MATRICES))
 def test_linear_throughput(benchmark, matrix, rows):

@@ -8,18 +8,20 @@ import torch.nn.functional as F
 from conftest import TOLERANCES
 
 from spct.ops import dispatch
-from spct.ops.linear import KERNELS, Linear, kernel_name, native_bf16_available
+from spct.ops.linear import KERNELS, Linear, kernel_name, native_bf16_available, supported_kernels
 
 HAS_NATIVE = native_bf16_available(torch.device("cpu"))
-needs_native = pytest.mark.skipif(not HAS_NATIVE, reason="this CPU has no AVX-512 BF16 (Linear is torch's there)")
+needs_native = pytest.mark.skipif(not HAS_NATIVE, reason="no native build runs here (no AVX2, or spct._C not built)")
+WHY = {"amx": "this CPU has no AMX-BF16 (or the OS did not grant the tile registers)",
+       "avx512bf16": "this CPU has no AVX-512 BF16", "avx2": "this CPU has no AVX2 and FMA"}
 
 
 def _kernel(name: str) -> str:
     """name, or a skip that says why this CPU cannot run it."""
     if not HAS_NATIVE:
-        pytest.skip("this CPU has no AVX-512 BF16 (Linear is torch's there)")
-    if name == "amx" and not dispatch.native().linear_bf16_amx_supported():
-        pytest.skip("this CPU has no AMX-BF16 (or the OS did not grant the tile registers)")
+        pytest.skip("no native build runs here (no AVX2, or spct._C not built)")
+    if name not in supported_kernels():
+        pytest.skip(WHY[name])
     return name
 
 
@@ -53,10 +55,42 @@ def test_a_row_does_not_depend_on_the_batch(kernel):
 
 
 @needs_native
-def test_the_default_kernel_is_amx_where_the_cpu_has_it():
-    want = "amx" if dispatch.native().linear_bf16_amx_supported() else "avx512bf16"
+def test_the_default_kernel_is_the_fastest_the_cpu_runs():
+    lib = dispatch.native()
+    want = "amx" if lib.linear_bf16_amx_supported() else "avx512bf16" if lib.linear_bf16_supported() else "avx2"
     assert kernel_name() == want
     assert Linear(torch.ones(16, 32).bfloat16()).kernel == want
+
+
+@needs_native
+def test_a_kernel_this_cpu_cannot_run_is_refused():
+    for name in set(KERNELS) - set(supported_kernels()):
+        with pytest.raises(ValueError, match=f"kernel '{name}' needs a bfloat16 CPU weight and a CPU with"):
+            Linear(torch.ones(16, 32).bfloat16(), kernel=name)
+    with pytest.raises(ValueError, match="kernel 'avx2' needs a bfloat16 CPU weight"):
+        Linear(torch.ones(16, 32), kernel="avx2")  # float32 runs torch
+
+
+@needs_native
+def test_the_binding_refuses_an_unknown_kernel():
+    lin = Linear(torch.ones(16, 32).bfloat16())
+    x, y = torch.ones(1, 32).bfloat16(), torch.empty(1, 16).bfloat16()
+    with pytest.raises(ValueError, match="kernel sse is not one of 'amx', 'avx512bf16', 'avx2'"):
+        dispatch.native().linear_bf16(lin._packed, x.data_ptr(), 1, y.data_ptr(), "sse")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_rounding_to_bfloat16_is_torchs(kernel):
+    """Sums that land exactly halfway between two bfloat16 values round to the even one, as torch rounds."""
+    k = 32
+    w = torch.zeros((16, k), dtype=torch.bfloat16)
+    w[:, 0] = 1.0
+    w[:, 1] = torch.tensor([2.0**-8, 3 * 2.0**-8, 2.0**-9, -(2.0**-8)] * 4)
+    x = torch.zeros((1, k), dtype=torch.bfloat16)
+    x[0, 0], x[0, 1] = 1.0, 1.0  # 1 + 2^-8 (halfway: to 1), 1 + 3 * 2^-8 (halfway: to 1 + 2^-6), ...
+    got = Linear(w, kernel=_kernel(kernel))(x)
+    want = (x.double() @ w.double().T).float().bfloat16()
+    assert torch.equal(got, want)
 
 
 def test_an_unknown_kernel_is_refused():

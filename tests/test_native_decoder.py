@@ -18,7 +18,7 @@ from spct.ops.linear import native_bf16_available
 @pytest.fixture(scope="module")
 def engine(default_model_dir):
     if not native_bf16_available(torch.device("cpu")):
-        pytest.skip("this CPU has no native bf16 linear (AVX-512 BF16): the native layer loop does not apply")
+        pytest.skip("this CPU runs no native bf16 linear (it needs AVX2): the native layer loop does not apply")
     return spct.Engine.from_pretrained(default_model_dir, dtype="bfloat16", kv_cache_mb=32, prefill_chunk=64)
 
 

@@ -1,10 +1,11 @@
 // spct._C bindings of decoder_forward_bf16 (spct/decoder.h): marshalling only. spct.engine.native_decoder checks
 // the model's shapes when it makes the Decoder, and the step's tensors before each call.
-//   Decoder(layers, final_norm, cos, sin, num_positions, hidden, heads, kv_heads, head_dim, intermediate, eps, amx)
+//   Decoder(layers, final_norm, cos, sin, num_positions, hidden, heads, kv_heads, head_dim, intermediate, eps, kernel)
 //       layers: per layer 10 host addresses: the packed qkv, o, gate_up and down weights, each followed by its bias
 //       (0: none), then in_norm and post_norm
 //   decoder_forward_bf16(decoder, layout, x, rows, positions, slots, kv, num_blocks, block_size, out)
 #include "common.h"
+#include "linear_kernel.h"
 #include "paged_attention_layout.h"
 #include "spct/decoder.h"
 #include "spct/linear.h"
@@ -15,10 +16,9 @@ namespace {
 #if defined(SPCT_X86_VARIANTS)
 spct::cpu::Decoder make_decoder(const std::vector<std::vector<uintptr_t>>& layers, uintptr_t final_norm,
                                 uintptr_t cos, uintptr_t sin, int64_t num_positions, int64_t hidden, int64_t heads,
-                                int64_t kv_heads, int64_t head_dim, int64_t intermediate, float eps, bool amx) {
-  if (amx && !spct::cpu::linear_bf16_amx_supported())
-    fail("amx=True needs a CPU with AMX-BF16 whose OS grants the tile registers");
+                                int64_t kv_heads, int64_t head_dim, int64_t intermediate, float eps, const std::string& kernel) {
   spct::cpu::Decoder d;
+  d.linear = linear_kernel(kernel);
   const int64_t qkv = (heads + 2 * kv_heads) * head_dim;
   for (const auto& l : layers) {
     SPCT_CHECK(l.size() == 10, "each layer takes 10 addresses (4 weights with their biases, 2 norms)");
@@ -39,7 +39,6 @@ spct::cpu::Decoder make_decoder(const std::vector<std::vector<uintptr_t>>& layer
   d.head_dim = head_dim;
   d.intermediate = intermediate;
   d.eps = eps;
-  d.amx = amx;
   return d;
 }
 #endif
@@ -51,7 +50,7 @@ void bind_decoder(py::module_& m) {
   py::class_<spct::cpu::Decoder>(m, "Decoder", "A decoder's packed weights and norms by address (spct/decoder.h).")
       .def(py::init(&make_decoder), py::arg("layers"), py::arg("final_norm"), py::arg("cos"), py::arg("sin"),
            py::arg("num_positions"), py::arg("hidden"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"),
-           py::arg("intermediate"), py::arg("eps"), py::arg("amx"));
+           py::arg("intermediate"), py::arg("eps"), py::arg("kernel"));
   m.def(
       "decoder_forward_bf16",
       [](const spct::cpu::Decoder& d, const PagedAttentionLayout& layout, uintptr_t x, int64_t rows,

@@ -38,7 +38,7 @@ Buffers carve(const Decoder& d, int64_t rows) {
 std::string decoder_forward_bf16(const Decoder& d, attn::PagedAttention a, uint16_t* x, int64_t rows,
                                  const int64_t* positions, const int64_t* slots, uint16_t* kv, int64_t num_blocks,
                                  int64_t block_size, uint16_t* out) {
-  const auto linear = d.amx ? &linear_bf16_amx : &linear_bf16;
+  const LinearBF16 linear = d.linear;
   const auto matmul = [&](const uint16_t* in, const PackedLinear& w, uint16_t* y) {
     linear(in, rows, w.k, w.packed, w.n, w.bias, y);
   };

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "spct/linear.h"
 #include "spct/paged_attention.h"
 
 namespace spct {
@@ -36,7 +37,7 @@ struct Decoder {
   const uint16_t* sin = nullptr;
   int64_t num_positions = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
   float eps = 0.0f;
-  bool amx = false;  // linear_bf16_amx, else linear_bf16
+  LinearBF16 linear = nullptr;  // the build of linear_bf16 to run (spct/linear.h)
 };
 
 // x (rows, H): the rows' embeddings, then their residual stream (in place); positions, slots (rows,): each row's

@@ -2,8 +2,8 @@
 // decoding (one row per live sample). W comes pre-packed in pairs along K for 16 outputs at a time:
 //   packed (N / 16, K / 2, 16, 2): element (n, k) at ((n / 16) * (K / 2) + k / 2) * 32 + (n % 16) * 2 + k % 2
 // (the layout of the AVX-512 BF16 dot-product instruction, and of an AMX tile of B). N must be a multiple of 16 and
-// K of 32 (the caller, spct.ops.linear.Linear, pads the weight so), and the CPU must have AVX-512 BF16
-// (linear_bf16_supported()), or AMX for linear_bf16_amx.
+// K of 32 (the caller, spct.ops.linear.Linear, pads the weight so). Three builds read it: AVX-512 BF16
+// (linear_bf16, where linear_bf16_supported()), AMX (linear_bf16_amx) and AVX2 + FMA (linear_bf16_avx2).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +11,7 @@
 namespace spct {
 namespace cpu {
 
-// True when this CPU has AVX-512 BF16 (the only build of the kernel); the caller uses its BLAS otherwise.
+// True when this CPU has AVX-512 BF16 (the build linear_bf16 runs).
 bool linear_bf16_supported();
 
 // All pointers to bfloat16 bits; bias may be null. Each output's sum runs over k in order, whatever M is, so a
@@ -26,6 +26,18 @@ bool linear_bf16_amx_supported();
 // from linear_bf16's; a row's result still does not depend on M or the other rows.
 void linear_bf16_amx(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n,
                      const uint16_t* bias, uint16_t* y);
+
+// True when this CPU has AVX2 and FMA; the caller uses its BLAS where no build runs.
+bool linear_bf16_avx2_supported();
+
+// The same product in float32 FMAs (csrc/cpu/linear_avx2.cpp): each product of two bfloat16 values is exact in
+// float32 and each output's sum runs over k in order, so its bits differ from linear_bf16's (whose dot-product
+// instruction adds pairs) and a row's result does not depend on M or the other rows.
+void linear_bf16_avx2(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n,
+                      const uint16_t* bias, uint16_t* y);
+
+using LinearBF16 = void (*)(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n,
+                            const uint16_t* bias, uint16_t* y);
 
 }  // namespace cpu
 }  // namespace spct

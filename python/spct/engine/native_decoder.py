@@ -36,7 +36,7 @@ class NativeDecoder:
         self._lib, self._hidden = lib, c.hidden_size
         self._decoder = lib.Decoder(layers, runner.norm.data_ptr(), runner.cos.data_ptr(), runner.sin.data_ptr(),
                                     runner.cos.shape[0], c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
-                                    c.intermediate_size, float(c.rms_norm_eps), runner.layers[0]["qkv"].kernel == "amx")
+                                    c.intermediate_size, float(c.rms_norm_eps), runner.layers[0]["qkv"].kernel)
         self._shape = (c.num_heads, c.head_dim)
 
     @classmethod

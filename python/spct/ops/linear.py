@@ -1,15 +1,16 @@
-"""linear: y = x W^T (+ b) for the engine's runner, with a native bfloat16 kernel for CPUs with AVX-512 BF16.
+"""linear: y = x W^T (+ b) for the engine's runner, with a native bfloat16 kernel for x86-64 CPUs.
 
 Decoding multiplies a handful of rows (one per live sample) by every weight matrix each step; torch's bf16 matmul
 is far from the memory and dot-product limits there (see csrc/cpu/linear.cpp). `Linear` packs a bf16 weight
 once into the kernel's layout and runs it for any number of rows; elsewhere (float32, other CPUs, CUDA) it is
 `torch.nn.functional.linear`, which is also the reference the kernel is tested against.
 
-Two builds of the kernel share the packed layout: AMX tiles where the CPU has them (csrc/cpu/linear_amx.cpp), else
-AVX-512 BF16 dot products. One is chosen per process (`kernel_name`) and runs for every M, because the two sum in
-different orders and a row's bits must not change with the number of rows.
+Three builds of the kernel share the packed layout: AMX tiles where the CPU has them (csrc/cpu/linear_amx.cpp),
+else AVX-512 BF16 dot products (csrc/cpu/linear.cpp), else float32 FMAs on AVX2 (csrc/cpu/linear_avx2.cpp). One is
+chosen per process (`kernel_name`) and runs for every M, because they sum in different orders and a row's bits
+must not change with the number of rows.
 
-Checks: this wrapper decides when the kernel runs (a bf16 weight on a CPU with AVX-512 BF16, a bf16 CPU input),
+Checks: this wrapper decides when the kernel runs (a bf16 weight on a CPU with one of the builds, a bf16 CPU input),
 checks x's shape (M, K) and builds what the kernel needs (the weight padded to N a multiple of 16 and K even, then
 packed; x padded to K, contiguous); the bindings only marshal; the kernel reads no index values and checks nothing.
 """
@@ -21,40 +22,46 @@ import torch.nn.functional as F
 
 from spct.ops import dispatch
 
-__all__ = ["KERNELS", "Linear", "kernel_name", "native_bf16_available"]
+__all__ = ["KERNELS", "Linear", "kernel_name", "native_bf16_available", "supported_kernels"]
 
-KERNELS = ("amx", "avx512bf16")
+KERNELS = ("amx", "avx512bf16", "avx2")
+
+
+def supported_kernels(device: torch.device = torch.device("cpu")) -> tuple[str, ...]:
+    """The native builds a bf16 `Linear` on `device` can run, fastest first (empty: it runs torch)."""
+    device = torch.device(device)
+    if device.type != "cpu" or dispatch.pick("linear", device) != "native":
+        return ()
+    lib = dispatch.native()
+    have = {"amx": lib.linear_bf16_amx_supported(), "avx512bf16": lib.linear_bf16_supported(),
+            "avx2": getattr(lib, "linear_bf16_avx2_supported", lambda: False)()}
+    return tuple(name for name in KERNELS if have[name])
 
 
 def native_bf16_available(device: torch.device) -> bool:
-    """Whether a bf16 `Linear` on `device` runs the native kernel: a CPU with AVX-512 BF16 and spct._C built."""
-    device = torch.device(device)
-    if device.type != "cpu" or dispatch.pick("linear", device) != "native":
-        return False
-    return bool(dispatch.native().linear_bf16_supported())
+    """Whether a bf16 `Linear` on `device` runs a native kernel: an x86-64 CPU with AVX2 and spct._C built."""
+    return bool(supported_kernels(device))
 
 
 def kernel_name(device: torch.device = torch.device("cpu")) -> str | None:
-    """The native kernel a bf16 `Linear` on `device` runs: "amx" where the CPU has AMX-BF16, "avx512bf16" where it
-    has only AVX-512 BF16, None where it runs torch."""
-    if not native_bf16_available(device):
-        return None
-    return "amx" if dispatch.native().linear_bf16_amx_supported() else "avx512bf16"
+    """The native kernel a bf16 `Linear` on `device` runs: "amx" where the CPU has AMX-BF16, else "avx512bf16"
+    where it has AVX-512 BF16, else "avx2"; None where it runs torch."""
+    kernels = supported_kernels(device)
+    return kernels[0] if kernels else None
 
 
 class Linear:
-    """weight: (N, K), bias: (N,) or None. __call__(x: (M, K)) -> (M, N) in the weight's dtype. kernel: "amx" or
-    "avx512bf16" forces that native kernel (tests and benches; it must be available); None takes `kernel_name`."""
+    """weight: (N, K), bias: (N,) or None. __call__(x: (M, K)) -> (M, N) in the weight's dtype. kernel: one of
+    `KERNELS` forces that native build (tests and benches; this CPU must run it); None takes `kernel_name`."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, kernel: str | None = None):
         self.out_features, self.in_features = weight.shape
         self.native = weight.dtype == torch.bfloat16 and native_bf16_available(weight.device)
         if kernel is not None and kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS} or None, got {kernel!r}")
-        if kernel == "amx" and not (self.native and dispatch.native().linear_bf16_amx_supported()):
-            raise ValueError("kernel 'amx' needs a bfloat16 CPU weight and a CPU with AMX-BF16")
-        if kernel == "avx512bf16" and not self.native:
-            raise ValueError("kernel 'avx512bf16' needs a bfloat16 CPU weight and a CPU with AVX-512 BF16")
+        if kernel is not None and not (self.native and kernel in supported_kernels(weight.device)):
+            cpu = {"amx": "AMX-BF16", "avx512bf16": "AVX-512 BF16", "avx2": "AVX2 and FMA"}[kernel]
+            raise ValueError(f"kernel {kernel!r} needs a bfloat16 CPU weight and a CPU with {cpu}")
         if not self.native:
             self.weight, self.bias = weight, bias
             return
@@ -80,7 +87,7 @@ class Linear:
         rows = x.shape[0]
         x = x.contiguous() if self.k == self.in_features else F.pad(x, (0, self.k - self.in_features)).contiguous()
         y = torch.empty((rows, self.n), dtype=torch.bfloat16)
-        self._lib.linear_bf16(self._packed, x.data_ptr(), rows, y.data_ptr(), self.kernel == "amx")
+        self._lib.linear_bf16(self._packed, x.data_ptr(), rows, y.data_ptr(), self.kernel)
         return y if self.n == self.out_features else y[:, : self.out_features]
 
     def unpacked(self) -> torch.Tensor:
