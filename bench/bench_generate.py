@@ -13,7 +13,7 @@ ratio, and peak memory (the rise of the process's peak RSS during the call, rese
 
 Each line also gives the roofline of a decode step on this machine, measured in the same run: the larger of the bytes
 it must read (every weight matrix once, the prompt's KV once per layer) at `timing.memory_read_gb_per_s` and its
-FLOPs at `timing.bf16_matmul_gflop_per_s`, and spct's decode as a fraction of it (decode alone: the time of the
+FLOPs at `timing.matmul_gflop_per_s`, and spct's decode as a fraction of it (decode alone: the time of the
 same request with one new token, its prefill from the prefix cache, is taken off).
 
 test_generate_under_contention runs k = 16 quiet, then beside a busy process that holds one core (a Python loop,
@@ -128,7 +128,7 @@ def _sync():
 def roofline_tokens_per_s(runner, k: int, context: int) -> tuple[float, str]:
     """The most decode tokens/s this machine allows at k samples over `context` tokens (module docstring), and
     what bounds it."""
-    from timing import bf16_matmul_gflop_per_s, memory_read_gb_per_s
+    from timing import matmul_gflop_per_s, memory_read_gb_per_s
 
     c = runner.config
     linears = [runner.lm_head, *(m for layer in runner.layers for m in layer.values() if hasattr(m, "out_features"))]
@@ -137,7 +137,7 @@ def roofline_tokens_per_s(runner, k: int, context: int) -> tuple[float, str]:
     kv_bytes = 2 * c.num_layers * context * c.num_kv_heads * c.head_dim * runner.dtype.itemsize
     flops = 2 * k * params + 4 * k * c.num_layers * context * c.num_heads * c.head_dim
     read_s = (weight_bytes + kv_bytes) / (memory_read_gb_per_s() * 1e9)
-    compute_s = flops / (bf16_matmul_gflop_per_s() * 1e9)
+    compute_s = flops / (matmul_gflop_per_s() * 1e9)
     return k / max(read_s, compute_s), "memory" if read_s >= compute_s else "compute"
 
 

@@ -17,7 +17,7 @@ Engine.stats: no prefix hit, every prompt token prefilled), and llama.cpp's KV i
   once (llama_model_size bytes) at the memory read speed measured in the same run (timing.memory_read_gb_per_s).
 - test_prefill: the prompt's prefill, spct (a generate of one token) against llama.cpp (its llama_decode in chunks
   of n_batch, then one token drawn), and its fraction of the compute limit: the linear layers' and attention's
-  FLOPs at the bf16 matmul speed measured in the same run (timing.bf16_matmul_gflop_per_s).
+  FLOPs at the matmul speed (bf16 or fp32, the faster) measured in the same run (timing.matmul_gflop_per_s).
 
     pip install '.[bench]'     # llama-cpp-python; CMAKE_ARGS="-DGGML_NATIVE=ON" builds it for this CPU
     python -m pytest bench/bench_llama_cpp.py --benchmark-enable -s
@@ -48,7 +48,7 @@ import spct
 from bench_generate import NEW_TOKENS, grm_prompt
 from llama_cpp_runner import LlamaCpp, bf16_gguf, quiet_logs
 from spct.engine.models import fetch
-from timing import bf16_matmul_gflop_per_s, memory_read_gb_per_s
+from timing import matmul_gflop_per_s, memory_read_gb_per_s
 
 KS = [1, 4, 16, 32]
 TEMPERATURE = 0.5
@@ -221,11 +221,11 @@ def test_prefill(benchmark, engine, llama, prompt):
     finally:
         ctx.close()
     spct_s, llama_s = statistics.median(spct_times), statistics.median(llama_times)
-    gflop_per_s = bf16_matmul_gflop_per_s()
+    gflop_per_s = matmul_gflop_per_s()
     limit_s = _prefill_flop(llama, len(ids)) / (gflop_per_s * 1e9)
     benchmark.extra_info.update({
         "prompt": source, "prompt_tokens": len(ids), "threads": torch.get_num_threads(), "spct_prefill_s": spct_s,
-        "llama_cpp_prefill_s": llama_s, "ratio_vs_llama_cpp": llama_s / spct_s, "bf16_matmul_gflop_per_s":
+        "llama_cpp_prefill_s": llama_s, "ratio_vs_llama_cpp": llama_s / spct_s, "matmul_gflop_per_s":
         gflop_per_s, "compute_limit_s": limit_s, "spct_of_limit": limit_s / spct_s,
         "llama_cpp_of_limit": limit_s / llama_s, "loadavg": os.getloadavg()[0]})
     print(f"\nbf16 prefill {len(ids)} tokens: spct {spct_s * 1e3:6.0f} ms ({limit_s / spct_s:4.0%} of limit)  "

@@ -16,10 +16,10 @@ chunk's own tokens as a causal segment from position 768. Baseline: torch's scal
 chunk after its context).
 
 The physical limit (a roofline): the larger of the KV bytes each call must read (plus q and out) at this machine's
-memory read speed and the FLOPs (4 x D per query head and key attended) at its bf16 matmul speed, both measured in
-the same run (`timing.memory_read_gb_per_s`, `timing.bf16_matmul_gflop_per_s`); "limit" names the one that binds
-(decode: memory, prefill: compute). For fp32 the bf16 matmul speed is a higher compute limit than fp32 reaches, so
-the fraction is a lower bound there.
+memory read speed and the FLOPs (4 x D per query head and key attended) at its matmul speed (bf16 or fp32, the
+faster), both measured in the same run (`timing.memory_read_gb_per_s`, `timing.matmul_gflop_per_s`); "limit" names
+the one that binds (decode: memory, prefill: compute). For fp32 that speed can be a higher compute limit than fp32
+reaches, so the fraction is a lower bound there.
 
 Everything is validated against the reference (spct.ops.ref.paged_attention) before timing; each side is timed in
 the same test; extra_info holds rows/s, GB/s, each baseline's time, the ratios of medians (baseline / native: above
@@ -42,7 +42,7 @@ from spct.ops import paged_attention as paged
 from spct.ops import prefix_attention as prefix
 from spct.ops.ref import paged_attention as ref
 from bench_prefix_attention import roofline, torch_baselines
-from timing import TOLERANCES, bf16_matmul_gflop_per_s, median_seconds, memory_read_gb_per_s
+from timing import TOLERANCES, matmul_gflop_per_s, median_seconds, memory_read_gb_per_s
 
 HEADS, KV_HEADS, DIM = 9, 3, 64
 SCALE = DIM**-0.5
@@ -94,7 +94,7 @@ def report(benchmark, name: str, rows: int, moved: int, flops: float, times: dic
         threads=torch.get_num_threads(), native_rows_per_s=rows / native_s, native_gb_per_s=moved / native_s / 1e9,
         baseline=best, baseline_seconds=every, ratio_vs_torch=times[best] / native_s,
         ratios={key: s / native_s for key, s in every.items()}, limit=limit,
-        memory_read_gb_per_s=memory_read_gb_per_s(), bf16_matmul_gflop_per_s=bf16_matmul_gflop_per_s(),
+        memory_read_gb_per_s=memory_read_gb_per_s(), matmul_gflop_per_s=matmul_gflop_per_s(),
         fraction_of_limit=floor_s / native_s)
     rest = "  ".join(f"{key} {s / native_s:5.2f}x" for key, s in every.items() if key != best)
     rest = f"  ({rest})" if rest else ""

@@ -18,11 +18,11 @@ measured in the same run:
 
 The physical limit (a roofline, as in bench_linear): the larger of the KV bytes the op must read (the prompt once,
 each sample's own tokens, q and out) at this machine's memory read speed and the FLOPs (4 x D per query head and
-key) at its bf16 matmul speed, both measured in the same run (`timing.memory_read_gb_per_s`,
-`timing.bf16_matmul_gflop_per_s`); "limit" names the one that binds. For fp32 the bf16 matmul speed is a higher
-compute limit than fp32 reaches, so the fraction is a lower bound there. Everything is validated against the
-reference (spct.ops.ref.prefix_attention) before timing. extra_info holds rows/s, GB/s, each baseline's time, the
-ratios and the fraction of the limit.
+key) at its matmul speed (bf16 or fp32, the faster), both measured in the same run
+(`timing.memory_read_gb_per_s`, `timing.matmul_gflop_per_s`); "limit" names the one that binds. For fp32 that speed
+can be a higher compute limit than fp32 reaches, so the fraction is a lower bound there. Everything is validated
+against the reference (spct.ops.ref.prefix_attention) before timing. extra_info holds rows/s, GB/s, each baseline's
+time, the ratios and the fraction of the limit.
 
     python -m pytest bench/bench_prefix_attention.py --benchmark-enable -s
 """
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 import spct
 from spct.ops.ref import prefix_attention as ref
-from timing import TOLERANCES, bf16_matmul_gflop_per_s, median_seconds, memory_read_gb_per_s
+from timing import TOLERANCES, matmul_gflop_per_s, median_seconds, memory_read_gb_per_s
 
 PROMPT, OWN = 1000, 128
 HEADS, KV_HEADS, DIM = 9, 3, 64
@@ -103,7 +103,7 @@ def roofline(moved: int, flops: float) -> tuple[float, str]:
     """(the op's floor in seconds, the limit that binds): moved bytes at the memory read speed or flops at the bf16
     matmul speed, whichever takes longer, both measured in this run."""
     memory_s = moved / (memory_read_gb_per_s() * 1e9)
-    compute_s = flops / (bf16_matmul_gflop_per_s() * 1e9)
+    compute_s = flops / (matmul_gflop_per_s() * 1e9)
     return (memory_s, "memory") if memory_s >= compute_s else (compute_s, "compute")
 
 
@@ -136,7 +136,7 @@ def test_prefix_attention_throughput(benchmark, k, dtype):
         k=k, dtype=str(dtype).removeprefix("torch."), prompt=PROMPT, own=OWN, native_rows_per_s=k / native_s,
         native_gb_per_s=moved / native_s / 1e9, baseline_seconds=times, baseline=best,
         ratio_vs_torch=times[best] / native_s, ratios={name: s / native_s for name, s in times.items()},
-        limit=limit, memory_read_gb_per_s=memory_read_gb_per_s(), bf16_matmul_gflop_per_s=bf16_matmul_gflop_per_s(),
+        limit=limit, memory_read_gb_per_s=memory_read_gb_per_s(), matmul_gflop_per_s=matmul_gflop_per_s(),
         fraction_of_limit=floor_s / native_s,
     )
     others = "  ".join(f"{name} {s / native_s:5.2f}x" for name, s in times.items() if name != best)

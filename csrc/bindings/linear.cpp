@@ -17,7 +17,8 @@ spct::cpu::LinearBF16 linear_kernel(const std::string& name) {
   using namespace spct::cpu;
   if (name == "amx") {
     // the tile registers exist only after the OS granted them (linear_bf16_amx_supported asks, once)
-    SPCT_CHECK(linear_bf16_amx_supported(), "kernel 'amx' needs a CPU with AMX-BF16 whose OS grants the tile registers");
+    SPCT_CHECK(linear_bf16_amx_supported(),
+               "kernel 'amx' needs a CPU with AMX-BF16 whose OS grants the tile registers");
     return &linear_bf16_amx;
   }
   if (name == "avx512bf16") {

@@ -81,14 +81,17 @@ void bind_sample(py::module_& m) {
     spct::cpu::exp_weights(z.data(), z.size(), out.mutable_data());
     return out;
   }, py::arg("z"), "exp as the sampler computes its weights (flattened), for the bitwise cross-backend tests.");
-  m.def("sample_masses", [](const CArray<float>& x, float m, float t) {
+  m.def("sample_masses", [](const CArray<float>& x, float m, float t, const std::string& build) {
     auto w = empty<float>({x.size()});
     auto q = empty<int64_t>({x.size()});
-    const int64_t total = spct::cpu::weights_masses(x.data(), x.size(), m, t, w.mutable_data(), q.mutable_data());
+    int64_t total = 0;
+    SPCT_CHECK(spct::cpu::weights_masses_build(build, x.data(), x.size(), m, t, w.mutable_data(), q.mutable_data(),
+                                               &total),
+               "build " + build + " does not run here (one of 'auto', 'avx512', 'avx2', 'baseline' this CPU has)");
     return py::make_tuple(q, total);
-  }, py::arg("x"), py::arg("m"), py::arg("t"),
+  }, py::arg("x"), py::arg("m"), py::arg("t"), py::arg("build") = "auto",
         "The masses (flattened) and their total of one row with maximum m at temperature t, as the sampler's first "
-        "pass computes them, for the bitwise tests.");
+        "pass computes them (build: 'auto' or a named one), for the bitwise tests.");
 #if defined(SPCT_WITH_CUDA)
   m.def("sample_cuda", &sample_cuda, py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
         py::arg("min_p"), py::arg("seed"), py::arg("offset"), py::arg("tokens"), py::arg("status"),

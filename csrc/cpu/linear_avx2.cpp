@@ -2,11 +2,12 @@
 // -mfma, entered only after linear_bf16_avx2_supported(). Why: on such CPUs torch's bf16 matmul converts the
 // weights on every call and reaches a small part of the FMA peak at the few rows of a decode step; this build reads
 // the same packed layout as the AVX-512 one: a 32-bit lane of the layout holds one output's weights at k (low half)
-// and k + 1 (high half), so a shift and a mask give both as float32 without a shuffle. x is converted to float32
-// once per call. A row block of R rows and J 16-output blocks keeps 2 R J accumulators, 2 J weights and one
-// broadcast in the 16 vector registers (R = 6, J = 1 for full blocks: 15). Every loop over them is unrolled: GCC
-// otherwise kept the array in memory and stored each accumulator on every k (half the speed at M = 16). No standard-library templates in this file (their instantiations would be
-// shared with other translation units and could run on a CPU without AVX2).
+// and k + 1 (high half), so shifts give both as float32 without a shuffle. x is converted to float32 once per call.
+// A row block of R rows and J 16-output blocks keeps 2 R J accumulators, 2 J weights and one broadcast in the 16
+// vector registers (R = 6, J = 1 for full blocks: 15). Every loop over them is unrolled: GCC otherwise kept the
+// array in memory and stored each accumulator on every k (half the speed at M = 16). No standard-library templates
+// in this file (their instantiations would be shared with other translation units and could run on a CPU without
+// AVX2).
 #include <immintrin.h>
 
 #include <cstdlib>
@@ -46,7 +47,8 @@ __attribute__((always_inline)) inline void fma_k(__m256 (&acc)[R][J][2], const f
   for (int j = 0; j < J; ++j) {
     __m256 wv[2];
 #pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) wv[h] = convert(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * pairs * 32 + h * 16)));
+    for (int h = 0; h < 2; ++h)
+      wv[h] = convert(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * pairs * 32 + h * 16)));
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256 xb = _mm256_broadcast_ss(x + r * k + kk);

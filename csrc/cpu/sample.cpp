@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <utility>
 #include <vector>
 #if defined(__SSE2__)
@@ -30,15 +31,16 @@ namespace cpu {
 
 #if defined(SPCT_X86_VARIANTS)
 // sample_avx512.cpp: where the CPU has AVX-512 F and DQ, sample_full's weights and masses (the same bits) -> the
-// row's total mass.
+// row's total mass; sample_avx2.cpp: the same 8 lanes at a time where it has AVX2.
 bool sample_avx512_supported();
 int64_t weights_masses_avx512(const float* x, int64_t vocab, float m, float t, float* w, int64_t* q);
+bool sample_avx2_supported();
+int64_t weights_masses_avx2(const float* x, int64_t vocab, float m, float t, float* w, int64_t* q);
 #endif
 
-int64_t weights_masses(const float* x, int64_t vocab, float m, float t, float* w, int64_t* q) {
-#if defined(SPCT_X86_VARIANTS)
-  if (sample_avx512_supported()) return weights_masses_avx512(x, vocab, m, t, w, q);
-#endif
+namespace {
+
+int64_t weights_masses_baseline(const float* x, int64_t vocab, float m, float t, float* w, int64_t* q) {
   for (int64_t i = 0; i < vocab; ++i) w[i] = sample::weight(x[i], m, t);
   int64_t mass = 0;
   for (int64_t i = 0; i < vocab; ++i) {
@@ -46,6 +48,34 @@ int64_t weights_masses(const float* x, int64_t vocab, float m, float t, float* w
     mass += q[i];
   }
   return mass;
+}
+
+}  // namespace
+
+int64_t weights_masses(const float* x, int64_t vocab, float m, float t, float* w, int64_t* q) {
+#if defined(SPCT_X86_VARIANTS)
+  if (sample_avx512_supported()) return weights_masses_avx512(x, vocab, m, t, w, q);
+  if (sample_avx2_supported()) return weights_masses_avx2(x, vocab, m, t, w, q);
+#endif
+  return weights_masses_baseline(x, vocab, m, t, w, q);
+}
+
+bool weights_masses_build(const std::string& build, const float* x, int64_t vocab, float m, float t, float* w,
+                          int64_t* q, int64_t* total) {
+  if (build == "auto") {
+    *total = weights_masses(x, vocab, m, t, w, q);
+  } else if (build == "baseline") {
+    *total = weights_masses_baseline(x, vocab, m, t, w, q);
+#if defined(SPCT_X86_VARIANTS)
+  } else if (build == "avx512" && sample_avx512_supported()) {
+    *total = weights_masses_avx512(x, vocab, m, t, w, q);
+  } else if (build == "avx2" && sample_avx2_supported()) {
+    *total = weights_masses_avx2(x, vocab, m, t, w, q);
+#endif
+  } else {
+    return false;
+  }
+  return true;
 }
 
 namespace {

@@ -121,8 +121,13 @@ void exp_weights(const float* z, int64_t n, float* out);
 
 // A row's weights w and masses q (the sampler's first pass without top-k; w is exact where q > 0, else any value
 // whose mass is 0) for its maximum m and temperature t > 0 -> the total mass. The AVX-512 build where the CPU has
-// it (sample_avx512.cpp), else the baseline; the same q either way.
+// it (sample_avx512.cpp), else the AVX2 one (sample_avx2.cpp), else the baseline; the same q either way.
 int64_t weights_masses(const float* x, int64_t vocab, float m, float t, float* w, int64_t* q);
+
+// The same pass by build, for tests: "auto" (the one weights_masses runs), "avx512", "avx2" or "baseline"; false
+// (nothing written) where this CPU or this build of spct has no such build.
+bool weights_masses_build(const std::string& build, const float* x, int64_t vocab, float m, float t, float* w,
+                          int64_t* q, int64_t* total);
 
 }  // namespace cpu
 
