@@ -1,5 +1,14 @@
 // decoder_forward_bf16 (spct/decoder.h): the layer loop of a decode or prefill step, on the kernels the Python loop
 // calls one by one.
+//
+// Where a step's time goes (SmolLM2-135M bf16, k = 16 over a 1,000-token prompt, 2-core Xeon with AMX, one process
+// timing the same steps with and without the attention call): this loop took 32 ms per step, paged_attention 12.5
+// ms of it (40%) and the linears, norms and activation 19.5 ms; the linears stream their weights at 70-80% of the
+// measured memory speed. Attention is bound by its per-block work (packing, softmax, tile stores), not by memory:
+// the same call on cache-resident KV takes as long. Tried and dropped, both measured in that way:
+//   - prefetching the layer's o, gate_up and down weights (and the next qkv) toward L2 during attention, spread over
+//     its blocks: slower (45-56 ms against 44-45 for this loop), worse the more was prefetched;
+//   - prefetching KV blocks 2-12 blocks ahead into L2 on top of the next block into L1: no change.
 #include "spct/decoder.h"
 
 #include <string>
