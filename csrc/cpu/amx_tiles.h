@@ -15,5 +15,14 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};    // rows of tile t
 };
 
+// LDTILECFG on cfg, after an empty asm that reads cfg from memory. Without it GCC 12 (-O3, LTO) dropped the stores
+// that fill colsb and rows in an outlined amx_configure_narrow (paged_attention_amx.h): LDTILECFG then read palette
+// 1 and no tiles, and the first tile instruction raised SIGILL.
+#define tile_loadconfig(cfg)                   \
+  do {                                         \
+    asm volatile("" : : "m"(cfg) : "memory");  \
+    _tile_loadconfig(&(cfg));                  \
+  } while (0)
+
 }  // namespace cpu
 }  // namespace spct

@@ -41,7 +41,7 @@ void configure_tiles(int rows) {
     cfg.colsb[t] = 64;
     cfg.rows[t] = uint8_t(t < 5 ? rows : kTileRows);
   }
-  _tile_loadconfig(&cfg);
+  tile_loadconfig(cfg);
 }
 
 // The weight tile of output block nb at K tile kc into tmm T, multiplied into result tile C.

@@ -226,6 +226,7 @@ struct Scratch {
   Buf<uint32_t> qb, vb, pb;  // the AMX path's packed queries, values and probabilities (paged_attention_amx.h)
   Buf<float> o;          // the AMX path's P . V of one block (lw, D)
   int64_t lw = 0;
+  bool narrow = false;  // the AMX path's tiles are configured narrow (paged_attention_amx.h)
 };
 
 // The rows of each tile of `size` queries, grouped by segment in segment order: tile t's entries are [start[t],
