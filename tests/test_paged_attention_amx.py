@@ -1,8 +1,10 @@
-"""paged_attention's AMX build (csrc/cpu/paged_attention_amx.h: bfloat16, head_dim a multiple of 32, block_size a
-multiple of 16): against the per-row oracle within the bfloat16 tolerance on GRM layouts (head sizes 32 to 256,
+"""paged_attention's bfloat16 pair builds, AMX tiles (csrc/cpu/paged_attention_amx.h) and AVX-512 BF16 vectors
+(csrc/cpu/paged_attention_dpbf16.h), both for bfloat16 with head_dim a multiple of 32 and block_size a multiple of
+16: each against the per-row oracle within the bfloat16 tolerance on GRM layouts (head sizes 32 to 256,
 partial blocks, causal prefill chunks beside decode rows), with NaN in every cache row it must not read; close to the
 vector build; its rows bitwise independent of segmentation, of the other rows, of causal vs decode rows and of the
-thread count; chosen by default where it applies; cpu_kernel's checks. Skipped where the CPU has no AMX-BF16."""
+thread count; chosen by default where it applies; cpu_kernel's checks. Each build's tests skip where the CPU lacks
+its instructions (AMX-BF16, AVX-512 BF16)."""
 
 from __future__ import annotations
 
@@ -19,10 +21,17 @@ from spct.ops import paged_attention as pa
 BF16 = torch.bfloat16
 
 
-def amx_or_skip():
-    lib = native_lib()
-    if not lib.linear_bf16_amx_supported():
-        pytest.skip("this CPU has no AMX-BF16 (or the OS did not grant the tile registers): the AMX build cannot run")
+NEEDS = {"amx": ("linear_bf16_amx_supported", "this CPU has no AMX-BF16 (or the OS did not grant the tile registers)"),
+         "avx512bf16": ("linear_bf16_supported", "this CPU has no AVX-512 BF16")}
+
+
+@pytest.fixture(params=list(NEEDS))
+def kernel(request):
+    """A pair build this CPU runs (else the test skips, saying why)."""
+    check, why = NEEDS[request.param]
+    if not getattr(native_lib(), check)():
+        pytest.skip(f"{why}: the {request.param} build cannot run")
+    return request.param
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -57,41 +66,38 @@ def poison_unread(layout: dict) -> dict:
 
 
 @pytest.mark.parametrize("dim", [32, 64, 128, 256])
-def test_matches_the_oracle(dim):
-    amx_or_skip()
+def test_matches_the_oracle(dim, kernel):
     layout = poison_unread(grm(dim))
-    got = run(layout, backend="native", cpu_kernel="amx")
+    got = run(layout, backend="native", cpu_kernel=kernel)
     assert got.isfinite().all()
     clean = {**layout, "k_cache": layout["k_cache"].nan_to_num(0.0), "v_cache": layout["v_cache"].nan_to_num(0.0)}
     torch.testing.assert_close(got, oracle(clean), **TOLERANCES[BF16])
     torch.testing.assert_close(got, run(layout, backend="native", cpu_kernel="vector"), **TOLERANCES[BF16])
 
 
-def test_many_rows_and_a_long_prompt():
+def test_many_rows_and_a_long_prompt(kernel):
     """16 samples over a 1,100-token prompt with 1..200 tokens each (lanes in three vector groups per KV head)."""
-    amx_or_skip()
     own = [1 + (r * 37) % 200 for r in range(16)]
     layout = make_layout([1100, *own], [list(range(16))] + [[r] for r in range(16)], 16, heads=9, kv_heads=3,
                          dim=64, block_size=16, dtype=BF16, seed=3)
-    torch.testing.assert_close(run(layout, backend="native", cpu_kernel="amx"), oracle(layout), **TOLERANCES[BF16])
+    torch.testing.assert_close(run(layout, backend="native", cpu_kernel=kernel), oracle(layout), **TOLERANCES[BF16])
 
 
-def test_causal_prefill_chunk_beside_decode_rows():
+def test_causal_prefill_chunk_beside_decode_rows(kernel):
     """A chunk of 20 rows at positions 40..59 over a 32-token context and a causal segment from position 32 (8
     context tokens, then the chunk), beside 3 decode rows: the oracle, and each chunk row bit for bit a decode row
     over the same tokens."""
-    amx_or_skip()
     k_cache, v_cache = cache_of(12, 16, BF16, seed=5, kv_heads=1, dim=64)
     q = torch.randn(23, 3, 64, generator=torch.Generator().manual_seed(6)).to(BF16)
     chunk = list(range(3, 23))
     q_pos = [0, 0, 0] + [40 + i for i in range(20)]
     segs = [([4, 9], 32, chunk + [0, 2]), ([1, 7], 28, chunk), ([3], 5, [0, 1, 2])]
     causal = {"causal": [False, True, False], "q_pos": q_pos, "seg_start": [0, 32, 0]}
-    got = over_blocks(q, k_cache, v_cache, segs, **causal)
+    got = over_blocks(q, k_cache, v_cache, segs, kernel, **causal)
     for r in chunk:
         seen = q_pos[r] - 31
         parts = [([4, 9], 32, [0]), ([1, 7][:math.ceil(seen / 16)], seen, [0])]
-        assert torch.equal(bits(over_blocks(q[r:r + 1], k_cache, v_cache, parts)[0]), bits(got[r])), r
+        assert torch.equal(bits(over_blocks(q[r:r + 1], k_cache, v_cache, parts, kernel)[0]), bits(got[r])), r
     layout = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "block_ids": i32([4, 9, 1, 7, 3]),
               "seg_block_indptr": indptr([2, 2, 1]), "seg_len": i32([32, 28, 5]),
               "seg_row_indptr": indptr([22, 20, 3]), "seg_rows": i32(chunk + [0, 2] + chunk + [0, 1, 2]),
@@ -99,66 +105,77 @@ def test_causal_prefill_chunk_beside_decode_rows():
     torch.testing.assert_close(got, oracle(layout), **TOLERANCES[BF16])
 
 
-def over_blocks(q, k_cache, v_cache, segs, **causal) -> torch.Tensor:
-    """segs: (block ids, tokens, rows) per segment, over the given cache; the AMX build."""
+def over_blocks(q, k_cache, v_cache, segs, kernel, **causal) -> torch.Tensor:
+    """segs: (block ids, tokens, rows) per segment, over the given cache; the given build."""
     extra = {name: i32(causal[name]) for name in ("q_pos", "seg_start") if name in causal}
     if causal:
         extra["causal"] = torch.tensor(causal["causal"], dtype=torch.bool)
     return pa.paged_attention(q, k_cache, v_cache, i32([b for ids, _, _ in segs for b in ids]),
                               indptr([len(ids) for ids, _, _ in segs]), i32([n for _, n, _ in segs]),
                               indptr([len(rows) for _, _, rows in segs]),
-                              i32([r for _, _, rows in segs for r in rows]), backend="native", cpu_kernel="amx",
+                              i32([r for _, _, rows in segs for r in rows]), backend="native", cpu_kernel=kernel,
                               **extra)
 
 
-def test_rows_do_not_depend_on_segments_or_other_rows():
+def test_rows_do_not_depend_on_segments_or_other_rows(kernel):
     """A row over 5 blocks of 16 and 3 tokens of a sixth, alone, then among 13 other rows with its blocks split
     into 4 segments shared differently, then among 56 more rows (lanes in three groups): the same bits."""
-    amx_or_skip()
     k_cache, v_cache = cache_of(30, 16, BF16, seed=11, dim=64)
     gen = torch.Generator().manual_seed(12)
     q = (torch.randn(14, 9, 64, generator=gen) * 2).to(BF16)
     mine = [21, 2, 17, 5, 0, 28]
-    alone = over_blocks(q[9:10], k_cache, v_cache, [(mine, 83, [0])])
+    alone = over_blocks(q[9:10], k_cache, v_cache, [(mine, 83, [0])], kernel)
     others = [r for r in range(14) if r != 9]
     split = [(mine[:1], 16, [9, 3, 0]), (mine[1:3], 32, others[:10] + [9]), (mine[3:5], 32, [9, *others[4:]]),
              (mine[5:], 3, [12, 9]), ([1, 3], 20, others), ([29], 2, [0, 1])]
-    beside = over_blocks(q, k_cache, v_cache, split)
+    beside = over_blocks(q, k_cache, v_cache, split, kernel)
     assert torch.equal(bits(beside[9]), bits(alone[0]))
     many_q = torch.cat([torch.randn(56, 9, 64, generator=gen).to(BF16), q])
     many = [(ids, n, [56 + r for r in rows]) for ids, n, rows in split]
     many += [([r % 30], 1 + r % 16, [r]) for r in range(56)]
-    assert torch.equal(bits(over_blocks(many_q, k_cache, v_cache, many)[56:]), bits(beside))
+    assert torch.equal(bits(over_blocks(many_q, k_cache, v_cache, many, kernel)[56:]), bits(beside))
 
 
-def test_rows_do_not_depend_on_the_thread_count():
-    amx_or_skip()
+def test_rows_do_not_depend_on_the_thread_count(kernel):
     layout = grm(64, seed=2)
     outs = []
     for threads in (1, 2, 3):
         torch.set_num_threads(threads)
-        outs.append(bits(run(layout, backend="native", cpu_kernel="amx")))
+        outs.append(bits(run(layout, backend="native", cpu_kernel=kernel)))
     torch.set_num_threads(1)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
-def test_default_choice_and_checks():
-    amx_or_skip()
-    assert pa.cpu_kernel(BF16, 64, 16) == "amx"
+def test_default_choice():
+    """The default for bfloat16 pair shapes is the best build this CPU runs (AMX, then AVX-512 BF16), every other
+    shape runs the float32 vector build."""
+    lib = native_lib()
+    best = "amx" if lib.linear_bf16_amx_supported() else "avx512bf16" if lib.linear_bf16_supported() else "vector"
+    assert pa.cpu_kernel(BF16, 64, 16) == best
     assert [pa.cpu_kernel(*args) for args in ((torch.float32, 64, 16), (BF16, 48, 16), (BF16, 64, 8))] == ["vector"] * 3
     layout = grm(64)
-    assert torch.equal(bits(run(layout)), bits(run(layout, backend="native", cpu_kernel="amx")))  # the default
-    with pytest.raises(ValueError, match=r"cpu_kernel 'amx' needs bfloat16 \(got torch.float32\)"):
-        run(make_layout([20], [[0]], 1, heads=2, kv_heads=1, dim=64, block_size=16), cpu_kernel="amx")
-    with pytest.raises(ValueError, match=r"block_size a multiple of 16 \(got 4\)"):
-        run(make_layout([20], [[0]], 1, heads=2, kv_heads=1, dim=64, dtype=BF16), cpu_kernel="amx")
-    with pytest.raises(ValueError, match=r"cpu_kernel 'tiles' is not one of 'amx', 'vector'"):
+    assert torch.equal(bits(run(layout)), bits(run(layout, backend="native", cpu_kernel=best)))
+    with pytest.raises(ValueError, match=r"cpu_kernel 'tiles' is not one of 'amx', 'avx512bf16', 'vector'"):
         run(layout, cpu_kernel="tiles")
     with pytest.raises(ValueError, match=r"cpu_kernel 'tiles' is not one of"):
         pa.Plan(*(layout[n] for n in INDEX), cpu_kernel="tiles")
+
+
+def test_checks(kernel):
+    layout = grm(64)
+    with pytest.raises(ValueError, match=rf"cpu_kernel '{kernel}' needs bfloat16 \(got torch.float32\)"):
+        run(make_layout([20], [[0]], 1, heads=2, kv_heads=1, dim=64, block_size=16), cpu_kernel=kernel)
+    with pytest.raises(ValueError, match=r"block_size a multiple of 16 \(got 4\)"):
+        run(make_layout([20], [[0]], 1, heads=2, kv_heads=1, dim=64, dtype=BF16), cpu_kernel=kernel)
     lib = native_lib()
     q, k = layout["q"], layout["k_cache"]
-    with pytest.raises(ValueError, match=r"amx=True needs bfloat16, head_dim a multiple of 32"):
+    flags = (True, False) if kernel == "amx" else (False, True)
+    name = "amx" if kernel == "amx" else "dpbf16"
+    with pytest.raises(ValueError, match=rf"{name}=True needs bfloat16, head_dim a multiple of 32"):
         lib.PagedAttentionLayout(*(layout[n].data_ptr() for n in INDEX), 0, 0, 0, *q.shape[:2], k.shape[2], 48,
                                  *k.shape[:2], 8, layout["block_ids"].shape[0], layout["seg_rows"].shape[0], 0.125,
-                                 True, True)
+                                 True, *flags)
+    with pytest.raises(ValueError, match=r"amx=True and dpbf16=True exclude each other"):
+        lib.PagedAttentionLayout(*(layout[n].data_ptr() for n in INDEX), 0, 0, 0, *q.shape[:2], k.shape[2], 64,
+                                 *k.shape[:2], 8, layout["block_ids"].shape[0], layout["seg_rows"].shape[0], 0.125,
+                                 True, True, True)

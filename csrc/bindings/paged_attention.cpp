@@ -2,9 +2,9 @@
 // everything first; the CPU kernel checks the index values it reads again, worded the same way.
 //
 // A call comes in two parts, so that the calls of one step (one per layer) pass only what changes:
-//   layout = PagedAttentionLayout(block_ids, ..., seg_start, rows, ..., scale, bf16, amx)  once per step: indices,
-//                                                                                        sizes, the CPU build
-//   paged_attention(layout, q, k_cache, v_cache, out)                                per layer: host addresses
+//   layout = PagedAttentionLayout(block_ids, ..., seg_start, rows, ..., scale, bf16, amx, dpbf16)
+//                                                 once per step: indices, sizes, the CPU build
+//   paged_attention(layout, q, k_cache, v_cache, out)  per layer: host addresses
 // (paged_attention_cuda: the same on device addresses, plus the stream; the layout made from device tensors.)
 // Index arrays are int32 and causal is torch.bool (one byte each), passed by address; causal, q_pos and seg_start
 // are 0 (null) together when no segment is causal. Each call's tensors have the shapes the layout was made for.
@@ -21,9 +21,10 @@ PagedAttentionLayout make_layout(uintptr_t block_ids, uintptr_t seg_block_indptr
                                  uintptr_t seg_row_indptr, uintptr_t seg_rows, uintptr_t causal, uintptr_t q_pos,
                                  uintptr_t seg_start, int64_t rows, int64_t heads, int64_t kv_heads,
                                  int64_t head_dim, int64_t num_blocks, int64_t block_size, int64_t segments,
-                                 int64_t nnz_blocks, int64_t nnz_rows, float scale, bool bf16, bool amx) {
+                                 int64_t nnz_blocks, int64_t nnz_rows, float scale, bool bf16, bool amx, bool dpbf16) {
   SPCT_CHECK((causal == 0) == (q_pos == 0) && (causal == 0) == (seg_start == 0),
              "causal, q_pos and seg_start go together (all three addresses or none)");
+  SPCT_CHECK(!(amx && dpbf16), "amx=True and dpbf16=True exclude each other (one CPU build per layout)");
   if (amx) {
     SPCT_CHECK(bf16 && head_dim % 32 == 0 && block_size % 16 == 0,
                "amx=True needs bfloat16, head_dim a multiple of 32 and block_size a multiple of 16");
@@ -33,6 +34,15 @@ PagedAttentionLayout make_layout(uintptr_t block_ids, uintptr_t seg_block_indptr
                "amx=True needs a CPU with AMX-BF16 whose OS grants the tile registers");
 #else
     SPCT_CHECK(false, "amx=True needs an x86-64 build");
+#endif
+  }
+  if (dpbf16) {
+    SPCT_CHECK(bf16 && head_dim % 32 == 0 && block_size % 16 == 0,
+               "dpbf16=True needs bfloat16, head_dim a multiple of 32 and block_size a multiple of 16");
+#if defined(SPCT_X86_VARIANTS)
+    SPCT_CHECK(spct::cpu::linear_bf16_supported(), "dpbf16=True needs a CPU with AVX-512 BF16");
+#else
+    SPCT_CHECK(false, "dpbf16=True needs an x86-64 build");
 #endif
   }
   PagedAttentionLayout l;
@@ -57,6 +67,7 @@ PagedAttentionLayout make_layout(uintptr_t block_ids, uintptr_t seg_block_indptr
   a.scale = scale;
   a.bf16 = bf16;
   a.amx = amx;
+  a.dpbf16 = dpbf16;
   return l;
 }
 
@@ -67,7 +78,7 @@ void bind_layout(py::module_& m) {
            py::arg("seg_row_indptr"), py::arg("seg_rows"), py::arg("causal"), py::arg("q_pos"), py::arg("seg_start"),
            py::arg("rows"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("num_blocks"),
            py::arg("block_size"), py::arg("segments"), py::arg("nnz_blocks"), py::arg("nnz_rows"), py::arg("scale"),
-           py::arg("bf16"), py::arg("amx") = false)
+           py::arg("bf16"), py::arg("amx") = false, py::arg("dpbf16") = false)
       .def_property_readonly("rows", [](const PagedAttentionLayout& l) { return l.a.rows; })
       .def_property_readonly("head_dim", [](const PagedAttentionLayout& l) { return l.a.head_dim; });
 }

@@ -1,7 +1,7 @@
 // CPU paged_attention: checks the index values (worded as the Python wrapper's checks, which run first: a caller of
 // the binding gets the same message for the same first bad value), then runs the kernel built for the widest
 // instruction set this CPU has (paged_attention_impl.h, compiled three times on x86-64: baseline, AVX2 + FMA,
-// AVX-512). Shapes, dtypes and sizes were checked by the Python wrapper.
+// AVX-512), or the bfloat16 builds the caller chose (AMX, AVX-512 BF16). Shapes, dtypes and sizes were checked by the Python wrapper.
 #include <string>
 #include <vector>
 
@@ -19,6 +19,9 @@ namespace avx2 {
 bool paged_attention_run(const attn::PagedAttention& a);
 }
 namespace avx512 {
+bool paged_attention_run(const attn::PagedAttention& a);
+}
+namespace avx512bf16 {
 bool paged_attention_run(const attn::PagedAttention& a);
 }
 namespace amx {
@@ -150,6 +153,7 @@ std::string check_indices(const attn::PagedAttention& a) {
 bool run(const attn::PagedAttention& a) {
 #if defined(SPCT_X86_VARIANTS)
   if (a.amx) return amx::paged_attention_run(a);  // the binding checked what it needs
+  if (a.dpbf16) return avx512bf16::paged_attention_run(a);
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512dq")) {
     return avx512::paged_attention_run(a);

@@ -19,8 +19,6 @@
 // tile multiply depends only on its own row of A and column of B, so a query's bits do not depend on its lane, on
 // the other queries or on the task: the batch invariance of the vector kernel holds here too (tested).
 
-constexpr int kTok = 16;  // tokens per tile of scores and of values
-
 // tmm0-3: results (16 rows of 16 floats); tmm4: keys (16 tokens x 32 dims); tmm5: queries (16 pairs of dims x 16
 // lanes); tmm6: probabilities (16 lanes x 16 tokens); tmm7: values (8 pairs of tokens x 16 dims).
 void amx_configure() {
@@ -64,54 +62,13 @@ void amx_shape(bool narrow, Scratch* sc) {
   sc->narrow = narrow;
 }
 
-// The lanes' queries as tiles of B, unscaled: group j, dims [32c, 32c + 32): 16 rows (pairs of dims) of 16 lanes
-// (two bfloat16 each), at qb + (j * D / 32 + c) * 256 (32-bit words). Padding lanes are zero.
-template <int D>
-void pack_queries(const PagedAttention& a, int64_t q0, int64_t h, Scratch* sc) {
-  const int64_t G = a.heads / a.kv_heads, lw = sc->lw;
-  sc->qb.assign(lw / W * D / 32 * 256, 0u);
-  const uint32_t* q = static_cast<const uint32_t*>(a.q);  // pairs of bfloat16
-  for (int64_t i = 0; i < lw && sc->query[i] >= 0; ++i) {
-    const int64_t query = q0 + sc->query[i], r = query / G, g = query % G;
-    const uint32_t* src = q + (r * a.heads + h * G + g) * D / 2;
-    uint32_t* dst = sc->qb.data() + (i / W) * D / 32 * 256 + i % W;
-    for (int p = 0; p < D / 2; ++p) dst[(p / 16) * 256 + (p % 16) * 16] = src[p];
-  }
-}
-
-// The block's n values (row stride ld) as tiles of B: 16-token tile t, dims [16e, 16e + 16): 8 rows (pairs of tokens)
-// of 16 dims (the two tokens' bfloat16), at vb + (t * D / 16 + e) * 128 (32-bit words); zero past token n.
-template <int D>
-void pack_values(const uint16_t* v, int64_t ld, int64_t n, uint32_t* vb) {
-  const int64_t tiles = (n + kTok - 1) / kTok;
-  for (int64_t t = 0; t < tiles; ++t) {
-    for (int u = 0; u < kTok / 2; ++u) {
-      const int64_t t0 = t * kTok + 2 * u;
-      for (int e = 0; e < D / 16; ++e) {
-        const __m512i lo = t0 < n ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v + t0 * ld + 16 * e)))
-                                  : _mm512_setzero_si512();
-        const __m512i hi = t0 + 1 < n
-                               ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(v + (t0 + 1) * ld + 16 * e)))
-                               : _mm512_setzero_si512();
-        _mm512_storeu_si512(vb + ((t * D / 16 + e) * 8 + u) * 16, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-      }
-    }
-  }
-}
-
 // The probabilities of lane group j for tokens [0, nt) of one 16-token tile (s: rows of lw floats, the group's
 // first lane at s[0]) as a tile of A: 16 rows (lanes) of 16 tokens in bfloat16, rounded to nearest even; zero from
 // token nt. pairs[u] holds tokens 2u and 2u + 1 of every lane (one 32-bit word per lane); the tile is their 8 x 16
 // transpose, done in registers (4 x 4 word blocks by unpacking, then 128-bit chunks by permutes).
 void pack_probs(const float* s, int64_t lw, int64_t nt, uint32_t* pa) {
-  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                              22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   __m512i pairs[kTok / 2];
-  for (int u = 0; u < kTok / 2; ++u) {
-    const __m512 a = 2 * u < nt ? _mm512_loadu_ps(s + 2 * u * lw) : _mm512_setzero_ps();
-    const __m512 b = 2 * u + 1 < nt ? _mm512_loadu_ps(s + (2 * u + 1) * lw) : _mm512_setzero_ps();
-    pairs[u] = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a));  // low 16: a, high: b
-  }
+  for (int u = 0; u < kTok / 2; ++u) pairs[u] = prob_pair(s, lw, 2 * u, nt);
   __m512i x[8], y[8];
   for (int u = 0; u < 8; u += 2) {  // x[u]: words (u, u + 1) of lanes 4c, 4c + 1; x[u + 1]: of lanes 4c + 2, 4c + 3
     x[u] = _mm512_unpacklo_epi32(pairs[u], pairs[u + 1]);
@@ -244,18 +201,6 @@ void accumulate(const float* corr, int64_t nq, Scratch* sc) {
     const __m512 c = _mm512_set1_ps(corr[i]);
     for (int d = 0; d < D; d += W)
       _mm512_storeu_ps(acc + d, _mm512_fmadd_ps(_mm512_loadu_ps(acc + d), c, _mm512_loadu_ps(sc->o.p + i * D + d)));
-  }
-}
-
-// The keys and values of head h in block b (B tokens of D at row stride ld) into L1: a tile load waits for all of its
-// 16 rows, which the hardware prefetcher does not fetch ahead at this stride.
-template <int D>
-void prefetch_block(const uint16_t* k, const uint16_t* v, int64_t ld, int64_t B) {
-  for (int64_t t = 0; t < B; ++t) {
-    for (int c = 0; c < D * 2; c += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(k + t * ld) + c, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(v + t * ld) + c, _MM_HINT_T0);
-    }
   }
 }
 

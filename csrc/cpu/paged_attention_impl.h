@@ -22,9 +22,10 @@
 
 #include "spct/paged_attention.h"
 
-#if defined(SPCT_AMX)
+#if defined(SPCT_AMX) || defined(SPCT_DPBF16)
 #include <immintrin.h>
-
+#endif
+#if defined(SPCT_AMX)
 #include "amx_tiles.h"
 #endif
 
@@ -47,10 +48,11 @@ using attn::PagedAttention;
 // more than the dot products of one vector of lanes: a 16-row decode step over a 1,100-token prompt (Hq 9, Hkv 3:
 // 48 queries per KV head) took 570 us as 9 tasks of 16 queries on 2 threads and 372 us as 3 tasks of 48, though
 // one thread then does two of the three.
-#if defined(SPCT_AMX)
-// The AMX build walks a block for little more than the tile products of its lane groups, so the tile is the largest
-// (3, 2 or 1 vectors of lanes) that still gives every thread two tasks: a 16-row step (48 queries per KV head, 3 KV
-// heads) on 2 threads runs 6 tasks of 2 and 1 vectors instead of 3 of 3, one thread doing two of them.
+#if defined(SPCT_AMX) || defined(SPCT_DPBF16)
+// The AMX and AVX-512 BF16 builds walk a block for little more than the products of its lane groups (no float32
+// copies of K and V), so the tile is the largest (3, 2 or 1 vectors of lanes) that still gives every thread two tasks:
+// a 16-row step (48 queries per KV head, 3 KV heads) on 2 threads runs 6 tasks of 2 and 1 vectors instead of 3 of 3,
+// one thread doing two of them.
 inline int64_t tile_size(int64_t queries, int64_t kv_heads, int64_t threads) {
   for (int64_t size = 3 * W; size > W; size -= W)
     if (queries >= size && kv_heads * ((queries + size - 1) / size) >= 2 * threads) return size;
@@ -360,8 +362,13 @@ void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int
   }
 }
 
+#if defined(SPCT_AMX) || defined(SPCT_DPBF16)
+#include "paged_attention_bf16.h"
+#endif
 #if defined(SPCT_AMX)
 #include "paged_attention_amx.h"
+#elif defined(SPCT_DPBF16)
+#include "paged_attention_dpbf16.h"
 #endif
 
 // One task: KV head h for the queries of tile `tile`; writes their outputs (zeros for a row that saw no token).
@@ -375,11 +382,15 @@ void run_task(const PagedAttention& a, const Tiles& tl, int64_t tile, int64_t h,
   for (int64_t e = tl.start.p[tile]; e < end;) {
     int64_t next = e;
     while (next < end && tl.seg.p[next] == tl.seg.p[e]) ++next;
-#if defined(SPCT_AMX)
+#if defined(SPCT_AMX) || defined(SPCT_DPBF16)
     if constexpr (sizeof(T) == 2 && D % 32 == 0) {
       // the first block of the task's next segment, prefetched during this one's last block
       const int64_t after = next < end ? int64_t(a.block_ids[a.seg_block_indptr[tl.seg.p[next]]]) : -1;
+#if defined(SPCT_AMX)
       attend_segment_amx<D>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, tl.size, h, after, sc);
+#else
+      attend_segment_dp<D>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, tl.size, h, after, sc);
+#endif
     } else {
       attend_segment<D, T>(a, tl.seg.p[e], tl.row.p + e, next - e, q0, tl.size, h, sc);
     }

@@ -45,6 +45,8 @@ struct PagedAttention {
   bool bf16;    // q, caches and out are bfloat16 (else float32); the arithmetic is float32 either way
   bool amx;     // the CPU kernel's AMX build (bf16, head_dim % 32 == 0, block_size % 16 == 0, a CPU with AMX-BF16
                 // whose OS granted the tiles: cpu::linear_bf16_amx_supported); else its vector build
+  bool dpbf16 = false;  // (amx false) the vector build on bfloat16 pairs (bf16, head_dim % 32 == 0, block_size % 16
+                        // == 0, a CPU with AVX-512 BF16: cpu::linear_bf16_supported)
 };
 
 }  // namespace attn

@@ -32,12 +32,12 @@ one block table each, a fixed number of levels): the rows of a continuous batch 
 any number of segments, so the engine never reorders rows and never pads levels. A kernel works segment by segment:
 it loads a segment's blocks once, computes all its rows, and merges each row's partial output and log-sum-exp.
 
-Backends: the reference (`spct.ops.ref.paged_attention`), the C++ kernel (csrc/cpu/paged_attention*.{cpp,h}; two
-builds, `CPU_KERNELS`: AMX tiles for bfloat16 where the CPU has AMX-BF16, head_dim % 32 == 0 and block_size % 16 ==
-0, chosen by `cpu_kernel` once per process like the bf16 linear's; else vector code of the widest instruction set), the
-CUDA kernel (csrc/cuda/paged_attention.cu; head sizes `HEAD_DIMS` for both, any block size; under "auto" another
-head size runs the reference) and the Triton kernel (spct.ops.triton.paged_attention); `spct.ops.dispatch.pick`
-chooses. The kernels follow one rule the
+Backends: the reference (`spct.ops.ref.paged_attention`), the C++ kernel (csrc/cpu/paged_attention*.{cpp,h}; three
+builds, `CPU_KERNELS`: for bfloat16 with head_dim % 32 == 0 and block_size % 16 == 0, AMX tiles where the CPU has
+AMX-BF16, else AVX-512 BF16 pair products where it has those, chosen by `cpu_kernel` once per process like the bf16
+linear's; else float32 vector code of the widest instruction set), the CUDA kernel (csrc/cuda/paged_attention.cu;
+head sizes `HEAD_DIMS` for both, any block size; under "auto" another head size runs the reference) and the Triton
+kernel (spct.ops.triton.paged_attention); `spct.ops.dispatch.pick` chooses. The kernels follow one rule the
 reference does not need (csrc/include/spct/paged_attention.h): a row's output is an online softmax over its blocks,
 one update per block, in the order of its segments and of their blocks, so a row's bits depend only on q[r], the
 blocks it sees and how many tokens of each: not on the other rows, on how its blocks are split into segments, or on
@@ -65,7 +65,8 @@ __all__ = ["CPU_KERNELS", "DTYPES", "HEAD_DIMS", "Plan", "cpu_kernel", "native_c
 OP = "paged_attention"
 DTYPES = (torch.float32, torch.bfloat16)
 HEAD_DIMS = (8, 16, 32, 64, 128, 256)  # the head sizes the C++ kernel is compiled for
-CPU_KERNELS = ("amx", "vector")  # the C++ kernel's builds: AMX tiles (bfloat16), or the widest vectors the CPU has
+# the C++ kernel's builds: AMX tiles and AVX-512 BF16 pair products (bfloat16), or float32 on the widest vectors
+CPU_KERNELS = ("amx", "avx512bf16", "vector")
 INDEX = ("block_ids", "seg_block_indptr", "seg_len", "seg_row_indptr", "seg_rows", "causal", "q_pos", "seg_start")
 
 
@@ -209,11 +210,21 @@ def native_cpu() -> bool:
 
 
 def cpu_kernel(dtype: torch.dtype, head_dim: int, block_size: int) -> str:
-    """The C++ kernel's build that CPU tensors run by default: "amx" for bfloat16 with head_dim a multiple of 32
-    and block_size a multiple of 16 on a CPU with AMX-BF16, else "vector". One build per process for a given
-    model and cache (a row's bits must not change with the batch), as for the bf16 linear (spct.ops.linear)."""
-    amx = dtype == torch.bfloat16 and head_dim % 32 == 0 and block_size % 16 == 0
-    return "amx" if amx and dispatch.native().linear_bf16_amx_supported() else "vector"
+    """The C++ kernel's build that CPU tensors run by default: for bfloat16 with head_dim a multiple of 32 and
+    block_size a multiple of 16, "amx" on a CPU with AMX-BF16, else "avx512bf16" on one with AVX-512 BF16; else
+    "vector" (float32 arithmetic on the widest vectors the CPU has). One build per process for a given model and
+    cache (a row's bits must not change with the batch), as for the bf16 linear (spct.ops.linear)."""
+    have = _cpu_kernels(dtype, head_dim, block_size)
+    return next(kernel for kernel in CPU_KERNELS if kernel in have)
+
+
+def _cpu_kernels(dtype: torch.dtype, head_dim: int, block_size: int) -> set[str]:
+    """The builds that can run these shapes on this CPU."""
+    if not (dtype == torch.bfloat16 and head_dim % 32 == 0 and block_size % 16 == 0):
+        return {"vector"}
+    lib = dispatch.native()
+    have = {"amx": lib.linear_bf16_amx_supported(), "avx512bf16": lib.linear_bf16_supported(), "vector": True}
+    return {kernel for kernel, ok in have.items() if ok}
 
 
 def _check_cpu_kernel(kernel: str | None) -> None:
@@ -221,13 +232,18 @@ def _check_cpu_kernel(kernel: str | None) -> None:
         raise ValueError(f"cpu_kernel {kernel!r} is not one of {', '.join(map(repr, CPU_KERNELS))} (or None: auto)")
 
 
-def _amx(q: torch.Tensor, block_size: int, kernel: str | None) -> bool:
-    """Whether the C++ kernel runs its AMX build for these arguments (cpu_kernel None: cpu_kernel's choice)."""
-    best = cpu_kernel(q.dtype, q.shape[2], block_size)
-    if kernel == "amx" and best != "amx":
-        raise ValueError(f"cpu_kernel 'amx' needs bfloat16 (got {q.dtype}), head_dim a multiple of 32 (got "
-                         f"{q.shape[2]}), block_size a multiple of 16 (got {block_size}) and a CPU with AMX-BF16")
-    return (kernel or best) == "amx"
+CPU_NEEDS = {"amx": "AMX-BF16", "avx512bf16": "AVX-512 BF16"}
+
+
+def _kernel(q: torch.Tensor, block_size: int, kernel: str | None) -> str:
+    """The C++ kernel's build for these arguments (cpu_kernel None: cpu_kernel's choice)."""
+    if kernel is None:
+        return cpu_kernel(q.dtype, q.shape[2], block_size)
+    if kernel not in _cpu_kernels(q.dtype, q.shape[2], block_size):
+        raise ValueError(f"cpu_kernel {kernel!r} needs bfloat16 (got {q.dtype}), head_dim a multiple of 32 (got "
+                         f"{q.shape[2]}), block_size a multiple of 16 (got {block_size}) and a CPU with "
+                         f"{CPU_NEEDS[kernel]}")
+    return kernel
 
 
 def _address(t: torch.Tensor | None) -> int:
@@ -255,11 +271,11 @@ def _bind(index: tuple, q: torch.Tensor, k_cache: torch.Tensor, scale: float, ba
                                                                    row_map=row_map)
     lib = dispatch.native()
     # positional, in the binding's order: the eight index addresses (0: no causal segment), then rows, heads,
-    # kv_heads, head_dim, num_blocks, block_size, segments, nnz_blocks, nnz_rows, scale, bf16, amx
-    amx = not q.is_cuda and _amx(q, k_cache.shape[1], kernel)
+    # kv_heads, head_dim, num_blocks, block_size, segments, nnz_blocks, nnz_rows, scale, bf16, amx, dpbf16
+    build = "vector" if q.is_cuda else _kernel(q, k_cache.shape[1], kernel)
     layout = lib.PagedAttentionLayout(*map(_address, index), rows, heads, k_cache.shape[2], dim, k_cache.shape[0],
                                       k_cache.shape[1], seg_len.shape[0], block_ids.shape[0], seg_rows.shape[0],
-                                      scale, q.dtype == torch.bfloat16, amx)
+                                      scale, q.dtype == torch.bfloat16, build == "amx", build == "avx512bf16")
 
     def native(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(q)
@@ -369,8 +385,8 @@ def paged_attention(
     seg_len: (S,) int32, tokens per segment; seg_row_indptr: (S + 1,) int32; seg_rows: (nnz_rows,) int32, each
     segment's rows, < R; causal: (S,) bool, q_pos: (R,) int32, seg_start: (S,) int32, all three or none; scale:
     multiplies q . k (default 1 / sqrt(D)); backend: "auto", "native" (the C++ or CUDA kernel, D in HEAD_DIMS),
-    "triton" or "reference"; cpu_kernel: the C++ kernel's build, "amx" or "vector" (CPU_KERNELS; None: `cpu_kernel`'s
-    choice). returns: (R, Hq, D) in q's dtype, accumulated in float32.
+    "triton" or "reference"; cpu_kernel: the C++ kernel's build, "amx", "avx512bf16" or "vector" (CPU_KERNELS;
+    None: `cpu_kernel`'s choice). returns: (R, Hq, D) in q's dtype, accumulated in float32.
     """
     dispatch.check_backend(OP, backend)
     _check_cpu_kernel(cpu_kernel)

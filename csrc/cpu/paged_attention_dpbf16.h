@@ -1,0 +1,139 @@
+// The AVX-512 BF16 path of the CPU paged_attention kernel (bfloat16, head_dim a multiple of 32, block_size a multiple
+// of 16): included by paged_attention_impl.h inside its build's namespace (paged_attention_avx512bf16.cpp), which
+// defines SPCT_DPBF16; for CPUs with AVX-512 BF16 and no AMX (AMD Zen 4, Intel Cooper Lake).
+//
+// Why: the float32 vector kernel converts every key and value to float32 and spends one FMA per query, dimension and
+// token on each of q . k and p . v. A bfloat16 pair instruction (VDPBF16PS) does two of those products per lane and
+// reads the cache as it is stored. The arithmetic is the AMX path's, one vector row at a time (its comment in
+// paged_attention_amx.h): scores summed over pairs of dims in order in float32, the vector kernel's softmax_step,
+// probabilities rounded to bfloat16, P . V of the block from zero over pairs of tokens in order, then acc = acc *
+// corr + O. Every lane's sums take the same instructions in the same order whatever the other lanes, tokens past a
+// lane's last are zero in P (past the block's last, in V too), so a query's bits depend on neither its lane, the
+// other queries nor the task (the rule in spct/paged_attention.h; tested as for the AMX path).
+
+constexpr int kDpAcc = 24;  // float32 accumulators (vectors) a pass keeps in registers
+
+// Scores of U tokens (keys from k, row stride ld) for lane groups [j0, j0 + J) into s (row u at s + u * lw).
+template <int D, int U, int J>
+inline void dp_tokens(const uint32_t* qb, int64_t j0, const uint16_t* k, int64_t ld, int64_t lw, float* s) {
+  __m512 acc[U][J];
+  for (int u = 0; u < U; ++u)
+    for (int j = 0; j < J; ++j) acc[u][j] = _mm512_setzero_ps();
+  for (int p = 0; p < D / 2; ++p) {
+    __m512bh qv[J];
+    for (int j = 0; j < J; ++j)
+      qv[j] = (__m512bh)_mm512_loadu_si512(qb + ((j0 + j) * D / 32 + p / 16) * 256 + p % 16 * 16);
+    for (int u = 0; u < U; ++u) {
+      uint32_t pair;
+      memcpy(&pair, k + u * ld + 2 * p, sizeof pair);
+      const __m512bh kv = (__m512bh)_mm512_set1_epi32(int(pair));
+      for (int j = 0; j < J; ++j) acc[u][j] = _mm512_dpbf16_ps(acc[u][j], qv[j], kv);
+    }
+  }
+  for (int u = 0; u < U; ++u)
+    for (int j = 0; j < J; ++j) _mm512_storeu_ps(s + u * lw + (j0 + j) * W, acc[u][j]);
+}
+
+template <int D, int J>
+void dp_groups(const uint32_t* qb, int64_t j0, const uint16_t* k, int64_t ld, int64_t n, int64_t lw, float* s) {
+  constexpr int U = kDpAcc / J < 8 ? kDpAcc / J : 8;
+  int64_t t = 0;
+  for (; t + U <= n; t += U) dp_tokens<D, U, J>(qb, j0, k + t * ld, ld, lw, s + t * lw);
+  for (; t < n; ++t) dp_tokens<D, 1, J>(qb, j0, k + t * ld, ld, lw, s + t * lw);
+}
+
+// Scores of the block's n tokens for every lane group, unscaled (softmax_step scales them).
+template <int D>
+void dp_scores(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t n, int64_t lw, float* s) {
+  int64_t j = 0;
+  for (; j + 3 <= lw / W; j += 3) dp_groups<D, 3>(qb, j, k, ld, n, lw, s);
+  if (lw / W - j == 2) dp_groups<D, 2>(qb, j, k, ld, n, lw, s);
+  if (lw / W - j == 1) dp_groups<D, 1>(qb, j, k, ld, n, lw, s);
+}
+
+// The block's probabilities (s, n tokens) as pairs of tokens: word u * lw + lane holds tokens 2u and 2u + 1 of the
+// lane, zero past token n.
+void dp_pack_probs(const float* s, int64_t lw, int64_t n, uint32_t* pw) {
+  for (int64_t u = 0; 2 * u < n; ++u)
+    for (int64_t j = 0; j < lw; j += W) _mm512_storeu_si512(pw + u * lw + j, prob_pair(s + j, lw, 2 * u, n));
+}
+
+// For R queries (lanes i0 ..) and dims [16 e0, 16 (e0 + E)): O = P . V over the block's `pairs` pairs of tokens (vb
+// from pack_values), then acc = acc * corr + O.
+template <int R, int E, int D>
+inline void dp_values(const uint32_t* pw, int64_t lw, int64_t i0, const uint32_t* vb, int64_t pairs, int64_t e0,
+                      float* const* accs, const float* corr) {
+  __m512 o[R][E];
+  for (int r = 0; r < R; ++r)
+    for (int e = 0; e < E; ++e) o[r][e] = _mm512_setzero_ps();
+  for (int64_t u = 0; u < pairs; ++u) {
+    __m512bh vv[E];
+    for (int e = 0; e < E; ++e)
+      vv[e] = (__m512bh)_mm512_loadu_si512(vb + ((u / 8 * (D / 16) + e0 + e) * 8 + u % 8) * 16);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh p = (__m512bh)_mm512_set1_epi32(int(pw[u * lw + i0 + r]));
+      for (int e = 0; e < E; ++e) o[r][e] = _mm512_dpbf16_ps(o[r][e], vv[e], p);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* acc = accs[i0 + r] + e0 * 16;
+    const __m512 c = _mm512_set1_ps(corr[i0 + r]);
+    for (int e = 0; e < E; ++e)
+      _mm512_storeu_ps(acc + e * 16, _mm512_fmadd_ps(_mm512_loadu_ps(acc + e * 16), c, o[r][e]));
+  }
+}
+
+// Every real lane's P . V for the block and its accumulation, 6 queries by 4 vectors of dims at a time.
+template <int D>
+void dp_block_values(const uint32_t* pw, int64_t lw, int64_t nq, const uint32_t* vb, int64_t n, float* const* accs,
+                     const float* corr) {
+  constexpr int E = D / 16 < 4 ? D / 16 : 4, R = kDpAcc / E < 6 ? kDpAcc / E : 6;
+  const int64_t pairs = (n + 1) / 2;
+  for (int64_t e0 = 0; e0 < D / 16; e0 += E) {
+    int64_t i = 0;
+    for (; i + R <= nq; i += R) dp_values<R, E, D>(pw, lw, i, vb, pairs, e0, accs, corr);
+    for (; i < nq; ++i) dp_values<1, E, D>(pw, lw, i, vb, pairs, e0, accs, corr);
+  }
+}
+
+// attend_segment on bfloat16 pairs (the vector kernel's bookkeeping: lanes, visible tokens, softmax_step).
+template <int D>
+void attend_segment_dp(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0,
+                       int64_t size, int64_t h, int64_t after, Scratch* sc) {
+  const int64_t nq = gather<D, uint16_t, false>(a, rows, count, q0, size, h, sc), lw = sc->lw;
+  const int64_t B = a.block_size, ld = a.kv_heads * D, len = a.seg_len[s];
+  const bool causal = a.causal != nullptr && a.causal[s] != 0;
+  const uint16_t* k_cache = static_cast<const uint16_t*>(a.k_cache);
+  const uint16_t* v_cache = static_cast<const uint16_t*>(a.v_cache);
+  pack_queries<D>(a, q0, h, sc);
+  sc->s.resize(B * lw);
+  sc->corr.resize(lw);
+  sc->vb.resize(B * D / 2);
+  sc->pb.resize(B / 2 * lw);
+  sc->accs.resize(nq);
+  for (int64_t i = 0; i < nq; ++i) sc->accs[i] = sc->acc.data() + sc->query[i] * D;
+  const int64_t b_end = a.seg_block_indptr[s + 1];
+  for (int64_t bi = 0, b = a.seg_block_indptr[s]; b < b_end; ++b, ++bi) {
+    const int64_t n = visible(a, s, bi, imin(B, len - bi * B), lw, sc);
+    if (n == 0) continue;
+    const int64_t first = (int64_t(a.block_ids[b]) * B * a.kv_heads + h) * D;
+    const int64_t ahead = b + 1 < b_end ? int64_t(a.block_ids[b + 1]) : after;
+    if (ahead >= 0) {
+      const int64_t next = (ahead * B * a.kv_heads + h) * D;
+      prefetch_block<D>(k_cache + next, v_cache + next, ld, B);
+    }
+    dp_scores<D>(sc->qb.p, k_cache + first, ld, n, lw, sc->s.data());
+    pack_values<D>(v_cache + first, ld, n, sc->vb.p);
+    if (causal) {
+      softmax_step<true>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.p, a.scale);
+    } else {
+      softmax_step<false>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.p, a.scale);
+    }
+    dp_pack_probs(sc->s.data(), lw, n, sc->pb.p);
+    dp_block_values<D>(sc->pb.p, lw, nq, sc->vb.p, n, sc->accs.data(), sc->corr.p);
+  }
+  for (int64_t i = 0; i < nq; ++i) {
+    sc->m[sc->query[i]] = sc->lm[i];
+    sc->l[sc->query[i]] = sc->ll[i];
+  }
+}
