@@ -244,7 +244,7 @@ void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows,
     const int64_t ahead = b + 1 < b_end ? int64_t(a.block_ids[b + 1]) : after;
     if (ahead >= 0) {
       const int64_t next = (ahead * B * a.kv_heads + h) * D;
-      prefetch_block<D>(k_cache + next, v_cache + next, ld, B);
+      prefetch_block<D, _MM_HINT_T0>(k_cache + next, v_cache + next, ld, B);
     }
     uint32_t *vb = sc->vb.p + cur * vb_size, *pb = sc->pb.p + cur * pb_size;
     float* corr = sc->corr.p + cur * lw;

@@ -50,15 +50,15 @@ inline __m512i prob_pair(const float* s, int64_t lw, int64_t t0, int64_t nt) {
   return _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a));  // low 16: a, high: b
 }
 
-// The keys and values of head h in block b (B tokens of D at row stride ld) into L1: a tile load waits for all of its
-// 16 rows, which the hardware prefetcher does not fetch ahead at this stride.
-template <int D>
+// The keys and values of head h in block b (B tokens of D at row stride ld) into L1 (Hint _MM_HINT_T0: the AMX path,
+// whose tile load waits for all of its 16 rows, which the hardware prefetcher does not fetch ahead at this stride) or
+// L2 (_MM_HINT_T1: the AVX-512 BF16 path, paged_attention_dpbf16.h).
+template <int D, int Hint>
 void prefetch_block(const uint16_t* k, const uint16_t* v, int64_t ld, int64_t B) {
   for (int64_t t = 0; t < B; ++t) {
     for (int c = 0; c < D * 2; c += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(k + t * ld) + c, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(v + t * ld) + c, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(k + t * ld) + c, static_cast<_mm_hint>(Hint));
+      _mm_prefetch(reinterpret_cast<const char*>(v + t * ld) + c, static_cast<_mm_hint>(Hint));
     }
   }
 }
-
