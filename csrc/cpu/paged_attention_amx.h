@@ -217,12 +217,11 @@ void accumulate(const float* corr, int64_t nq, Scratch* sc) {
 template <int D>
 void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0,
                         int64_t size, int64_t h, int64_t after, Scratch* sc) {
-  const int64_t nq = gather<D, uint16_t, false>(a, rows, count, q0, size, h, sc), lw = sc->lw;
+  const int64_t nq = begin_pairs<D>(a, rows, count, q0, size, h, sc), lw = sc->lw;
   const int64_t B = a.block_size, ld = a.kv_heads * D, len = a.seg_len[s];
   const bool causal = a.causal != nullptr && a.causal[s] != 0;
   const uint16_t* k_cache = static_cast<const uint16_t*>(a.k_cache);
   const uint16_t* v_cache = static_cast<const uint16_t*>(a.v_cache);
-  pack_queries<D>(a, q0, h, sc);
   const bool narrow = nq <= kNarrow;
   amx_shape(narrow, sc);
   const auto values = narrow ? amx_values_narrow<D> : amx_values<D>;
@@ -232,18 +231,16 @@ void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows,
   sc->vb.resize(2 * vb_size);
   sc->pb.resize(2 * pb_size);
   sc->o.resize(lw * D);
-  sc->accs.resize(nq);
-  for (int64_t i = 0; i < nq; ++i) sc->accs[i] = sc->acc.data() + sc->query[i] * D;
   const int64_t b_end = a.seg_block_indptr[s + 1];
   int64_t pending = 0;  // tokens of the previous block, whose P . V and accumulation are still to do (0: none)
   int cur = 0;          // which half of corr, vb and pb the current block uses
   for (int64_t bi = 0, b = a.seg_block_indptr[s]; b < b_end; ++b, ++bi) {
     const int64_t n = visible(a, s, bi, imin(B, len - bi * B), lw, sc);
     if (n == 0) continue;
-    const int64_t first = (int64_t(a.block_ids[b]) * B * a.kv_heads + h) * D;
+    const int64_t first = head_offset(a, a.block_ids[b], h, D);
     const int64_t ahead = b + 1 < b_end ? int64_t(a.block_ids[b + 1]) : after;
     if (ahead >= 0) {
-      const int64_t next = (ahead * B * a.kv_heads + h) * D;
+      const int64_t next = head_offset(a, ahead, h, D);
       prefetch_block<D, _MM_HINT_T0>(k_cache + next, v_cache + next, ld, B);
     }
     uint32_t *vb = sc->vb.p + cur * vb_size, *pb = sc->pb.p + cur * pb_size;
@@ -251,11 +248,7 @@ void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows,
     amx_scores<D>(k_cache + first, ld, n, *sc, sc->s.data());
     if (pending) values(sc->pb.p + (1 - cur) * pb_size, sc->vb.p + (1 - cur) * vb_size, pending, sc);
     pack_values<D>(v_cache + first, ld, n, vb);
-    if (causal) {
-      softmax_step<true>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), corr, a.scale);
-    } else {
-      softmax_step<false>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), corr, a.scale);
-    }
+    softmax_block(causal, lw, n, corr, a.scale, sc);
     pack_block_probs(sc->s.data(), lw, n, pb);
     if (pending) accumulate<D>(sc->corr.p + (1 - cur) * lw, nq, sc);
     pending = n;
@@ -265,8 +258,5 @@ void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows,
     values(sc->pb.p + (1 - cur) * pb_size, sc->vb.p + (1 - cur) * vb_size, pending, sc);
     accumulate<D>(sc->corr.p + (1 - cur) * lw, nq, sc);
   }
-  for (int64_t i = 0; i < nq; ++i) {
-    sc->m[sc->query[i]] = sc->lm[i];
-    sc->l[sc->query[i]] = sc->ll[i];
-  }
+  store_states(nq, sc);
 }

@@ -40,6 +40,17 @@ void pack_values(const uint16_t* v, int64_t ld, int64_t n, uint32_t* vb) {
   }
 }
 
+// The start of a pair path's segment: the lanes (gather, no float32 queries), their queries packed, each real lane's
+// accumulator. Returns the number of real lanes.
+template <int D>
+int64_t begin_pairs(const PagedAttention& a, const int32_t* rows, int64_t count, int64_t q0, int64_t size, int64_t h,
+                    Scratch* sc) {
+  const int64_t nq = gather<D, uint16_t, false>(a, rows, count, q0, size, h, sc);
+  pack_queries<D>(a, q0, h, sc);
+  point_accumulators<D>(nq, sc);
+  return nq;
+}
+
 // Tokens t0 and t0 + 1 of one lane group's probabilities (rows of lw floats from s; zero from token nt) as one word
 // per lane: the two bfloat16, rounded to nearest even, token t0 in the low half.
 inline __m512i prob_pair(const float* s, int64_t lw, int64_t t0, int64_t nt) {

@@ -107,18 +107,15 @@ void dp_block_values(const uint32_t* pw, int64_t lw, int64_t nq, const uint32_t*
 template <int D>
 void attend_segment_dp(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0,
                        int64_t size, int64_t h, int64_t after, Scratch* sc) {
-  const int64_t nq = gather<D, uint16_t, false>(a, rows, count, q0, size, h, sc), lw = sc->lw;
+  const int64_t nq = begin_pairs<D>(a, rows, count, q0, size, h, sc), lw = sc->lw;
   const int64_t B = a.block_size, ld = a.kv_heads * D, len = a.seg_len[s];
   const bool causal = a.causal != nullptr && a.causal[s] != 0;
   const uint16_t* k_cache = static_cast<const uint16_t*>(a.k_cache);
   const uint16_t* v_cache = static_cast<const uint16_t*>(a.v_cache);
-  pack_queries<D>(a, q0, h, sc);
   sc->s.resize(B * lw);
   sc->corr.resize(lw);
   sc->vb.resize(B * D / 2);
   sc->pb.resize(B / 2 * lw);
-  sc->accs.resize(nq);
-  for (int64_t i = 0; i < nq; ++i) sc->accs[i] = sc->acc.data() + sc->query[i] * D;
   const int64_t b_end = a.seg_block_indptr[s + 1];
   // Blocks are prefetched kAhead ahead into L2 (the task's next segment's first after this one's last). Why:
   // prefetching the next block into L1 asked for its 64 lines at once and stalled on the L1's few outstanding misses.
@@ -126,30 +123,23 @@ void attend_segment_dp(const PagedAttention& a, int64_t s, const int32_t* rows, 
   // prompt plus 128 tokens each): 523 us per layer into L1 one block ahead, 386 into L2, 367 into L2 two ahead; no
   // prefetch 606.
   for (int64_t b = a.seg_block_indptr[s] + 1; b < b_end && b < a.seg_block_indptr[s] + kAhead; ++b) {
-    const int64_t next = (int64_t(a.block_ids[b]) * B * a.kv_heads + h) * D;
+    const int64_t next = head_offset(a, a.block_ids[b], h, D);
     prefetch_block<D, _MM_HINT_T1>(k_cache + next, v_cache + next, ld, B);
   }
   for (int64_t bi = 0, b = a.seg_block_indptr[s]; b < b_end; ++b, ++bi) {
     const int64_t n = visible(a, s, bi, imin(B, len - bi * B), lw, sc);
     if (n == 0) continue;
-    const int64_t first = (int64_t(a.block_ids[b]) * B * a.kv_heads + h) * D;
+    const int64_t first = head_offset(a, a.block_ids[b], h, D);
     const int64_t ahead = b + kAhead < b_end ? int64_t(a.block_ids[b + kAhead]) : b + kAhead == b_end ? after : -1;
     if (ahead >= 0) {
-      const int64_t next = (ahead * B * a.kv_heads + h) * D;
+      const int64_t next = head_offset(a, ahead, h, D);
       prefetch_block<D, _MM_HINT_T1>(k_cache + next, v_cache + next, ld, B);
     }
     dp_scores<D>(sc->qb.p, k_cache + first, ld, n, lw, sc->s.data());
     pack_values<D>(v_cache + first, ld, n, sc->vb.p);
-    if (causal) {
-      softmax_step<true>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.p, a.scale);
-    } else {
-      softmax_step<false>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.p, a.scale);
-    }
+    softmax_block(causal, lw, n, sc->corr.p, a.scale, sc);
     dp_pack_probs(sc->s.data(), lw, n, sc->pb.p);
     dp_block_values<D>(sc->pb.p, lw, nq, sc->vb.p, n, sc->accs.data(), sc->corr.p);
   }
-  for (int64_t i = 0; i < nq; ++i) {
-    sc->m[sc->query[i]] = sc->lm[i];
-    sc->l[sc->query[i]] = sc->ll[i];
-  }
+  store_states(nq, sc);
 }

@@ -319,6 +319,35 @@ int64_t visible(const PagedAttention& a, int64_t s, int64_t bi, int64_t n, int64
   return most;
 }
 
+// Token 0 of KV head h in cache block `block` (elements from the cache's start).
+inline int64_t head_offset(const PagedAttention& a, int64_t block, int64_t h, int64_t D) {
+  return (block * a.block_size * a.kv_heads + h) * D;
+}
+
+// Each real lane's float32 accumulator (the task's, by local query), for the segment's P . V.
+template <int D>
+void point_accumulators(int64_t nq, Scratch* sc) {
+  sc->accs.resize(nq);
+  for (int64_t i = 0; i < nq; ++i) sc->accs[i] = sc->acc.data() + sc->query[i] * D;
+}
+
+// softmax_step on the block's scores sc->s, masked where the segment is causal.
+inline void softmax_block(bool causal, int64_t lw, int64_t n, float* corr, float scale, Scratch* sc) {
+  if (causal) {
+    softmax_step<true>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), corr, scale);
+  } else {
+    softmax_step<false>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), corr, scale);
+  }
+}
+
+// The lanes' online-softmax states back into the task's, after the segment's last block.
+inline void store_states(int64_t nq, Scratch* sc) {
+  for (int64_t i = 0; i < nq; ++i) {
+    sc->m[sc->query[i]] = sc->lm[i];
+    sc->l[sc->query[i]] = sc->ll[i];
+  }
+}
+
 // The segment s for the task's rows listed in it (rows[0 .. count)): block by block, one online-softmax step each.
 template <int D, typename T>
 void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int64_t count, int64_t q0,
@@ -332,23 +361,18 @@ void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int
   sc->corr.resize(lw);
   sc->k.resize(B * D);
   sc->v.resize(B * D);
-  sc->accs.resize(nq);
-  for (int64_t i = 0; i < nq; ++i) sc->accs[i] = sc->acc.data() + sc->query[i] * D;
+  point_accumulators<D>(nq, sc);
   sc->lane.resize(nq);
   for (int64_t i = 0; i < nq; ++i) sc->lane[i] = int32_t(i);
   for (int64_t bi = 0, b = a.seg_block_indptr[s]; b < a.seg_block_indptr[s + 1]; ++b, ++bi) {
     const int64_t n = visible(a, s, bi, imin(B, len - bi * B), lw, sc);
     if (n == 0) continue;  // a causal block no row here sees yet: every state stays as it is
-    const int64_t first = (int64_t(a.block_ids[b]) * B * a.kv_heads + h) * D;  // token 0 of the block, head h
+    const int64_t first = head_offset(a, a.block_ids[b], h, D);
     int64_t kld = ld, vld = ld;
     const float* k = rows_f32<D>(k_cache + first, &kld, n, sc->k.data());
     const float* v = rows_f32<D>(v_cache + first, &vld, n, sc->v.data());
     qk<D>(sc->qt.data(), lw, k, kld, n, sc->s.data());
-    if (causal) {
-      softmax_step<true>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.data());
-    } else {
-      softmax_step<false>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), sc->corr.data());
-    }
+    softmax_block(causal, lw, n, sc->corr.data(), 1.0f, sc);
     int64_t i = 0;
     for (; i + kQueries <= nq; i += kQueries)
       pv_queries<D, kQueries>(sc->s.data(), lw, sc->lane.data() + i, v, vld, n, sc->accs.data() + i,
@@ -356,10 +380,7 @@ void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int
     for (; i < nq; ++i)
       pv_queries<D, 1>(sc->s.data(), lw, sc->lane.data() + i, v, vld, n, sc->accs.data() + i, sc->corr.data());
   }
-  for (int64_t i = 0; i < nq; ++i) {
-    sc->m[sc->query[i]] = sc->lm[i];
-    sc->l[sc->query[i]] = sc->ll[i];
-  }
+  store_states(nq, sc);
 }
 
 #if defined(SPCT_AMX) || defined(SPCT_DPBF16)
