@@ -21,6 +21,16 @@ def load_tolerances() -> dict:
 TOLERANCES = load_tolerances()
 
 
+def best_seconds(fn, rounds: int) -> float:
+    """The fastest of `rounds` calls: a machine's peak is what it reaches at best (the host's noise only slows it)."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def median_seconds(fn, rounds: int) -> float:
     times = []
     for _ in range(rounds):
@@ -33,26 +43,27 @@ def median_seconds(fn, rounds: int) -> float:
 @functools.cache
 def memory_read_gb_per_s(mib: int = 512, rounds: int = 5) -> float:
     """This machine's memory read speed, measured now with torch on a float32 tensor far larger than the caches
-    (every thread torch uses): the faster of a sum (bytes read) and a copy (bytes read plus written), in GB/s. The
-    physical limit a memory-bound op is reported against. torch does not reach the hardware's peak (the native
-    bf16 linear at M = 1 reads up to ~1.3x faster on a 2-core Xeon), so a fraction of it can pass 100%: it is a
-    lower bound of the peak, measured the same way in every run."""
+    (every thread torch uses): the faster of a sum (bytes read) and a copy (bytes read plus written), each its best
+    of `rounds`, in GB/s. The physical limit a memory-bound op is reported against. torch does not reach the
+    hardware's peak (the native bf16 linear at M = 1 reads up to ~1.3x faster on a 2-core Xeon), so a fraction of
+    it can pass 100%: it is a lower bound of the peak, measured the same way in every run."""
     import torch
 
     x = torch.ones(mib * (1 << 20) // 4)
     y = torch.empty_like(x)
     x.sum(), y.copy_(x)  # fault the pages in
-    summed = x.numel() * 4 / median_seconds(x.sum, rounds)
-    copied = 2 * x.numel() * 4 / median_seconds(lambda: y.copy_(x), rounds)
+    summed = x.numel() * 4 / best_seconds(x.sum, rounds)
+    copied = 2 * x.numel() * 4 / best_seconds(lambda: y.copy_(x), rounds)
     return max(summed, copied) / 1e9
 
 
 @functools.cache
 def matmul_gflop_per_s(size: int = 2048, rounds: int = 5) -> float:
-    """This machine's matrix-multiply speed, measured now: GFLOP/s of a size^3 torch.matmul (oneDNN), the faster of
-    bfloat16 and float32. The compute limit a compute-bound op is reported against. bf16 is the faster where the CPU
-    multiplies it natively (AMX, AVX-512 BF16); on a CPU with only AVX2, torch's bf16 matmul is hundreds of times
-    slower than its float32 one, and float32 FMAs are what any bf16 kernel runs there (spct's AVX2 linear too)."""
+    """This machine's matrix-multiply speed, measured now: GFLOP/s of a size^3 torch.matmul (oneDNN), the best of
+    `rounds`, the faster of bfloat16 and float32. The compute limit a compute-bound op is reported against. bf16 is
+    the faster where the CPU multiplies it natively (AMX, AVX-512 BF16); on a CPU with only AVX2, torch's bf16
+    matmul is hundreds of times slower than its float32 one, and float32 FMAs are what any bf16 kernel runs there
+    (spct's AVX2 linear too)."""
     import torch
 
     speeds = []
@@ -61,9 +72,9 @@ def matmul_gflop_per_s(size: int = 2048, rounds: int = 5) -> float:
         b = torch.randn(size, size).to(dtype)
         a @ b
         if dtype == torch.bfloat16:  # one product tells whether bf16 is slow here; timing 5 would take minutes
-            seconds = median_seconds(lambda: a @ b, 1)
+            seconds = best_seconds(lambda: a @ b, 1)
             if seconds > 1.0:
                 speeds.append(2 * size**3 / seconds / 1e9)
                 continue
-        speeds.append(2 * size**3 / median_seconds(lambda: a @ b, rounds) / 1e9)
+        speeds.append(2 * size**3 / best_seconds(lambda: a @ b, rounds) / 1e9)
     return max(speeds)

@@ -3,10 +3,15 @@ the neighbouring counts once a period, and follows a change; prefill steps are n
 
 from __future__ import annotations
 
+import threading
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
-from spct.engine.threads import ThreadTuner
+from spct import _native
+from spct.engine.threads import ThreadTuner, name_thread, release_pool
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +83,62 @@ def test_the_thread_count_changes_no_token(default_model_dir):
         out = engine.generate(["Rate this answer: 2 + 2 = 4."], k=4, seed=3, max_new_tokens=12, temperature=0.9)
         runs.append([s.token_ids for s in out[0]])
     assert all(r == runs[0] for r in runs)
+
+
+def _tasks_named(name: str) -> int:
+    """Threads of this process whose OS name is `name` (Linux)."""
+    count = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            count += (task / "comm").read_text().strip() == name
+        except OSError:  # the thread ended meanwhile
+            pass
+    return count
+
+
+def _wait_for(condition, seconds: float = 5.0) -> bool:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+def test_release_pool_frees_the_calling_threads_openmp_workers():
+    if _native.module() is None:
+        pytest.skip(f"the native module is not built: {_native.import_error()}")
+    seen = {}
+
+    def work():
+        name_thread("spct-pooltest")
+        torch.set_num_threads(2)
+        torch.ones(1 << 22).sum()  # a parallel region: the thread's pool, one worker named after it
+        seen["with"] = _tasks_named("spct-pooltest")
+        release_pool()
+        seen["released"] = _tasks_named("spct-pooltest")
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen["with"] == 2
+    assert seen["released"] == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+def test_the_step_loop_frees_its_pool_when_it_runs_out_of_work(default_model_dir):
+    """libgomp spins only ~100 times at a barrier while the process's pools hold more threads than it has CPUs
+    (spct/engine/threads.py): the loop frees its workers when idle, and a caller frees its own when it submits."""
+    import spct
+
+    assert _wait_for(lambda: _tasks_named("spct-engine") == 0)  # other engines' idle loops end after IDLE_EXIT_S
+    engine = spct.Engine.from_pretrained(default_model_dir, dtype="bfloat16")
+    online = engine._engine()
+    online._tuner = ThreadTuner(2, enabled=False)
+    during = []
+    engine.generate(["Rate this answer: 2 + 2 = 4."], k=2, max_new_tokens=8, min_new_tokens=8, temperature=0.9,
+                    progress=lambda n: during.append(_tasks_named("spct-engine")))
+    assert max(during) == 2  # the loop's thread and its one worker, while it steps
+    assert online._thread is not None  # still alive (it ends after IDLE_EXIT_S), its pool freed:
+    assert _wait_for(lambda: _tasks_named("spct-engine") == 1)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from spct.engine.scheduler import Entry, Job, Scheduler
-from spct.engine.threads import ThreadTuner
+from spct.engine.threads import ThreadTuner, name_thread, release_pool
 from spct.engine.tokens import Live, Request, Sample, TokenRules
 
 __all__ = ["Handle", "Online", "RequestCancelled", "freeze_startup_heap"]
@@ -173,6 +173,7 @@ class Online:
     def submit(self, req: Request, progress: Callable[[int], object] | None = None) -> Handle:
         """Queues a checked request (its size checked here: `fits`); returns its handle at once."""
         handle = Handle(req.k, progress)
+        release_pool()  # the step loop's OpenMP pool is to be the only one (spct/engine/threads.py)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine was shut down")
@@ -215,10 +216,12 @@ class Online:
     # -- the loop -----------------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        name_thread("spct-engine")
         s = self.scheduler
         while True:
             with self._cv:
                 while not (self._inbox or self._cancels or self._closed or s.running or s.waiting):
+                    release_pool()  # out of work: the callers' pools are to be the only ones (engine/threads.py)
                     if not self._cv.wait(IDLE_EXIT_S):  # idle: the thread ends (submit starts another), so an
                         self._thread = None  # engine nobody references any more is freed with its KV
                         return
