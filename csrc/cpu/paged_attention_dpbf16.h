@@ -13,9 +13,9 @@
 //
 // Measured on a 2-core EPYC over 30 cold copies of a layer's KV (16 rows over a 1,000-token prompt plus 1 and 128
 // tokens each): 272 and 523 us per layer prefetching one block ahead into L1, 220 and 367 us with the
-// prefetch below. A row's own segment (3 real lanes of 16) still costs about as much as the prompt. Tried and
-// dropped: its scores with the block's tokens across the lanes, one gather per pair of dims (slower: 204 against
-// 179 us for the own tokens alone).
+// prefetch below. A segment of at most kNarrow lanes (a row's own, a prompt read by one or two rows) takes its
+// scores with the block's tokens across the lanes from a transpose of the keys (dp_scores_narrow); a gather per
+// pair of dims instead was slower (204 against 179 us for the own tokens alone).
 
 constexpr int kDpAcc = 24;  // float32 accumulators (vectors) a pass keeps in registers
 constexpr int64_t kAhead = 2;  // blocks prefetched ahead
@@ -56,6 +56,87 @@ void dp_scores(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t n, int
   for (; j + 3 <= lw / W; j += 3) dp_groups<D, 3>(qb, j, k, ld, n, lw, s);
   if (lw / W - j == 2) dp_groups<D, 2>(qb, j, k, ld, n, lw, s);
   if (lw / W - j == 1) dp_groups<D, 1>(qb, j, k, ld, n, lw, s);
+}
+
+// A segment with at most this many real lanes (one group) takes its scores with the tokens across the lanes
+// (dp_scores_narrow): a decode row's own segment (G lanes) and a prompt read by one or two rows. Measured
+// alternately in one process over 20 copies of a layer's KV (2-core EPYC, Hq 9 over Hkv 3, bfloat16), against
+// dp_scores: one row over a 1,000-token prompt 78 against 84 us (1 thread: 106 against 119); 16 rows over it plus
+// 128 tokens each 312 against 330 us; the 16 rows' own 128 tokens alone 133 against 141 (1 thread: 232 against
+// 265). The rest of a block's cost (values packed, the softmax over all 16 lanes) is the same either way.
+constexpr int kNarrow = 8;
+
+// 16 rows of 16 words (row u at src + u * ld words) transposed: col[p] holds word p of rows 0..15.
+inline void transpose16(const uint32_t* src, int64_t ld, __m512i col[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    const __m512i a = _mm512_loadu_si512(src + i * ld), b = _mm512_loadu_si512(src + (i + 1) * ld);
+    t[i] = _mm512_unpacklo_epi32(a, b);  // per 128-bit lane L: rows i, i + 1 of words 4L, 4L + 1
+    t[i + 1] = _mm512_unpackhi_epi32(a, b);  // words 4L + 2, 4L + 3
+  }
+  for (int g = 0; g < 4; ++g) {  // u[4g + m]: word 4L + m of rows 4g .. 4g + 3
+    u[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {  // t: words m, 8 + m (0x88) and 4 + m, 12 + m (0xdd) of rows 0-7, then 8-15
+    t[m] = _mm512_shuffle_i32x4(u[m], u[4 + m], 0x88);
+    t[4 + m] = _mm512_shuffle_i32x4(u[m], u[4 + m], 0xdd);
+    t[8 + m] = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0x88);
+    t[12 + m] = _mm512_shuffle_i32x4(u[8 + m], u[12 + m], 0xdd);
+  }
+  for (int m = 0; m < 4; ++m) {
+    col[m] = _mm512_shuffle_i32x4(t[m], t[8 + m], 0x88);
+    col[8 + m] = _mm512_shuffle_i32x4(t[m], t[8 + m], 0xdd);
+    col[4 + m] = _mm512_shuffle_i32x4(t[4 + m], t[12 + m], 0x88);
+    col[12 + m] = _mm512_shuffle_i32x4(t[4 + m], t[12 + m], 0xdd);
+  }
+}
+
+// dp_scores for Q real lanes of one group (lw = W), each 16 tokens of the block as one vector: the keys transposed
+// (a vector per pair of dims) and every query's pairs broadcast. The same bits as dp_scores: each score is summed
+// by the same instruction over the same pairs of dims in the same order from zero (a product of two bfloat16 is
+// exact, so which operand holds the key does not matter). Why: dp_scores spends one instruction per token and pair
+// of dims for all 16 lanes, 3 of them real in a decode row's own segment; this spends a 16-token transpose and one
+// instruction per pair and query. Tokens past n are computed from the block's rows past them and not stored.
+template <int D, int Q>
+void dp_scores_narrow(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t n, float* s) {
+  for (int64_t t0 = 0; t0 < n; t0 += kTok) {
+    __m512 acc[Q];
+    for (int i = 0; i < Q; ++i) acc[i] = _mm512_setzero_ps();
+    for (int c = 0; c < D / 32; ++c) {
+      __m512i col[16];
+      transpose16(reinterpret_cast<const uint32_t*>(k + t0 * ld) + 16 * c, ld / 2, col);
+      for (int p = 0; p < 16; ++p)
+        for (int i = 0; i < Q; ++i)
+          acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)col[p],
+                                    (__m512bh)_mm512_set1_epi32(int(qb[c * 256 + p * 16 + i])));
+    }
+    alignas(64) float out[Q][kTok];
+    for (int i = 0; i < Q; ++i) _mm512_store_ps(out[i], acc[i]);
+    for (int64_t u = 0; u < kTok && t0 + u < n; ++u)
+      for (int i = 0; i < Q; ++i) s[(t0 + u) * W + i] = out[i][u];
+  }
+}
+
+// The narrow scores for nq (1 .. kNarrow) real lanes.
+template <int D>
+void dp_scores_few(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t n, int64_t nq, float* s) {
+  switch (nq) {
+#define SPCT_NARROW(Q) \
+  case Q:              \
+    return dp_scores_narrow<D, Q>(qb, k, ld, n, s);
+    SPCT_NARROW(1)
+    SPCT_NARROW(2)
+    SPCT_NARROW(3)
+    SPCT_NARROW(4)
+    SPCT_NARROW(5)
+    SPCT_NARROW(6)
+    SPCT_NARROW(7)
+    SPCT_NARROW(8)
+#undef SPCT_NARROW
+  }
 }
 
 // The block's probabilities (s, n tokens) as pairs of tokens: word u * lw + lane holds tokens 2u and 2u + 1 of the
@@ -116,6 +197,8 @@ void attend_segment_dp(const PagedAttention& a, int64_t s, const int32_t* rows, 
   sc->corr.resize(lw);
   sc->vb.resize(B * D / 2);
   sc->pb.resize(B / 2 * lw);
+  const bool narrow = lw == W && nq <= kNarrow;
+  if (narrow) memset(sc->s.data(), 0, B * lw * sizeof(float));  // the padding lanes' scores: zeros, as in dp_scores
   const int64_t b_end = a.seg_block_indptr[s + 1];
   // Blocks are prefetched kAhead ahead into L2 (the task's next segment's first after this one's last). Why:
   // prefetching the next block into L1 asked for its 64 lines at once and stalled on the L1's few outstanding misses.
@@ -135,7 +218,11 @@ void attend_segment_dp(const PagedAttention& a, int64_t s, const int32_t* rows, 
       const int64_t next = head_offset(a, ahead, h, D);
       prefetch_block<D, _MM_HINT_T1>(k_cache + next, v_cache + next, ld, B);
     }
-    dp_scores<D>(sc->qb.p, k_cache + first, ld, n, lw, sc->s.data());
+    if (narrow) {
+      dp_scores_few<D>(sc->qb.p, k_cache + first, ld, n, nq, sc->s.data());
+    } else {
+      dp_scores<D>(sc->qb.p, k_cache + first, ld, n, lw, sc->s.data());
+    }
     pack_values<D>(v_cache + first, ld, n, sc->vb.p);
     softmax_block(causal, lw, n, sc->corr.p, a.scale, sc);
     dp_pack_probs(sc->s.data(), lw, n, sc->pb.p);
