@@ -116,14 +116,14 @@ def test_release_pool_frees_the_calling_threads_openmp_workers():
         torch.set_num_threads(2)
         torch.ones(1 << 22).sum()  # a parallel region: the thread's pool, one worker named after it
         seen["with"] = _tasks_named("spct-pooltest")
-        release_pool()
+        seen["freed"] = release_pool()
         seen["released"] = _tasks_named("spct-pooltest")
 
     t = threading.Thread(target=work)
     t.start()
     t.join()
     assert seen["with"] == 2
-    assert seen["released"] == 1
+    assert seen["freed"] and seen["released"] == 1
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")

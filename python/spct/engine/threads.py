@@ -39,20 +39,12 @@ import sys
 
 import torch
 
+from spct.ops.openmp import release_pool
+
 __all__ = ["ThreadTuner", "name_thread", "release_pool"]
 
 PERIOD = 48  # decode steps at the chosen count between trials
 TRIAL = 3  # decode steps per candidate in a trial (the median of them counts)
-
-
-def release_pool() -> None:
-    """Frees the calling thread's OpenMP worker pool (module docstring: one OpenMP pool). A no-op without the
-    native module; the thread's next parallel op makes a new pool."""
-    from spct import _native
-
-    native = _native.module()
-    if native is not None and hasattr(native, "release_thread_pool"):
-        native.release_thread_pool()
 
 
 def name_thread(name: str) -> None:
