@@ -142,3 +142,25 @@ def test_the_step_loop_frees_its_pool_when_it_runs_out_of_work(default_model_dir
     assert max(during) == 2  # the loop's thread and its one worker, while it steps
     assert online._thread is not None  # still alive (it ends after IDLE_EXIT_S), its pool freed:
     assert _wait_for(lambda: _tasks_named("spct-engine") == 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+def test_the_servers_worker_threads_free_the_pools_their_work_made():
+    """spct serve's tokenizing and judging run in worker threads; a pool left there would throttle the loop."""
+    if _native.module() is None:
+        pytest.skip(f"the native module is not built: {_native.import_error()}")
+    from spct.serve.work import _freeing_pool
+
+    seen = {}
+
+    def work():
+        name_thread("spct-servetest")
+        torch.set_num_threads(2)
+        seen["sum"] = _freeing_pool(lambda: float(torch.ones(1 << 22).sum()))  # a parallel region, then freed
+        seen["after"] = _tasks_named("spct-servetest")
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen["sum"] == float(1 << 22)
+    assert seen["after"] == 1

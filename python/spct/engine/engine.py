@@ -37,6 +37,7 @@ from spct.engine.kv_blocks import MIB, blocks_for_budget
 from spct.engine.llama import LlamaRunner, supported
 from spct.engine.models import fetch
 from spct.engine.online import Handle, Online
+from spct.engine.threads import release_pool
 from spct.engine.prompts import prompt_token_ids
 from spct.engine.runner import Runner
 from spct.engine.static import generate_static
@@ -95,8 +96,10 @@ class Engine:
             runner: Runner = LlamaRunner.from_dir(path, dtype, torch.device(device))
         else:
             runner = HFRunner.from_dir(path, dtype, torch.device(device), why)
-        return cls(runner, tokenizer, _eos_ids(path, cfg, tokenizer), max_batch, kv_cache_mb=kv_cache_mb,
-                   block_size=block_size, prefill_chunk=prefill_chunk)
+        engine = cls(runner, tokenizer, _eos_ids(path, cfg, tokenizer), max_batch, kv_cache_mb=kv_cache_mb,
+                     block_size=block_size, prefill_chunk=prefill_chunk)
+        release_pool()  # loading made this thread an OpenMP pool; the step loop's is to be the only one (threads.py)
+        return engine
 
     # -- public -------------------------------------------------------------------------------------------------
 

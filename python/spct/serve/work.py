@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from spct.engine.online import RequestCancelled
+from spct.engine.threads import release_pool
 
 __all__ = ["Config", "Disconnected", "Groups", "ServeError", "State", "reward_value"]
 
@@ -71,7 +72,7 @@ class State:
             with self.tokenizer_lock:
                 return fn(*args, **kwargs)
 
-        return await asyncio.to_thread(locked)
+        return await asyncio.to_thread(_freeing_pool, locked)
 
     async def wait(self, handles: list, cancel, request=None, timeout: float | None = None) -> list:
         """The results of the engine handles, in order. On timeout (504) or the client's disconnect, cancel() is
@@ -107,8 +108,17 @@ class State:
         (for its token counts)."""
         pending = await self.tokenizing(self.grm.submit_batch, items, meta_rm=self.meta_rm, **settings)
         outs = await self.wait(pending.handles, pending.cancel, request, timeout)
-        judged = await asyncio.to_thread(pending.finish, outs)
+        judged = await asyncio.to_thread(_freeing_pool, pending.finish, outs)
         return judged, pending
+
+
+def _freeing_pool(fn, *args):
+    """fn(*args) in a worker thread, which then frees the OpenMP pool that fn's native ops (extraction, the vote)
+    gave it: while any other pool lives, the engine's step loop sleeps at every barrier (spct/engine/threads.py)."""
+    try:
+        return fn(*args)
+    finally:
+        release_pool()
 
 
 def _retrieved(future: asyncio.Future) -> None:
