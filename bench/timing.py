@@ -21,23 +21,23 @@ def load_tolerances() -> dict:
 TOLERANCES = load_tolerances()
 
 
-def best_seconds(fn, rounds: int) -> float:
-    """The fastest of `rounds` calls: a machine's peak is what it reaches at best (the host's noise only slows it)."""
+def _seconds(fn, rounds: int) -> list[float]:
+    """The wall time of each of `rounds` calls of fn."""
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return times
+
+
+def best_seconds(fn, rounds: int) -> float:
+    """The fastest of `rounds` calls: a machine's peak is what it reaches at best (the host's noise only slows it)."""
+    return min(_seconds(fn, rounds))
 
 
 def median_seconds(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_seconds(fn, rounds))
 
 
 @functools.cache

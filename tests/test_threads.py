@@ -105,28 +105,40 @@ def _wait_for(condition, seconds: float = 5.0) -> bool:
     return True
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
-def test_release_pool_frees_the_calling_threads_openmp_workers():
+PROC = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+
+
+def _in_pool_thread(name: str, work) -> dict:
+    """work(seen) in a new thread named `name` with 2 OpenMP threads; the dict it filled."""
     if _native.module() is None:
         pytest.skip(f"the native module is not built: {_native.import_error()}")
     seen = {}
 
-    def work():
-        name_thread("spct-pooltest")
+    def run():
+        name_thread(name)
         torch.set_num_threads(2)
+        work(seen)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return seen
+
+
+@PROC
+def test_release_pool_frees_the_calling_threads_openmp_workers():
+    def work(seen):
         torch.ones(1 << 22).sum()  # a parallel region: the thread's pool, one worker named after it
         seen["with"] = _tasks_named("spct-pooltest")
         seen["freed"] = release_pool()
         seen["released"] = _tasks_named("spct-pooltest")
 
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
+    seen = _in_pool_thread("spct-pooltest", work)
     assert seen["with"] == 2
     assert seen["freed"] and seen["released"] == 1
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+@PROC
 def test_the_step_loop_frees_its_pool_when_it_runs_out_of_work(default_model_dir):
     """libgomp spins only ~100 times at a barrier while the process's pools hold more threads than it has CPUs
     (spct/engine/threads.py): the loop frees its workers when idle, and a caller frees its own when it submits."""
@@ -144,23 +156,15 @@ def test_the_step_loop_frees_its_pool_when_it_runs_out_of_work(default_model_dir
     assert _wait_for(lambda: _tasks_named("spct-engine") == 1)
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+@PROC
 def test_the_servers_worker_threads_free_the_pools_their_work_made():
     """spct serve's tokenizing and judging run in worker threads; a pool left there would throttle the loop."""
-    if _native.module() is None:
-        pytest.skip(f"the native module is not built: {_native.import_error()}")
     from spct.serve.work import _freeing_pool
 
-    seen = {}
-
-    def work():
-        name_thread("spct-servetest")
-        torch.set_num_threads(2)
+    def work(seen):
         seen["sum"] = _freeing_pool(lambda: float(torch.ones(1 << 22).sum()))  # a parallel region, then freed
         seen["after"] = _tasks_named("spct-servetest")
 
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
+    seen = _in_pool_thread("spct-servetest", work)
     assert seen["sum"] == float(1 << 22)
     assert seen["after"] == 1

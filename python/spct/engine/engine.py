@@ -37,10 +37,10 @@ from spct.engine.kv_blocks import MIB, blocks_for_budget
 from spct.engine.llama import LlamaRunner, supported
 from spct.engine.models import fetch
 from spct.engine.online import Handle, Online
-from spct.engine.threads import release_pool
 from spct.engine.prompts import prompt_token_ids
 from spct.engine.runner import Runner
 from spct.engine.static import generate_static
+from spct.engine.threads import release_pool
 from spct.engine.tokens import (Allow, Constraint, Force, Request, Sample, TokenRules, check_settings, extra_tokens,
                                 is_int)
 

@@ -23,8 +23,9 @@ One OpenMP pool: the step loop runs in its own thread, and libgomp keeps a pool 
 parallel regions. Once the pools together hold more threads than there are CPUs, libgomp spins about 100 times at
 a barrier before it sleeps, not about 300,000, so with a second pool alive (the caller's, left by any parallel torch
 op such as loading the model) every region of every step ended in a futex sleep and wake. So each thread frees its
-pool (`release_pool`) when it hands work to the loop, and the loop frees its own when it runs out of work (then a
-caller's torch ops, a trainer's for example, or another engine such as llama.cpp, run at full speed). Measured on
+pool (`release_pool`) when it hands work to the loop, as do the thread that loaded the model and spct serve's
+worker threads after their work, and the loop frees its own when it runs out of work (then a caller's torch ops,
+a trainer's for example, or another engine such as llama.cpp, run at full speed). Measured on
 a 2-core EPYC, 16 samples of 128 tokens over a 1,000-token prompt, alternating runs: 398 and 439 tok/s with the
 caller's pool alive (about 270 sleeps per step in each of the loop's two threads), 613 and 658 with it released
 (none).
