@@ -14,8 +14,9 @@
 // Measured on a 2-core EPYC over 30 cold copies of a layer's KV (16 rows over a 1,000-token prompt plus 1 and 128
 // tokens each): 272 and 523 us per layer prefetching one block ahead into L1, 220 and 367 us with the
 // prefetch below. A segment of at most kNarrow lanes (a row's own, a prompt read by one or two rows) takes its
-// scores with the block's tokens across the lanes from a transpose of the keys (dp_scores_narrow); a gather per
-// pair of dims instead was slower (204 against 179 us for the own tokens alone).
+// scores with the block's tokens across the lanes from a transpose of the keys (dp_scores_narrow), and its softmax
+// that way too (narrow_softmax); a gather per pair of dims instead was slower (204 against 179 us for the own tokens
+// alone).
 
 constexpr int kDpAcc = 24;  // float32 accumulators (vectors) a pass keeps in registers
 constexpr int64_t kAhead = 2;  // blocks prefetched ahead
@@ -63,7 +64,7 @@ void dp_scores(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t n, int
 // alternately in one process over 20 copies of a layer's KV (2-core EPYC, Hq 9 over Hkv 3, bfloat16), against
 // dp_scores: one row over a 1,000-token prompt 78 against 84 us (1 thread: 106 against 119); 16 rows over it plus
 // 128 tokens each 312 against 330 us; the 16 rows' own 128 tokens alone 133 against 141 (1 thread: 232 against
-// 265). The rest of a block's cost (values packed, the softmax over all 16 lanes) is the same either way.
+// 265). The softmax then ran over all 16 lanes; narrow_softmax takes it over the real ones.
 constexpr int kNarrow = 8;
 
 // 16 rows of 16 words (row u at src + u * ld words) transposed: col[p] holds word p of rows 0..15.
@@ -99,9 +100,10 @@ inline void transpose16(const uint32_t* src, int64_t ld, __m512i col[16]) {
 // by the same instruction over the same pairs of dims in the same order from zero (a product of two bfloat16 is
 // exact, so which operand holds the key does not matter). Why: dp_scores spends one instruction per token and pair
 // of dims for all 16 lanes, 3 of them real in a decode row's own segment; this spends a 16-token transpose and one
-// instruction per pair and query. Tokens past n are computed from the block's rows past them and not stored.
+// instruction per pair and query. Lane i's scores go to sn + i * B with the tokens across (narrow_softmax); tokens
+// past n are computed from the block's rows past them and never read.
 template <int D, int Q>
-void dp_scores_narrow(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t n, float* s) {
+void dp_scores_narrow(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t n, int64_t B, float* sn) {
   for (int64_t t0 = 0; t0 < n; t0 += kTok) {
     __m512 acc[Q];
     for (int i = 0; i < Q; ++i) acc[i] = _mm512_setzero_ps();
@@ -113,20 +115,17 @@ void dp_scores_narrow(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t
           acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)col[p],
                                     (__m512bh)_mm512_set1_epi32(int(qb[c * 256 + p * 16 + i])));
     }
-    alignas(64) float out[Q][kTok];
-    for (int i = 0; i < Q; ++i) _mm512_store_ps(out[i], acc[i]);
-    for (int64_t u = 0; u < kTok && t0 + u < n; ++u)
-      for (int i = 0; i < Q; ++i) s[(t0 + u) * W + i] = out[i][u];
+    for (int i = 0; i < Q; ++i) _mm512_storeu_ps(sn + i * B + t0, acc[i]);
   }
 }
 
 // The narrow scores for nq (1 .. kNarrow) real lanes.
 template <int D>
-void dp_scores_few(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t n, int64_t nq, float* s) {
+void dp_scores_few(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t n, int64_t nq, int64_t B, float* sn) {
   switch (nq) {
 #define SPCT_NARROW(Q) \
   case Q:              \
-    return dp_scores_narrow<D, Q>(qb, k, ld, n, s);
+    return dp_scores_narrow<D, Q>(qb, k, ld, n, B, sn);
     SPCT_NARROW(1)
     SPCT_NARROW(2)
     SPCT_NARROW(3)
@@ -137,6 +136,62 @@ void dp_scores_few(const uint32_t* qb, const uint16_t* k, int64_t ld, int64_t n,
     SPCT_NARROW(8)
 #undef SPCT_NARROW
   }
+}
+
+// softmax_step and dp_pack_probs for the nq real lanes of a narrow segment (lw = W), on their scores as laid by
+// dp_scores_narrow (lane i's n tokens at sn + i * B): probabilities into pw as dp_pack_probs lays them, the lanes'
+// m, l and corr updated. The same bits as softmax_step: each lane's maximum is the same sequence of comparisons,
+// each probability the same lane-wise expressions (a score times scale, minus the maximum, vexp: written as there,
+// so the compiler contracts them alike), each sum the same float32 additions in token order, the state update the
+// same vector expressions. The padding lanes' sums are left out (their states are never read: store_states keeps
+// the real lanes'). Why: softmax_step spends a vexp per token on all 16 lanes, 3 of them real in a decode row's own
+// segment and in a single row's prompt. Measured alternately in one process over 20 copies of a layer's KV (2-core
+// EPYC, Hq 9 over Hkv 3; the values of the few lanes in one pass too, dp_block_values): 16 rows over a 1,000-token
+// prompt plus 128 tokens each 341-345 against 368-372 us per layer; their own 128 tokens alone 131-169 against
+// 152-203; one row over the prompt plus 128 tokens 68-93 against 86-119.
+template <bool Masked>
+void narrow_softmax(const float* sn, int64_t B, int64_t n, int64_t nq, const int32_t* nv, float* m, float* l,
+                    float* corr, float scale, uint32_t* pw) {
+  alignas(64) float top[W] = {}, sums[W] = {}, probs[kTok];
+  for (int64_t i = 0; i < nq; ++i) {
+    float t = -INFINITY;
+    for (int64_t u = 0; u < n; ++u) {
+      const float x = sn[i * B + u] * scale;
+      if ((!Masked || u < nv[i]) && t < x) t = x;
+    }
+    top[i] = t;
+  }
+  const vi seen = loadi(nv), any = seen > 0;
+  const vf old = loadv(m), topv = loadv(top);
+  const vf mx = Masked ? (any & (old < topv) ? topv : old) : (old < topv ? topv : old);
+  const vf c = Masked ? (any ? vexp(any ? old - mx : splat(0.0f)) : splat(1.0f)) : vexp(old - mx);
+  vi token;
+  for (int u = 0; u < W; ++u) token[u] = u;
+  for (int64_t i = 0; i < nq; ++i) {
+    const vf mi = splat(mx[i]);
+    float sum = 0.0f;
+    for (int64_t t0 = 0; t0 < n; t0 += kTok) {
+      const vf x = loadv(sn + i * B + t0) * scale;
+      vf p;
+      if (Masked) {
+        const vi vis = token + int32_t(t0) < vi{} + nv[i];
+        p = vis ? vexp(vis ? x - mi : splat(0.0f)) : splat(0.0f);
+      } else {
+        p = vexp(x - mi);
+      }
+      p = token + int32_t(t0) < vi{} + int32_t(n) ? p : splat(0.0f);  // zero past the block's last token
+      storev(probs, p);
+      for (int64_t u = 0; u < kTok && t0 + u < n; ++u) sum += probs[u];
+      const __m256i pairs = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(probs));  // tokens 2u, 2u + 1: word u
+      alignas(32) uint32_t words[kTok / 2];
+      _mm256_store_si256((__m256i*)words, pairs);
+      for (int64_t u = 0; u < kTok / 2 && t0 + 2 * u < n; ++u) pw[(t0 / 2 + u) * W + i] = words[u];
+    }
+    sums[i] = sum;
+  }
+  storev(l, loadv(l) * c + loadv(sums));
+  storev(m, mx);
+  storev(corr, c);
 }
 
 // The block's probabilities (s, n tokens) as pairs of tokens: word u * lw + lane holds tokens 2u and 2u + 1 of the
@@ -180,7 +235,14 @@ void dp_block_values(const uint32_t* pw, int64_t lw, int64_t nq, const uint32_t*
   for (int64_t e0 = 0; e0 < D / 16; e0 += E) {
     int64_t i = 0;
     for (; i + R <= nq; i += R) dp_values<R, E, D>(pw, lw, i, vb, pairs, e0, accs, corr);
-    for (; i < nq; ++i) dp_values<1, E, D>(pw, lw, i, vb, pairs, e0, accs, corr);
+    switch (nq - i) {  // the rest in one pass
+      case 5: dp_values<5 < R ? 5 : 1, E, D>(pw, lw, i, vb, pairs, e0, accs, corr); break;
+      case 4: dp_values<4 < R ? 4 : 1, E, D>(pw, lw, i, vb, pairs, e0, accs, corr); break;
+      case 3: dp_values<3 < R ? 3 : 1, E, D>(pw, lw, i, vb, pairs, e0, accs, corr); break;
+      case 2: dp_values<2 < R ? 2 : 1, E, D>(pw, lw, i, vb, pairs, e0, accs, corr); break;
+      case 1: dp_values<1, E, D>(pw, lw, i, vb, pairs, e0, accs, corr); break;
+      default: break;
+    }
   }
 }
 
@@ -198,7 +260,6 @@ void attend_segment_dp(const PagedAttention& a, int64_t s, const int32_t* rows, 
   sc->vb.resize(B * D / 2);
   sc->pb.resize(B / 2 * lw);
   const bool narrow = lw == W && nq <= kNarrow;
-  if (narrow) memset(sc->s.data(), 0, B * lw * sizeof(float));  // the padding lanes' scores: zeros, as in dp_scores
   const int64_t b_end = a.seg_block_indptr[s + 1];
   // Blocks are prefetched kAhead ahead into L2 (the task's next segment's first after this one's last). Why:
   // prefetching the next block into L1 asked for its 64 lines at once and stalled on the L1's few outstanding misses.
@@ -219,13 +280,18 @@ void attend_segment_dp(const PagedAttention& a, int64_t s, const int32_t* rows, 
       prefetch_block<D, _MM_HINT_T1>(k_cache + next, v_cache + next, ld, B);
     }
     if (narrow) {
-      dp_scores_few<D>(sc->qb.p, k_cache + first, ld, n, nq, sc->s.data());
+      dp_scores_few<D>(sc->qb.p, k_cache + first, ld, n, nq, B, sc->s.data());
+      if (causal) {
+        narrow_softmax<true>(sc->s.data(), B, n, nq, sc->nv.p, sc->lm.p, sc->ll.p, sc->corr.p, a.scale, sc->pb.p);
+      } else {
+        narrow_softmax<false>(sc->s.data(), B, n, nq, sc->nv.p, sc->lm.p, sc->ll.p, sc->corr.p, a.scale, sc->pb.p);
+      }
     } else {
       dp_scores<D>(sc->qb.p, k_cache + first, ld, n, lw, sc->s.data());
+      softmax_block(causal, lw, n, sc->corr.p, a.scale, sc);
+      dp_pack_probs(sc->s.data(), lw, n, sc->pb.p);
     }
     pack_values<D>(v_cache + first, ld, n, sc->vb.p);
-    softmax_block(causal, lw, n, sc->corr.p, a.scale, sc);
-    dp_pack_probs(sc->s.data(), lw, n, sc->pb.p);
     dp_block_values<D>(sc->pb.p, lw, nq, sc->vb.p, n, sc->accs.data(), sc->corr.p);
   }
   store_states(nq, sc);
