@@ -149,6 +149,20 @@ class Live:
     finish: str | None = None
 
 
+def _sampling(rows: Sequence[Live], device: torch.device) -> dict:
+    """sample()'s parameters for the rows: a scalar where every row has the same value (one request's k samples:
+    fewer tensors to make and check each step), else one value per row."""
+    def param(values: list, dtype: torch.dtype):
+        return values[0] if values.count(values[0]) == len(values) else torch.tensor(values, dtype=dtype,
+                                                                                      device=device)
+    st = [s.req.settings for s in rows]
+    return {"temperature": param([x.temperature for x in st], torch.float32),
+            "top_k": param([x.top_k for x in st], torch.int64), "top_p": param([x.top_p for x in st], torch.float32),
+            "min_p": param([x.min_p for x in st], torch.float32),
+            "seed": param([s.req.seed for s in rows], torch.int64),
+            "offset": torch.tensor([(s.j << 32) | len(s.tokens) for s in rows], dtype=torch.int64, device=device)}
+
+
 class TokenRules:
     """Token choice, stop rules and outputs, for a tokenizer and its end-of-sequence ids."""
 
@@ -170,15 +184,7 @@ class TokenRules:
                    torch.tensor(self.eos_token_ids, device=logits.device)] = -math.inf
         for r, s in enumerate(rows):
             masked = self._constrain(masked, logits, r, s)
-        st = [s.req.settings for s in rows]
-        dev = logits.device
-        as_t = lambda v, t: torch.tensor(v, dtype=t, device=dev)  # noqa: E731
-        chosen = sample(masked, temperature=as_t([x.temperature for x in st], torch.float32),
-                        top_k=as_t([x.top_k for x in st], torch.int64),
-                        top_p=as_t([x.top_p for x in st], torch.float32),
-                        min_p=as_t([x.min_p for x in st], torch.float32),
-                        seed=as_t([s.req.seed for s in rows], torch.int64),
-                        offset=as_t([(s.j << 32) | len(s.tokens) for s in rows], torch.int64)).tolist()
+        chosen = sample(masked, **_sampling(rows, logits.device)).tolist()
         for r, s in enumerate(rows):
             if s.req.error is not None:
                 continue
