@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from spct.engine.models import fetch, read_json
 from spct.engine.native_decoder import NativeDecoder
+from spct.engine.tokens import int64s
 from spct.ops import layer_ops
 from spct.ops import paged_attention as paged
 from spct.ops import prefix_attention as pa
@@ -425,8 +426,7 @@ class LlamaRunner:
         row's key and value written at its slot first, attention by `spct.paged_attention` -> the logits of
         layout.logit_rows (n, V)."""
         c, dev = self.config, self.device
-        as_t = lambda v: torch.tensor(v, dtype=torch.int64, device=dev)  # noqa: E731
-        tokens, positions, slots = as_t(layout.tokens), as_t(layout.positions), as_t(layout.slots)
+        tokens, positions, slots = (int64s(v, dev) for v in (layout.tokens, layout.positions, layout.slots))
         ix = {name: torch.from_numpy(a).to(dev) for name, a in layout.index.items()}
         plan = paged.Plan(ix["block_ids"], ix["seg_block_indptr"], ix["seg_len"], ix["seg_row_indptr"],
                           ix["seg_rows"], causal=ix["causal"], q_pos=ix["q_pos"], seg_start=ix["seg_start"],
@@ -437,7 +437,8 @@ class LlamaRunner:
             h = self._layers_paged(plan, x, positions, slots, kv)
         if not layout.logit_rows:
             return x.new_empty((0, c.vocab_size))
-        return self._linear(self.lm_head, h[as_t(layout.logit_rows)], True)
+        every = len(layout.logit_rows) == len(h) and layout.logit_rows[-1] == len(h) - 1  # increasing: all rows
+        return self._linear(self.lm_head, h if every else h[int64s(layout.logit_rows, dev)], True)
 
     def _layers_paged(self, plan, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                       kv: torch.Tensor) -> torch.Tensor:

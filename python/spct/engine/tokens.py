@@ -27,7 +27,7 @@ import torch
 from spct.ops.sample import sample
 
 __all__ = ["Allow", "Constraint", "Force", "Live", "Request", "Sample", "Settings", "TokenRules", "check_settings",
-           "extra_tokens", "is_int"]
+           "extra_tokens", "int64s", "is_int"]
 
 
 @dataclass
@@ -149,6 +149,12 @@ class Live:
     finish: str | None = None
 
 
+def int64s(values: list[int], device: torch.device) -> torch.Tensor:
+    """A list of ints as an int64 tensor (through numpy: a few us where torch.tensor takes 20-80 us right after a
+    step's layer loop has streamed the weights through the caches)."""
+    return torch.from_numpy(np.array(values, dtype=np.int64)).to(device)
+
+
 def _sampling(rows: Sequence[Live], device: torch.device) -> dict:
     """sample()'s parameters for the rows: a scalar where every row has the same value (one request's k samples:
     fewer tensors to make and check each step), else one value per row."""
@@ -160,7 +166,7 @@ def _sampling(rows: Sequence[Live], device: torch.device) -> dict:
             "top_k": param([x.top_k for x in st], torch.int64), "top_p": param([x.top_p for x in st], torch.float32),
             "min_p": param([x.min_p for x in st], torch.float32),
             "seed": param([s.req.seed for s in rows], torch.int64),
-            "offset": torch.tensor([(s.j << 32) | len(s.tokens) for s in rows], dtype=torch.int64, device=device)}
+            "offset": int64s([(s.j << 32) | len(s.tokens) for s in rows], device)}
 
 
 class TokenRules:
@@ -169,6 +175,15 @@ class TokenRules:
     def __init__(self, tokenizer, eos_token_ids: Sequence[int]):
         self.tokenizer = tokenizer
         self.eos_token_ids = sorted(set(eos_token_ids))
+        self._eos_on: dict[torch.device, torch.Tensor] = {}
+
+    def _eos(self, device: torch.device) -> torch.Tensor:
+        """The EOS ids as an int64 tensor on device, made once. Why: made each step, after the layer loop has
+        streamed the weights through the caches, it cost 15-95 us."""
+        eos = self._eos_on.get(device)
+        if eos is None:
+            eos = self._eos_on[device] = torch.tensor(self.eos_token_ids, dtype=torch.int64, device=device)
+        return eos
 
     def choose(self, logits: torch.Tensor, rows: Sequence[Live]) -> None:
         """logits: (R, V), row r the next-token logits of sample rows[r]. Picks each sample's next token, appends it
@@ -178,10 +193,13 @@ class TokenRules:
         logprobs = torch.log_softmax(logits.float(), -1) if wants_logprobs else None
         masked = logits
         short = [r for r, s in enumerate(rows) if len(s.tokens) < s.req.settings.min_new_tokens]
-        if short and self.eos_token_ids:  # EOS is masked for every row below its minimum length in one index op
-            masked = logits.clone()
-            masked[torch.tensor(short, device=logits.device)[:, None],
-                   torch.tensor(self.eos_token_ids, device=logits.device)] = -math.inf
+        if short and self.eos_token_ids:  # EOS is masked for every row below its minimum length in one op
+            eos = self._eos(logits.device)
+            if len(short) == len(rows):
+                masked = logits.index_fill(1, eos, -math.inf)
+            else:
+                masked = logits.clone()
+                masked[int64s(short, logits.device)[:, None], eos] = -math.inf
         for r, s in enumerate(rows):
             masked = self._constrain(masked, logits, r, s)
         chosen = sample(masked, **_sampling(rows, logits.device)).tolist()
