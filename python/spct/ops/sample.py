@@ -40,10 +40,10 @@ Who checks what:
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any
 
-import numpy as np
 import torch
 
 from spct.ops import _views, dispatch
@@ -84,11 +84,21 @@ _FLOAT_RULES = {
 }
 
 
-def _float32(v: float) -> float:
-    """v rounded to float32 (to nearest, as torch rounds; beyond its range: +-inf). Through numpy: a scalar tensor
-    took 10 us a parameter in an engine step."""
-    with np.errstate(over="ignore"):
-        return float(np.float32(v))
+@functools.lru_cache(maxsize=256)
+def _filled(value: float | int, dtype: torch.dtype, rows: int, device: torch.device) -> torch.Tensor:
+    """(rows,) of a scalar parameter, made once per value, dtype, shape and device (no kernel writes to its
+    parameters). Why: an engine step passes the same temperature, top_k, top_p, min_p and seed every step, and
+    torch.full took about 20 us each there."""
+    return torch.full((rows,), value, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def _float_scalar(v: float, name: str, rows: int, device: torch.device) -> torch.Tensor:
+    """_float_param of a Python real, checked and made once per value (an error is raised again on every call)."""
+    ok, allowed = _FLOAT_RULES[name]
+    if not (ok(v) and ok(float(torch.tensor(v, dtype=torch.float32)))):
+        raise ValueError(f"{name} must be {allowed}, got {v}")
+    return _filled(v, torch.float32, rows, device)
 
 
 def _float_param(value: Scalar, name: str, rows: int, device: torch.device) -> torch.Tensor:
@@ -99,9 +109,7 @@ def _float_param(value: Scalar, name: str, rows: int, device: torch.device) -> t
             v = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be a real number, got {value!r}") from None
-        if not (ok(v) and ok(_float32(v))):
-            raise ValueError(f"{name} must be {allowed}, got {v}")
-        return torch.full((rows,), v, dtype=torch.float32, device=device)
+        return _float_scalar(v, name, rows, device)
     t = _as_tensor(value, name, rows, torch.float64, device)
     if t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be real numbers, got dtype {t.dtype}")
@@ -130,7 +138,7 @@ def _int_param(value: Scalar, name: str, rows: int, device: torch.device, wrap: 
         if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise ValueError(f"{name} must hold integers, got dtype {value.dtype}")
     elif _is_scalar(value):
-        return torch.full((rows,), _to_int(value, name, wrap), dtype=torch.int64, device=device)
+        return _filled(_to_int(value, name, wrap), torch.int64, rows, device)
     else:
         value = torch.tensor([_to_int(v, name, wrap) for v in value], dtype=torch.int64)
     return _as_tensor(value, name, rows, torch.int64, device).to(torch.int64).contiguous()
