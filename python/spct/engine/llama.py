@@ -437,7 +437,7 @@ class LlamaRunner:
             h = self._layers_paged(plan, x, positions, slots, kv)
         if not layout.logit_rows:
             return x.new_empty((0, c.vocab_size))
-        every = len(layout.logit_rows) == len(h) and layout.logit_rows[-1] == len(h) - 1  # increasing: all rows
+        every = layout.logit_rows == list(range(len(h)))  # a decode step: no gather
         return self._linear(self.lm_head, h if every else h[int64s(layout.logit_rows, dev)], True)
 
     def _layers_paged(self, plan, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,

@@ -25,7 +25,7 @@ import torch
 
 from spct.engine.scheduler import Entry, Job, Scheduler
 from spct.engine.threads import ThreadTuner, name_thread, release_pool
-from spct.engine.tokens import Live, Request, Sample, TokenRules
+from spct.engine.tokens import Live, Request, Sample, TokenRules, int64s
 
 __all__ = ["Handle", "Online", "RequestCancelled", "freeze_startup_heap"]
 
@@ -277,7 +277,7 @@ class Online:
                 rows.append(i)
                 lives.append(e.job.samples[e.j])
         if lives:
-            picked = logits if rows == list(range(len(logits))) else logits[torch.tensor(rows, device=logits.device)]
+            picked = logits if rows == list(range(len(logits))) else logits[int64s(rows, logits.device)]
             self.rules.choose(picked, lives)
         for job, samples in forks:  # their partial blocks are copied before the next step
             if job.admitted >= 0 and job.prompt is not None:
