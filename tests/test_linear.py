@@ -54,6 +54,26 @@ def test_a_row_does_not_depend_on_the_batch(kernel):
         assert torch.equal(lin(x[rows - 1: rows]), full[rows - 1: rows]), rows
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("n", [112, 400, 960])
+def test_a_row_does_not_depend_on_the_thread_count(kernel, n):
+    """Each thread's share of the blocks starts anywhere in a group of the grouped layout (7, 25 and 60 blocks over
+    1-3 threads): the same bits whatever the split."""
+    g = torch.Generator().manual_seed(n)
+    lin = Linear((torch.randn((n, 96), generator=g) / 10).bfloat16(), kernel=_kernel(kernel))
+    x = torch.randn((7, 96), generator=g).bfloat16()
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append((lin(x), lin(x[:1])))
+    finally:
+        torch.set_num_threads(before)
+    for full, one in outs[1:]:
+        assert torch.equal(full, outs[0][0]) and torch.equal(one, outs[0][1])
+
+
 @needs_native
 def test_the_default_kernel_is_the_fastest_the_cpu_runs():
     lib = dispatch.native()

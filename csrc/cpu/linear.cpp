@@ -24,24 +24,23 @@ inline __m512 bias_block(const uint16_t* bias, int64_t n0) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
 }
 
-// Rows [0, R) of x for blocks [nb, nb + J). Blocks [pf0, pf1) of the thread's next task (pf: its weights, null:
-// none) are prefetched into L2 on the way, one cache line per pair of K and block.
+// Rows [0, R) of x for the J blocks whose pair p starts at w + p * stride (block j 32 elements on: the grouped
+// layout of spct/linear.h), outputs from nb * 16. On the way, cache lines [pf0, pf1) from pf (the thread's next task,
+// null: none) are prefetched into L2, pf_step of them per pair.
 template <int R, int J>
-void block(const uint16_t* x, int64_t k, const uint16_t* packed, int64_t nb, const uint16_t* bias, uint16_t* y,
-           int64_t n, const uint16_t* pf, int pf0, int pf1) {
+void block(const uint16_t* x, int64_t k, const uint16_t* w, int64_t stride, int64_t nb, const uint16_t* bias,
+           uint16_t* y, int64_t n, const uint16_t* pf, int64_t pf0, int64_t pf1, int64_t pf_step) {
   __m512 acc[R][J];
   for (int j = 0; j < J; ++j) {
     const __m512 b = bias_block(bias, (nb + j) * 16);
     for (int r = 0; r < R; ++r) acc[r][j] = b;
   }
   const int64_t pairs = k / 2;
-  const uint16_t* w = packed + nb * pairs * 32;
   for (int64_t p = 0; p < pairs; ++p) {
     __m512i wv[J];
-    for (int j = 0; j < J; ++j) wv[j] = _mm512_loadu_si512(w + (j * pairs + p) * 32);
-    if (pf != nullptr)
-      for (int j = pf0; j < pf1; ++j)
-        _mm_prefetch(reinterpret_cast<const char*>(pf + (j * pairs + p) * 32), _MM_HINT_T1);
+    for (int j = 0; j < J; ++j) wv[j] = _mm512_loadu_si512(w + p * stride + j * 32);
+    for (int64_t line = pf0 + p * pf_step, i = 0; pf != nullptr && i < pf_step && line < pf1; ++i, ++line)
+      _mm_prefetch(reinterpret_cast<const char*>(pf + line * 32), _MM_HINT_T1);
     for (int r = 0; r < R; ++r) {
       uint32_t pair;
       memcpy(&pair, x + r * k + 2 * p, sizeof pair);
@@ -56,25 +55,41 @@ void block(const uint16_t* x, int64_t k, const uint16_t* packed, int64_t nb, con
     }
 }
 
-// One task: every row of x for blocks [nb, nb + J), kRows rows per pass. The passes after the first prefetch the
-// next task's pf_blocks blocks (at pf), shared out among them.
+// Block b's pair 0 in the grouped layout, and the stride from one pair to the next (its group's blocks times 32).
+struct At {
+  const uint16_t* w;
+  int64_t stride;
+};
+inline At at(const uint16_t* packed, int64_t n_blocks, int64_t pairs, int64_t b) {
+  const int64_t g0 = b / kBlocks * kBlocks, width = n_blocks - g0 < kBlocks ? n_blocks - g0 : kBlocks;
+  return {packed + (g0 * pairs + (b - g0)) * 32, width * 32};
+}
+
+template <int R>
+struct Rows {  // a pass's row count, as a type
+  static constexpr int value = R;
+};
+
+// One task: every row of x for blocks [nb, nb + J) (within one group), kRows rows per pass. The passes after the
+// first prefetch the next task's group (pf: its lines, one after another, 0: none), shared out among them in
+// consecutive runs of lines.
 template <int J>
-void task(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t nb, const uint16_t* bias,
-          uint16_t* y, int64_t n, const uint16_t* pf, int pf_blocks) {
-  const int64_t passes = (m + kRows - 1) / kRows;
-  const auto lo = [&](int64_t pass) {
-    return pass == 0 || passes < 2 ? 0 : int((pass - 1) * pf_blocks / (passes - 1));
+void task(const uint16_t* x, int64_t m, int64_t k, At w, int64_t nb, const uint16_t* bias, uint16_t* y, int64_t n,
+          At pf) {
+  const int64_t passes = (m + kRows - 1) / kRows, pairs = k / 2, lines = pf.w == nullptr ? 0 : pairs * pf.stride / 32;
+  const int64_t step = passes < 2 ? 0 : (lines + (passes - 1) * pairs - 1) / ((passes - 1) * pairs);  // per pair
+  const auto run = [&](auto rows, int64_t r, int64_t pass) {
+    const int64_t pf0 = pass == 0 ? lines : (pass - 1) * pairs * step;
+    block<decltype(rows)::value, J>(x + r * k, k, w.w, w.stride, nb, bias, y + r * n, n, pf.w, pf0, lines, step);
   };
   int64_t r = 0, pass = 0;
-  for (; r + kRows <= m; r += kRows, ++pass)
-    block<kRows, J>(x + r * k, k, packed, nb, bias, y + r * n, n, pf, lo(pass), lo(pass + 1));
-  const int a = lo(pass), b = lo(pass + 1);
+  for (; r + kRows <= m; r += kRows, ++pass) run(Rows<kRows>(), r, pass);
   switch (m - r) {  // the same sums, fewer rows
-    case 5: block<5, J>(x + r * k, k, packed, nb, bias, y + r * n, n, pf, a, b); break;
-    case 4: block<4, J>(x + r * k, k, packed, nb, bias, y + r * n, n, pf, a, b); break;
-    case 3: block<3, J>(x + r * k, k, packed, nb, bias, y + r * n, n, pf, a, b); break;
-    case 2: block<2, J>(x + r * k, k, packed, nb, bias, y + r * n, n, pf, a, b); break;
-    case 1: block<1, J>(x + r * k, k, packed, nb, bias, y + r * n, n, pf, a, b); break;
+    case 5: run(Rows<5>(), r, pass); break;
+    case 4: run(Rows<4>(), r, pass); break;
+    case 3: run(Rows<3>(), r, pass); break;
+    case 2: run(Rows<2>(), r, pass); break;
+    case 1: run(Rows<1>(), r, pass); break;
     default: break;
   }
 }
@@ -85,8 +100,9 @@ bool linear_bf16_supported() { return __builtin_cpu_supports("avx512bf16") && __
 
 void linear_bf16(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed, int64_t n, const uint16_t* bias,
                  uint16_t* y) {
-  // Each thread takes an equal share of the 16-output blocks, in tasks of kBlocks (its last one smaller). Why: tasks
-  // of 4 blocks over 2 threads left one thread idle for a task in qkv (15 tasks), o and down (9).
+  // Each thread takes an equal share of the 16-output blocks, in tasks of up to kBlocks that end where their group
+  // does (the first and last may be smaller). Why: tasks of 4 blocks over 2 threads left one thread idle for a task
+  // in qkv (15 tasks), o and down (9).
   //
   // More rows than one pass holds (k = 16: passes of 6, 6 and 4 rows over each task's 64 outputs): the first pass
   // reads the weights from memory and the later ones from L2, so memory sat idle for most of the task and the first
@@ -94,21 +110,32 @@ void linear_bf16(const uint16_t* x, int64_t m, int64_t k, const uint16_t* packed
   // one process (2-core EPYC, AVX-512 BF16, cold weights, M = 16): gate_up 238 -> 184 us, the LM head 3.51 -> 2.64
   // ms, qkv, o and down 1.1-1.2x; a k = 16 decode step 1.13x. Tried and dropped: cutting K into chunks of 32-128
   // pairs whose weights stay in L1 across the passes (slower: memory still idle while the later passes run).
-  const int64_t n_blocks = n / 16;
+  //
+  // The weight is grouped (spct/linear.h): a task's blocks lie in one group, whose pairs follow one another, so each
+  // thread reads its share as one stream. Why: with the blocks one after another, a task read 4 streams 18 KB apart
+  // (K = 576) and a thread's share restarted them every 64 outputs. Measured alternately in one process (2-core
+  // EPYC, 2 threads, cold copies of SmolLM2-135M's matrices, the same bits): at M = 1 qkv 1.10-1.21x, gate_up 1.12-
+  // 1.14x, the LM head 1.12-1.24x, o and down 0.93-1.04x; at M = 16 0.92-1.05x (a pass's prefetch of the next task
+  // is a run of its group's lines: as 2 of every 4 lines, M = 16 was 0.87-0.97x).
+  const int64_t n_blocks = n / 16, pairs = k / 2;
   const bool prefetch = m > kRows;
 #pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
     const int64_t b0 = n_blocks * id / threads, b1 = n_blocks * (id + 1) / threads;
-    for (int64_t nb = b0; nb < b1; nb += kBlocks) {
-      const int64_t blocks = b1 - nb < kBlocks ? b1 - nb : kBlocks, after = nb + blocks;
-      const int pf_blocks = int(b1 - after < kBlocks ? b1 - after : kBlocks);  // the next task's
-      const uint16_t* pf = prefetch && pf_blocks > 0 ? packed + after * (k / 2) * 32 : nullptr;
+    const auto end = [&](int64_t nb) {  // the task from block nb: to its group's end or the thread's last block
+      const int64_t e = (nb / kBlocks + 1) * kBlocks;
+      return e < b1 ? e : b1;
+    };
+    for (int64_t nb = b0; nb < b1; nb = end(nb)) {
+      const int64_t blocks = end(nb) - nb, after = end(nb);
+      const At w = at(packed, n_blocks, pairs, nb);
+      const At pf = prefetch && after < b1 ? at(packed, n_blocks, pairs, after) : At{nullptr, 0};
       switch (blocks) {
-        case 4: task<4>(x, m, k, packed, nb, bias, y, n, pf, pf_blocks); break;
-        case 3: task<3>(x, m, k, packed, nb, bias, y, n, pf, pf_blocks); break;
-        case 2: task<2>(x, m, k, packed, nb, bias, y, n, pf, pf_blocks); break;
-        default: task<1>(x, m, k, packed, nb, bias, y, n, pf, pf_blocks); break;
+        case 4: task<4>(x, m, k, w, nb, bias, y, n, pf); break;
+        case 3: task<3>(x, m, k, w, nb, bias, y, n, pf); break;
+        case 2: task<2>(x, m, k, w, nb, bias, y, n, pf); break;
+        default: task<1>(x, m, k, w, nb, bias, y, n, pf); break;
       }
     }
   }

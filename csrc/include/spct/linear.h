@@ -1,9 +1,14 @@
 // linear_bf16: y (M, N) = x (M, K) W^T (+ bias), bfloat16 in and out, float32 accumulation, for the small M of
-// decoding (one row per live sample). W comes pre-packed in pairs along K for 16 outputs at a time:
-//   packed (N / 16, K / 2, 16, 2): element (n, k) at ((n / 16) * (K / 2) + k / 2) * 32 + (n % 16) * 2 + k % 2
-// (the layout of the AVX-512 BF16 dot-product instruction, and of an AMX tile of B). N must be a multiple of 16 and
-// K of 32 (the caller, spct.ops.linear.Linear, pads the weight so). Three builds read it: AVX-512 BF16
-// (linear_bf16, where linear_bf16_supported()), AMX (linear_bf16_amx) and AVX2 + FMA (linear_bf16_avx2).
+// decoding (one row per live sample). W comes pre-packed in pairs along K for 16 outputs at a time (a block), in one
+// of two layouts:
+//   blocked (N / 16, K / 2, 16, 2): element (n, k) at ((n / 16) * (K / 2) + k / 2) * 32 + (n % 16) * 2 + k % 2
+//     (the layout of an AMX tile of B), read by linear_bf16_amx and linear_bf16_avx2;
+//   grouped: the blocks in groups of 4 (64 outputs; the last group has the rest), each group (K / 2, blocks, 16, 2)
+//     after the ones before it: element (n, k) of block b = n / 16, in the group from g0 = b / 4 * 4 of w =
+//     min(4, N / 16 - g0) blocks, at (g0 * (K / 2) + (k / 2) * w + b - g0) * 32 + (n % 16) * 2 + k % 2; read by
+//     linear_bf16 (AVX-512 BF16), whose thread reads its share as one stream (csrc/cpu/linear.cpp).
+// N must be a multiple of 16 and K of 32 (the caller, spct.ops.linear.Linear, pads the weight so and packs it in its
+// kernel's layout).
 #pragma once
 
 #include <cstdint>

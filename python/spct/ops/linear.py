@@ -5,10 +5,12 @@ is far from the memory and dot-product limits there (see csrc/cpu/linear.cpp). `
 once into the kernel's layout and runs it for any number of rows; elsewhere (float32, other CPUs, CUDA) it is
 `torch.nn.functional.linear`, which is also the reference the kernel is tested against.
 
-Three builds of the kernel share the packed layout: AMX tiles where the CPU has them (csrc/cpu/linear_amx.cpp),
-else AVX-512 BF16 dot products (csrc/cpu/linear.cpp), else float32 FMAs on AVX2 (csrc/cpu/linear_avx2.cpp). One is
-chosen per process (`kernel_name`) and runs for every M, because they sum in different orders and a row's bits
-must not change with the number of rows.
+Three builds of the kernel: AMX tiles where the CPU has them (csrc/cpu/linear_amx.cpp), else AVX-512 BF16 dot
+products (csrc/cpu/linear.cpp), else float32 FMAs on AVX2 (csrc/cpu/linear_avx2.cpp). Each reads the weight packed
+in pairs along K for 16 outputs at a time (a block); the AVX-512 BF16 build has the blocks grouped by 4, a group's
+pairs one after another (`GROUP`, spct/linear.h), so that a thread streams its share. One is chosen per process
+(`kernel_name`) and runs for every M, because they sum in different orders and a row's bits must not change with the
+number of rows.
 
 Checks: this wrapper decides when the kernel runs (a bf16 weight on a CPU with one of the builds, a bf16 CPU input),
 checks x's shape (M, K) and builds what the kernel needs (the weight padded to N a multiple of 16 and K even, then
@@ -25,6 +27,7 @@ from spct.ops import dispatch
 __all__ = ["KERNELS", "Linear", "kernel_name", "native_bf16_available", "supported_kernels"]
 
 KERNELS = ("amx", "avx512bf16", "avx2")
+GROUP = 4  # blocks of 16 outputs per group of the AVX-512 BF16 build's grouped layout
 
 
 def supported_kernels(device: torch.device = torch.device("cpu")) -> tuple[str, ...]:
@@ -70,8 +73,7 @@ class Linear:
         n_pad, k_pad = -n % 16, -k % 32
         w = F.pad(weight, (0, k_pad, 0, n_pad))  # zero rows and columns: N a multiple of 16, K of 32 (an AMX tile)
         self.n, self.k = n + n_pad, k + k_pad
-        # (N/16, 16, K/2, 2) -> (N/16, K/2, 16, 2): pairs along K for 16 outputs at a time
-        self.packed = w.view(self.n // 16, 16, self.k // 2, 2).permute(0, 2, 1, 3).contiguous()
+        self.packed = _pack(w, self.kernel == "avx512bf16")
         self.bias = None if bias is None else F.pad(bias, (0, n_pad)).contiguous()
         self.weight = None
         self._lib = dispatch.native()
@@ -92,8 +94,37 @@ class Linear:
 
     def unpacked(self) -> torch.Tensor:
         """The (N, K) weight back from the packed layout."""
-        w = self.packed.permute(0, 2, 1, 3).reshape(self.n, self.k)
+        w = _unpack(self.packed, self.n, self.k, self.kernel == "avx512bf16")
         return w[: self.out_features, : self.in_features]
 
     def _bias(self):
         return None if self.bias is None else self.bias[: self.out_features]
+
+
+def _groups(n: int) -> list[tuple[int, int]]:
+    """The grouped layout's groups of an N-output weight: (first block, blocks) each."""
+    blocks = n // 16
+    return [(g, min(GROUP, blocks - g)) for g in range(0, blocks, GROUP)]
+
+
+def _pack(w: torch.Tensor, grouped: bool) -> torch.Tensor:
+    """w (N, K), N a multiple of 16 and K even -> packed (spct/linear.h): blocked (N/16, K/2, 16, 2), or grouped
+    (the same elements, flat)."""
+    n, k = w.shape
+    blocks = w.view(n // 16, 16, k // 2, 2)
+    if not grouped:  # (N/16, 16, K/2, 2) -> (N/16, K/2, 16, 2)
+        return blocks.permute(0, 2, 1, 3).contiguous()
+    # each group (blocks, 16, K/2, 2) -> (K/2, blocks, 16, 2)
+    return torch.cat([blocks[g:g + width].permute(2, 0, 1, 3).reshape(-1) for g, width in _groups(n)])
+
+
+def _unpack(packed: torch.Tensor, n: int, k: int, grouped: bool) -> torch.Tensor:
+    """_pack's inverse: the (N, K) weight."""
+    if not grouped:
+        return packed.permute(0, 2, 1, 3).reshape(n, k)
+    parts, at = [], 0
+    for _, width in _groups(n):
+        size = width * 16 * k
+        parts.append(packed[at:at + size].view(k // 2, width, 16, 2).permute(1, 2, 0, 3).reshape(width * 16, k))
+        at += size
+    return torch.cat(parts)
