@@ -25,8 +25,8 @@ inline __m512 bias_block(const uint16_t* bias, int64_t n0) {
 }
 
 // Rows [0, R) of x for the J blocks whose pair p starts at w + p * stride (block j 32 elements on: the grouped
-// layout of spct/linear.h), outputs from nb * 16. On the way, cache lines [pf0, pf1) from pf (the thread's next task,
-// null: none) are prefetched into L2, pf_step of them per pair.
+// layout of spct/linear.h), outputs from nb * 16. On the way, cache lines [pf0, pf1) from pf (the thread's next task;
+// an empty range: none) are prefetched into L2, pf_step of them per pair.
 template <int R, int J>
 void block(const uint16_t* x, int64_t k, const uint16_t* w, int64_t stride, int64_t nb, const uint16_t* bias,
            uint16_t* y, int64_t n, const uint16_t* pf, int64_t pf0, int64_t pf1, int64_t pf_step) {
@@ -39,7 +39,7 @@ void block(const uint16_t* x, int64_t k, const uint16_t* w, int64_t stride, int6
   for (int64_t p = 0; p < pairs; ++p) {
     __m512i wv[J];
     for (int j = 0; j < J; ++j) wv[j] = _mm512_loadu_si512(w + p * stride + j * 32);
-    for (int64_t line = pf0 + p * pf_step, i = 0; pf != nullptr && i < pf_step && line < pf1; ++i, ++line)
+    for (int64_t line = pf0 + p * pf_step, i = 0; i < pf_step && line < pf1; ++i, ++line)
       _mm_prefetch(reinterpret_cast<const char*>(pf + line * 32), _MM_HINT_T1);
     for (int r = 0; r < R; ++r) {
       uint32_t pair;
@@ -65,11 +65,6 @@ inline At at(const uint16_t* packed, int64_t n_blocks, int64_t pairs, int64_t b)
   return {packed + (g0 * pairs + (b - g0)) * 32, width * 32};
 }
 
-template <int R>
-struct Rows {  // a pass's row count, as a type
-  static constexpr int value = R;
-};
-
 // One task: every row of x for blocks [nb, nb + J) (within one group), kRows rows per pass. The passes after the
 // first prefetch the next task's group (pf: its lines, one after another, 0: none), shared out among them in
 // consecutive runs of lines.
@@ -78,18 +73,17 @@ void task(const uint16_t* x, int64_t m, int64_t k, At w, int64_t nb, const uint1
           At pf) {
   const int64_t passes = (m + kRows - 1) / kRows, pairs = k / 2, lines = pf.w == nullptr ? 0 : pairs * pf.stride / 32;
   const int64_t step = passes < 2 ? 0 : (lines + (passes - 1) * pairs - 1) / ((passes - 1) * pairs);  // per pair
-  const auto run = [&](auto rows, int64_t r, int64_t pass) {
-    const int64_t pf0 = pass == 0 ? lines : (pass - 1) * pairs * step;
-    block<decltype(rows)::value, J>(x + r * k, k, w.w, w.stride, nb, bias, y + r * n, n, pf.w, pf0, lines, step);
-  };
+  const auto from = [&](int64_t pass) { return pass == 0 ? lines : (pass - 1) * pairs * step; };  // pass 0: none
   int64_t r = 0, pass = 0;
-  for (; r + kRows <= m; r += kRows, ++pass) run(Rows<kRows>(), r, pass);
+  for (; r + kRows <= m; r += kRows, ++pass)
+    block<kRows, J>(x + r * k, k, w.w, w.stride, nb, bias, y + r * n, n, pf.w, from(pass), lines, step);
+  const int64_t f = from(pass);
   switch (m - r) {  // the same sums, fewer rows
-    case 5: run(Rows<5>(), r, pass); break;
-    case 4: run(Rows<4>(), r, pass); break;
-    case 3: run(Rows<3>(), r, pass); break;
-    case 2: run(Rows<2>(), r, pass); break;
-    case 1: run(Rows<1>(), r, pass); break;
+    case 5: block<5, J>(x + r * k, k, w.w, w.stride, nb, bias, y + r * n, n, pf.w, f, lines, step); break;
+    case 4: block<4, J>(x + r * k, k, w.w, w.stride, nb, bias, y + r * n, n, pf.w, f, lines, step); break;
+    case 3: block<3, J>(x + r * k, k, w.w, w.stride, nb, bias, y + r * n, n, pf.w, f, lines, step); break;
+    case 2: block<2, J>(x + r * k, k, w.w, w.stride, nb, bias, y + r * n, n, pf.w, f, lines, step); break;
+    case 1: block<1, J>(x + r * k, k, w.w, w.stride, nb, bias, y + r * n, n, pf.w, f, lines, step); break;
     default: break;
   }
 }

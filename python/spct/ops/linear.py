@@ -101,30 +101,25 @@ class Linear:
         return None if self.bias is None else self.bias[: self.out_features]
 
 
-def _groups(n: int) -> list[tuple[int, int]]:
-    """The grouped layout's groups of an N-output weight: (first block, blocks) each."""
-    blocks = n // 16
-    return [(g, min(GROUP, blocks - g)) for g in range(0, blocks, GROUP)]
-
-
 def _pack(w: torch.Tensor, grouped: bool) -> torch.Tensor:
     """w (N, K), N a multiple of 16 and K even -> packed (spct/linear.h): blocked (N/16, K/2, 16, 2), or grouped
-    (the same elements, flat)."""
+    (the same elements, flat: the full groups of GROUP blocks, then the rest as one group)."""
     n, k = w.shape
     blocks = w.view(n // 16, 16, k // 2, 2)
     if not grouped:  # (N/16, 16, K/2, 2) -> (N/16, K/2, 16, 2)
         return blocks.permute(0, 2, 1, 3).contiguous()
-    # each group (blocks, 16, K/2, 2) -> (K/2, blocks, 16, 2)
-    return torch.cat([blocks[g:g + width].permute(2, 0, 1, 3).reshape(-1) for g, width in _groups(n)])
+    full = n // 16 // GROUP * GROUP
+    # a group (blocks, 16, K/2, 2) -> (K/2, blocks, 16, 2)
+    groups = blocks[:full].view(full // GROUP, GROUP, 16, k // 2, 2).permute(0, 3, 1, 2, 4).reshape(-1)
+    return torch.cat([groups, blocks[full:].permute(2, 0, 1, 3).reshape(-1)])
 
 
 def _unpack(packed: torch.Tensor, n: int, k: int, grouped: bool) -> torch.Tensor:
     """_pack's inverse: the (N, K) weight."""
     if not grouped:
         return packed.permute(0, 2, 1, 3).reshape(n, k)
-    parts, at = [], 0
-    for _, width in _groups(n):
-        size = width * 16 * k
-        parts.append(packed[at:at + size].view(k // 2, width, 16, 2).permute(1, 2, 0, 3).reshape(width * 16, k))
-        at += size
-    return torch.cat(parts)
+    full = n // 16 // GROUP * GROUP
+    groups, rest = packed[: full * 16 * k], packed[full * 16 * k:]
+    groups = groups.view(full // GROUP, k // 2, GROUP, 16, 2).permute(0, 2, 3, 1, 4).reshape(full * 16, k)
+    rest = rest.view(k // 2, n // 16 - full, 16, 2).permute(1, 2, 0, 3).reshape(n - full * 16, k)
+    return torch.cat([groups, rest])
