@@ -188,6 +188,65 @@ def test_rows_do_not_depend_on_the_thread_count(kernel):
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
+def few_rows_cases() -> list:
+    """(segments, rows, causal) over few_rows_cache: one row, two rows, two causal rows of a chunk."""
+    prompt = (list(range(45)), 710)
+    return [([(*prompt, [0]), ([45, 46, 47], 40, [0])], 1, {}),
+            ([(*prompt, [0, 1]), ([45, 46], 17, [0]), ([50], 7, [1])], 2, {}),
+            ([(*prompt, [0, 1]), ([45, 46, 47], 44, [0, 1])], 2,
+             {"causal": [False, True], "seg_start": [0, 710], "q_pos": [735, 751]})]
+
+
+def few_rows_cache(dim: int, seed: int) -> tuple:
+    """60 blocks of 16 (3 KV heads), NaN in the rows no case of few_rows_cases reads."""
+    k_cache, v_cache = cache_of(60, 16, BF16, seed=seed, kv_heads=3, dim=dim)
+    k_cache[44, 6:], v_cache[44, 6:] = float("nan"), float("nan")  # the prompt's 710 tokens end in block 44
+    for unread in ([48, 49, 52], [55, 56, 57, 58, 59]):
+        k_cache[unread], v_cache[unread] = float("nan"), float("nan")
+    return k_cache, v_cache
+
+
+def among_others(segs: list, rows: int, causal: dict) -> tuple:
+    """The segments with 16 - rows more rows (1 to 16 tokens of their own each), and the causal arguments for them."""
+    crowd = segs + [([r % 3 + 53], 1 + r, [r]) for r in range(rows, 16)]
+    if not causal:
+        return crowd, {}
+    pad = 16 - rows
+    return crowd, {"causal": causal["causal"] + [False] * pad, "seg_start": causal["seg_start"] + [0] * pad,
+                   "q_pos": causal["q_pos"] + [0] * pad}
+
+
+@pytest.mark.parametrize("dim", [64, 128])
+def test_few_rows_on_more_threads_give_the_bits_of_one(dim, kernel):
+    """One or two decode rows (3 KV heads: 3 tasks, fewer than two per thread on 2 or 3 threads, where the AVX-512
+    BF16 build cuts the blocks into pieces: paged_attention_split.h) over a 45-block prompt and 7 to 40 tokens of
+    their own, and two causal rows of a chunk over it, with NaN in the cache rows no case reads, over 6 draws: the
+    bits of one thread and of the same rows among 14 others (on 2 threads), and close to the oracle."""
+    for seed in range(6):
+        k_cache, v_cache = few_rows_cache(dim, seed=30 + seed)
+        q = (torch.randn(16, 9, dim, generator=torch.Generator().manual_seed(60 + seed)) * 2).to(BF16)
+        for segs, rows, causal in few_rows_cases():
+            outs = []
+            for threads in (1, 2, 3):
+                torch.set_num_threads(threads)
+                outs.append(bits(over_blocks(q[:rows], k_cache, v_cache, segs, kernel, **causal)))
+            crowd, extra = among_others(segs, rows, causal)
+            torch.set_num_threads(2)
+            among = bits(over_blocks(q, k_cache, v_cache, crowd, kernel, **extra)[:rows])
+            torch.set_num_threads(1)
+            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), (seed, rows, causal)
+            assert torch.equal(among, outs[0]), (seed, rows, causal)
+            layout = {"q": q[:rows], "k_cache": k_cache, "v_cache": v_cache,
+                      **dict(zip(INDEX, (i32([b for ids, _, _ in segs for b in ids]),
+                                         indptr([len(ids) for ids, _, _ in segs]), i32([n for _, n, _ in segs]),
+                                         indptr([len(r) for _, _, r in segs]),
+                                         i32([r for _, _, rs in segs for r in rs]))))}
+            if causal:
+                layout.update(causal=torch.tensor(causal["causal"]), seg_start=i32(causal["seg_start"]),
+                              q_pos=i32(causal["q_pos"]))
+            torch.testing.assert_close(outs[0].view(BF16), oracle(layout), **TOLERANCES[BF16])
+
+
 def test_default_choice():
     """The default for bfloat16 pair shapes is the best build this CPU runs (AMX, then AVX-512 BF16), every other
     shape runs the float32 vector build."""

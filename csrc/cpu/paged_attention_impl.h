@@ -9,7 +9,9 @@
 // read once (as float32) for all those queries (laid across vector lanes), then each query's online-softmax state
 // (max, sum, float32 accumulator of D) is updated once for the block (the rule in spct/paged_attention.h). Every
 // operation on a query is lane-wise or its own sequential loop, so its bits do not depend on its lane, on which
-// other queries share the block, or on the task's other segments; tasks share nothing, so neither do threads.
+// other queries share the block, or on the task's other segments; tasks share nothing, so neither do threads. (The
+// AVX-512 BF16 build cuts a call of fewer tasks than two per thread into pieces of blocks instead, with the same
+// bits: paged_attention_split.h.)
 //
 // No standard-library templates here (std::vector, std::max...): their instantiations are shared with the other
 // translation units by the linker, and one compiled with AVX-512 could end up run on a CPU without it.
@@ -390,6 +392,7 @@ void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int
 #include "paged_attention_amx.h"
 #elif defined(SPCT_DPBF16)
 #include "paged_attention_dpbf16.h"
+#include "paged_attention_split.h"
 #endif
 
 // One task: KV head h for the queries of tile `tile`; writes their outputs (zeros for a row that saw no token).
@@ -436,6 +439,12 @@ void run_typed(const PagedAttention& a) {
   thread_local Tiles kept;
   plan_tiles(a, &kept);
   const Tiles* tl = &kept;  // the calling thread's, for every thread (inside the region `kept` names the thread's own)
+#if defined(SPCT_DPBF16)
+  if constexpr (sizeof(T) == 2 && D % 32 == 0) {
+    thread_local Split split;
+    if (plan_split(a, kept, omp_get_max_threads(), &split)) return run_split<D>(a, &split);
+  }
+#endif
   const int64_t tasks = tl->count * a.kv_heads;
 #pragma omp parallel
   {
