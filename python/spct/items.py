@@ -45,7 +45,10 @@ class ItemError(ValueError):
 
     def __init__(self, index: int, detail: str, name: str | None = None):
         super().__init__(f"{name or f'items[{index}]'}: {detail}")
-        self.index, self.detail = index, detail
+        self.index, self.detail, self.name = index, detail, name
+
+    def __reduce__(self):  # picklable, so it crosses processes (a Ray worker's error reaches the driver)
+        return type(self), (self.index, self.detail, self.name)
 
 
 @dataclass

@@ -3,6 +3,9 @@
 Each output line: {"key", "id" (when the item has one), "rewards", "best", "num_valid", "k"}. `key` is the item's
 id, or "line:N" for an item without one (N: its line in the input); it is what a rerun matches to skip finished
 items. `rewards` are in the item's response order, null where no sample was valid.
+
+With --ray the items go in shards to Ray actors (`spct.ray`), each shard's lines are appended as it finishes, and
+the file is put back in input order at the end: the same bytes as a run in one process.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from spct._atomic import append_lines, complete_lines
+from spct._atomic import append_lines, complete_lines, write_text
 from spct.cli import checks
 from spct.items import ItemError, check, iter_jsonl
 
@@ -65,6 +68,12 @@ def _check(args: argparse.Namespace) -> tuple[Path, Path, bool]:
     """Numbers, then paths: (input, output, whether the output exists already)."""
     checks.at_least("--k", args.k, 1)
     checks.judging(args, args.k)
+    checks.at_least("--workers", args.workers, 1)
+    checks.at_least("--cpus-per-worker", args.cpus_per_worker, 1)
+    if not args.ray:
+        given = [o for o, v in (("--address", args.address), ("--workers", args.workers)) if v is not None]
+        if given:
+            raise ValueError(f"{given[0]} is for --ray runs: add --ray, or leave {given[0]} out")
     inp = checks.readable(args.input, "--input")
     out = Path(args.output)
     return inp, out, checks.writable_file(out, "--output")
@@ -96,6 +105,13 @@ def cmd_score(args: argparse.Namespace) -> None:
     checks.model(args.model, "--model")
     if args.meta_rm is not None:
         checks.model(args.meta_rm, "--meta-rm")
+    if args.ray:
+        try:
+            _score_on_ray(args, inp, out, todo, [_key(lineno, item) for lineno, item in items])
+        finally:
+            if not existed and out.is_file() and out.stat().st_size == 0:
+                out.unlink()
+        return
     grm = spct.GenerativeRewardModel.from_pretrained(args.model, dtype=args.dtype)
     meta_rm = None if args.meta_rm is None else spct.MetaRewardModel.from_pretrained(args.meta_rm, dtype=args.dtype)
     try:
@@ -119,20 +135,78 @@ def _score(args, grm, meta_rm, inp: Path, out: Path, todo: list) -> None:
             except ItemError as exc:
                 _, lineno, item = chunk[exc.index]
                 raise ValueError(f"{_where(inp, lineno, item)}: {exc.detail}") from None
-            lines = [json.dumps({"key": _key(lineno, item), **({"id": item["id"]} if "id" in item else {}),
-                                 "rewards": [_json_float(r) for r in j.rewards], "best": j.best,
-                                 "num_valid": j.num_valid, "k": args.k})
-                     for (_, lineno, item), j in zip(chunk, judged)]
-            try:
-                append_lines(out, lines)  # all of the batch's lines or none
-            except OSError as exc:
-                raise ValueError(f"could not write to --output {out} ({exc.strerror}); the {written} items scored "
-                                 f"before are kept there: fix it and rerun the same command to score the other "
-                                 f"{len(todo) - written}") from None
+            _append(out, [_line(args, lineno, item, j.rewards, j.best, j.num_valid)
+                          for (_, lineno, item), j in zip(chunk, judged)], written, len(todo))
             written += len(chunk)
             bar.set_postfix_str(f"items {written}/{len(todo)}")
     finally:
         bar.close()
+
+
+def _line(args, lineno: int, item: dict, rewards, best: int | None, num_valid: int) -> str:
+    return json.dumps({"key": _key(lineno, item), **({"id": item["id"]} if "id" in item else {}),
+                       "rewards": [_json_float(r) for r in rewards], "best": best, "num_valid": num_valid,
+                       "k": args.k})
+
+
+def _append(out: Path, lines: list[str], written: int, total: int) -> None:
+    try:
+        append_lines(out, lines)  # all of the batch's lines or none
+    except OSError as exc:
+        raise ValueError(f"could not write to --output {out} ({exc.strerror}); the {written} items scored before "
+                         f"are kept there: fix it and rerun the same command to score the other "
+                         f"{total - written}") from None
+
+
+def _score_on_ray(args, inp: Path, out: Path, todo: list, keys: list[str]) -> None:
+    """The items in shards on Ray actors; each shard's lines appended as it finishes, then the file in input
+    order. An item that failed on every try is named on stderr, and the command fails after the others are written."""
+    from spct.ray import ScoreJob, Shard, connect, disconnect
+
+    workers = connect(args.address, args.workers, args.cpus_per_worker)
+    try:
+        size = max(1, min(args.batch_size, -(-len(todo) // (4 * workers))))  # about 4 shards per worker
+        shards = [Shard([n for n, _, _ in todo[i: i + size]], [it for _, _, it in todo[i: i + size]])
+                  for i in range(0, len(todo), size)]
+        where = {n: (lineno, item) for n, lineno, item in todo}
+        failed = []
+
+        def on_failed(n: int, item: dict, reason: str) -> None:
+            failed.append(_key(where[n][0], item))
+            print(f"{_where(inp, where[n][0], item)}: not scored: {reason}", file=sys.stderr)
+
+        params = {"k": args.k, "seed": args.seed, "max_new_tokens": args.max_new_tokens, "k_meta": args.k_meta,
+                  "force_scores": args.force_scores, "reduce": args.reduce,
+                  "shuffle": "balanced" if args.orders == "balanced" else None}
+        job = ScoreJob(args.model, args.dtype, workers, params, meta_rm=args.meta_rm,
+                       cpus_per_worker=args.cpus_per_worker)
+        bar, written = _bar(len(todo)), 0
+        try:
+            for shard, results, tokens in job.run(shards, on_failed):
+                _append(out, [_line(args, *where[n], *r) for n, r in zip(shard.numbers, results)], written,
+                        len(todo))
+                written += len(shard.numbers)
+                bar.update(tokens)
+                bar.set_postfix_str(f"items {written}/{len(todo)}")
+        finally:
+            bar.close()
+            _in_input_order(out, keys)
+    finally:
+        disconnect()
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(todo)} items failed on every try ({', '.join(failed[:5])}"
+                         f"{', ...' if len(failed) > 5 else ''}; each named above); the other {written} are in "
+                         f"{out}, and the same command tries the failed ones again")
+
+
+def _in_input_order(out: Path, keys: list[str]) -> None:
+    """Rewrites the output (atomically) with its lines in the input's order, where they are not."""
+    lines = complete_lines(out)
+    by_key = {json.loads(line)["key"]: line for line in lines}
+    known = set(keys)
+    ordered = [by_key[k] for k in keys if k in by_key] + [x for x in lines if json.loads(x)["key"] not in known]
+    if ordered != lines:
+        write_text(out, "".join(line + "\n" for line in ordered))
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -157,4 +231,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
     p.add_argument("--force-scores", action="store_true", help="append a grammar-constrained score group to "
                    "samples that end without one")
+    p.add_argument("--ray", action="store_true", help="score on Ray actors (the ray extra): a local Ray, or the "
+                   "cluster at --address; the same output as without")
+    p.add_argument("--address", help="with --ray: a running cluster's HOST:PORT (`ray start --head` prints it), "
+                   "or 'auto' (default: start a local Ray)")
+    p.add_argument("--workers", type=int, help="with --ray: actors, each loading the model once (default: the "
+                   "cluster's CPUs over --cpus-per-worker)")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="with --ray: CPUs (threads) per actor")
     p.set_defaults(func=cmd_score)

@@ -1,0 +1,142 @@
+"""`spct score --ray` on a local 2-CPU Ray cluster that this module starts on loopback and stops: the bytes of a run
+in one process (24 items, k = 4, two workers); a worker SIGKILLed mid-run loses nothing; an item that fails is named
+by its id and the others are written; bad input (an unreachable --address, --workers 0, --ray without the extra,
+--address without --ray) is one line. Every test but the last two skips when the ray extra is not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ITEMS = [{"id": f"item-{i}", "query": f"What is {i} + {i}?", "responses": [str(2 * i), str(2 * i + 1)]}
+         for i in range(24)]
+ARGS = ["--k", "4", "--seed", "3", "--max-new-tokens", "4", "--force-scores"]
+WORKER_TITLE = "ray::ScoreWorker.score"  # an actor process's title while it scores a shard
+
+
+def spct_score(tmp_path: Path, model_dir: Path, out: str, *extra: str, items=ITEMS, wait: bool = True,
+               env: dict | None = None):
+    inp = tmp_path / f"{out}.in.jsonl"
+    inp.write_text("".join(json.dumps(it) + "\n" for it in items), encoding="utf-8")
+    cmd = [sys.executable, "-m", "spct", "score", "--input", str(inp), "--output", str(tmp_path / out), "--model",
+           str(model_dir), *ARGS, *extra]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray head on loopback with 2 CPUs, started here and stopped after the module: its address."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'spct[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, default_model_dir) -> bytes:
+    """The output of a run in one process."""
+    tmp = tmp_path_factory.mktemp("clean")
+    proc = spct_score(tmp, default_model_dir, "local.jsonl")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (tmp / "local.jsonl").read_bytes()
+
+
+def test_ray_writes_the_bytes_of_one_process(cluster, clean, tmp_path, default_model_dir):
+    proc = spct_score(tmp_path, default_model_dir, "ray.jsonl", "--ray", "--address", cluster, "--workers", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [json.loads(line)["id"] for line in clean.decode().splitlines()] == [it["id"] for it in ITEMS]
+    assert (tmp_path / "ray.jsonl").read_bytes() == clean
+    assert "items 24/24" in proc.stderr  # the progress bar, as in a local run
+
+
+def _worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(WORKER_TITLE.encode()):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_worker_killed_mid_run_loses_nothing(cluster, clean, tmp_path, default_model_dir):
+    proc = spct_score(tmp_path, default_model_dir, "ray.jsonl", "--ray", "--address", cluster, "--workers", "2",
+                      wait=False)
+    killed, deadline = None, time.monotonic() + 300
+    while killed is None and proc.poll() is None and time.monotonic() < deadline:
+        pids = _worker_pids()
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.2)
+    _, err = proc.communicate(timeout=600)
+    assert killed is not None, f"no worker was seen scoring ({WORKER_TITLE!r}); stderr: {err[-2000:]}"
+    assert proc.returncode == 0, err[-3000:]
+    assert (tmp_path / "ray.jsonl").read_bytes() == clean
+
+
+def test_an_item_that_fails_is_named_and_the_others_written(cluster, clean, tmp_path, default_model_dir):
+    """An item longer than the model's context fails on the worker (no retry makes it fit): the command names it
+    and exits 1, after writing the other items' lines, which are the clean run's."""
+    long = {"id": "too-long", "query": "Which is better?", "responses": ["word " * 9000, "short"]}
+    items = ITEMS[:8] + [long]  # the first 8 keep their numbers, so their samples
+    proc = spct_score(tmp_path, default_model_dir, "ray.jsonl", "--ray", "--address", cluster, "--workers", "2",
+                      items=items)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "'too-long'" in proc.stderr and "context" in proc.stderr
+    assert "1 of 9 items failed on every try (too-long" in proc.stderr.splitlines()[-1]
+    want = clean.decode().splitlines()[:8]
+    assert (tmp_path / "ray.jsonl").read_text().splitlines() == want
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_address_fails_within_seconds(cluster, tmp_path, default_model_dir):
+    address = f"127.0.0.1:{_free_port()}"
+    start = time.monotonic()
+    proc = spct_score(tmp_path, default_model_dir, "out.jsonl", "--ray", "--address", address)
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (f"spct score: --address {address}: no Ray cluster answers there "
+                                                    "(Connection refused); start one with `ray start --head` on that "
+                                                    "machine, or leave --address out for a local Ray"), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ray", "--workers", "0"], "spct score: --workers must be >= 1, got 0"),
+    (["--address", "127.0.0.1:6379"], "spct score: --address is for --ray runs: add --ray, or leave --address out"),
+])
+def test_bad_ray_options(extra, message, tmp_path, default_model_dir):
+    proc = spct_score(tmp_path, default_model_dir, "out.jsonl", *extra)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == message, proc.stderr
+
+
+def test_without_the_extra_ray_says_how_to_install_it(tmp_path, default_model_dir):
+    """A `ray` that fails to import (as when the extra is not installed) shadows the real one."""
+    fake = tmp_path / "no-ray"
+    fake.mkdir()
+    (fake / "ray.py").write_text("raise ImportError('No module named ray')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(fake), os.environ.get("PYTHONPATH")]))}
+    proc = spct_score(tmp_path, default_model_dir, "out.jsonl", "--ray", env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == ("spct score: --ray needs Ray, which is not installed here (No "
+                                                    "module named ray); install it with: pip install 'spct[ray]'")
