@@ -1,14 +1,15 @@
-"""`spct score --ray` scaling on this machine (a script: `python bench/bench_ray.py [--items 48] [--k 4]`).
+"""`spct score --ray` scaling on this machine (a script: `python bench/bench_ray.py [--items 96] [--k 4]`).
 
 One process, in turn, on the same items (short GRM items, `--max-new-tokens` tokens and a forced score group,
 as the tests score them), each shard as `spct score --ray` cuts it:
 - local: the GRM in this process on all the machine's threads, scoring the shards one after another (what `spct
   score` without --ray does, a batch at a time);
-- Ray, 1 worker with all the CPUs: the same work through one actor (connect, actor start and model load timed
-  apart), so the difference to local is the Ray path's cost per item (transfer, scheduling, driver loop);
+- Ray, 1 worker with all the CPUs: the same work through one actor, so the difference to local is the Ray path's
+  cost per item (transfer, scheduling, the driver's loop);
 - Ray, 1 worker of 1 CPU and 2 workers of 1 CPU each: items/s, and their ratio (the scaling).
 
-Prints a table and writes `--json` (default bench_ray.json). On a 2-core machine two 1-CPU workers share the
+Each Ray run's connect and actor start (the model loaded) are timed apart from its scoring, which its items/s
+counts. Prints a table and writes `--json` (default bench_ray.json). On a 2-core machine two 1-CPU workers share the
 machine's memory bandwidth, which decode is bound by, so their scaling stays below 2x.
 """
 
@@ -51,21 +52,20 @@ def on_ray(model: str, todo: list[dict], params: dict, workers: int, cpus: int) 
     connect(None, workers, cpus)
     t1 = time.perf_counter()
     job = ScoreJob(model, "bfloat16", workers, params, cpus_per_worker=cpus)
-    failed = []
-    run = job.run(shards(todo, workers), lambda n, item, why: failed.append((n, why)))
-    first = next(run)  # the actors are started (models loaded) before the first shard is sent
+    job.start()  # the actors, their models loaded
     t2 = time.perf_counter()
-    done = [first, *run]
+    failed = []
+    done = list(job.run(shards(todo, workers), lambda n, item, why: failed.append((n, why))))
     t3 = time.perf_counter()
     disconnect()
     assert not failed and sum(len(s.numbers) for s, _, _ in done) == len(todo), failed
-    return {"connect_seconds": t1 - t0, "start_and_first_shard_seconds": t2 - t1, "seconds": t3 - t1,
-            "workers": workers, "cpus_per_worker": cpus}
+    return {"connect_seconds": t1 - t0, "start_seconds": t2 - t1, "seconds": t3 - t2, "workers": workers,
+            "cpus_per_worker": cpus}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=48)
+    parser.add_argument("--items", type=int, default=96)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--json", default="bench_ray.json")
@@ -81,13 +81,11 @@ def main() -> None:
     for name, r in runs.items():
         r["items_per_s"] = n / r["seconds"]
         print(f"{name:11s} {r['seconds']:7.2f} s  {r['items_per_s']:6.2f} items/s  {json.dumps(r)}")
-    # the Ray run's seconds include its actor's start and model load: taken out for the per-item cost
-    ray_scoring = runs["ray_1x_all"]["seconds"] - runs["ray_1x_all"]["start_and_first_shard_seconds"]
-    rest = n - len(shards(todo, 1)[0].numbers)  # the items after the first shard
-    local_scoring = runs["local"]["seconds"] * rest / n
+    # seconds: the scoring alone (the Ray runs' connect and actor start, with the model load, apart)
     summary = {"items": n, "k": args.k, "loadavg": os.getloadavg(),
                "scaling_2_workers_over_1": runs["ray_2x1"]["items_per_s"] / runs["ray_1x1"]["items_per_s"],
-               "ray_overhead_ms_per_item": 1e3 * (ray_scoring - local_scoring) / rest, "runs": runs}
+               "ray_overhead_ms_per_item": 1e3 * (runs["ray_1x_all"]["seconds"] - runs["local"]["seconds"]) / n,
+               "runs": runs}
     print(f"2 workers / 1 worker: {summary['scaling_2_workers_over_1']:.2f}x; Ray path overhead "
           f"{summary['ray_overhead_ms_per_item']:.1f} ms per item against local (load {os.getloadavg()[0]:.2f})")
     with open(args.json, "w", encoding="utf-8") as f:

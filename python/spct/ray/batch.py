@@ -130,6 +130,12 @@ class ScoreJob:
         self.workers, self.cpus, self.tries = workers, cpus_per_worker, tries
         self.restarts = 0  # actors started to replace dead ones
         self._actor_class = None
+        self._ready: list = []  # started actors, not yet running shards
+
+    def start(self) -> None:
+        """Starts the actors and waits for their models to load (`run` does it when not done before)."""
+        while len(self._ready) < self.workers:
+            self._ready.append(self._start())
 
     def _start(self):
         """A new actor, once its model is loaded (a RuntimeError if it cannot load it)."""
@@ -147,7 +153,8 @@ class ScoreJob:
         """Yields (shard, results, tokens) as shards finish, in any order; on_failed(number, item, reason) for an
         item that failed on every try. The actors are stopped when the iteration ends."""
         ray = import_ray()
-        idle = [self._start() for _ in range(self.workers)]
+        self.start()
+        idle, self._ready = self._ready, []
         pending, running = deque(shards), {}
         try:
             while pending or running:
