@@ -1,7 +1,8 @@
 """`spct score --ray` on a local 2-CPU Ray cluster that this module starts on loopback and stops: the bytes of a run
-in one process (24 items, k = 4, two workers); a worker SIGKILLed mid-run loses nothing; an item that fails is named
-by its id and the others are written; bad input (an unreachable --address, --workers 0, --ray without the extra,
---address without --ray) is one line. Every test but the last two skips when the ray extra is not installed."""
+in one process (24 items, k = 4, two workers); a worker SIGKILLed mid-run loses nothing; a driver SIGKILLed mid-run
+resumes from its output; an item that fails is named by its id and the others are written; bad input (an
+unreachable --address, --workers 0, --ray without the extra, --address without --ray) is one line. Every test but
+the last two skips when the ray extra is not installed."""
 
 from __future__ import annotations
 
@@ -86,6 +87,26 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster, clean, tmp_path, default
     assert killed is not None, f"no worker was seen scoring ({WORKER_TITLE!r}); stderr: {err[-2000:]}"
     assert proc.returncode == 0, err[-3000:]
     assert (tmp_path / "ray.jsonl").read_bytes() == clean
+
+
+def test_a_driver_killed_mid_run_resumes_from_its_output(cluster, clean, tmp_path, default_model_dir):
+    """The command SIGKILLed once its first shard is written (its actors die with it), then run again: it scores
+    only the items not in the output, and the file ends as the clean run's."""
+    out = tmp_path / "ray.jsonl"
+    args = ("--ray", "--address", cluster, "--workers", "2")
+    proc = spct_score(tmp_path, default_model_dir, "ray.jsonl", *args, wait=False)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not (out.is_file() and out.stat().st_size):
+        time.sleep(0.1)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()[1][-2000:]}"
+    proc.kill()
+    proc.communicate(timeout=60)
+    kept = len(out.read_text().splitlines())
+    assert 0 < kept < len(ITEMS)
+    again = spct_score(tmp_path, default_model_dir, "ray.jsonl", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"24 items, {kept} already in" in again.stderr
+    assert out.read_bytes() == clean
 
 
 def test_an_item_that_fails_is_named_and_the_others_written(cluster, clean, tmp_path, default_model_dir):
