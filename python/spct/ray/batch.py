@@ -26,6 +26,7 @@ from spct.items import ItemError
 RAY_EXTRA = "pip install 'spct[ray]'"
 CONNECT_SECONDS = 5.0  # how long an --address may take to accept a connection
 TRIES = 3
+START_SECONDS = 600.0  # how long an actor may take to start and load its model (else the cluster lacks room for it)
 
 
 def import_ray():
@@ -144,7 +145,11 @@ class ScoreJob:
             self._actor_class = ray.remote(num_cpus=self.cpus, max_restarts=0, max_task_retries=0)(ScoreWorker)
         actor = self._actor_class.remote(self.model, self.dtype, self.meta_rm, self.cpus)
         try:
-            ray.get(actor.pid.remote())
+            ray.get(actor.pid.remote(), timeout=START_SECONDS)
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(actor)
+            raise RuntimeError(f"a Ray worker did not start within {START_SECONDS:g} s: the cluster has no free "
+                               f"{self.cpus} CPU(s) for it (a node lost?) or its model load hangs") from None
         except ray.exceptions.RayError as exc:
             raise RuntimeError(f"a Ray worker could not load --model {self.model}: {_reason(exc)}") from None
         return actor
