@@ -17,10 +17,10 @@ Layers, bottom to top (`LAYERS`; a module belongs to the longest entry its dotte
     6  spct.grm                        the reward models and judging
     7  spct.train, spct.eval           training and evaluation (siblings: neither imports the other)
     8  spct                            the facade (__init__: public names, the lazy table of engine and grm)
-    9  spct.integrations, spct.serve,  adapters for other libraries, the reward server, Ray workers (siblings)
-       spct.ray
-   10  spct.cli                        the command line (`spct serve` runs spct.serve)
-   11  spct.__main__                   `python -m spct`, which runs the CLI
+    9  spct.integrations, spct.serve   adapters for other libraries, the reward server (siblings)
+   10  spct.ray                        Ray workers and the reward server's Ray Serve replicas (they run spct.serve)
+   11  spct.cli                        the command line (`spct serve` runs spct.serve)
+   12  spct.__main__                   `python -m spct`, which runs the CLI
 A module may import its own unit (an entry of LAYERS) and any unit of a lower layer; nothing else.
 docs/design.md puts grm/, train/ and eval/ on one row. The row is read as grm below the two others: training trains a
 GRM and evaluation evaluates one, so train -> grm and eval -> grm point down; grm imports neither, and train and
@@ -57,7 +57,8 @@ LAYERS = {unit: layer for layer, units in enumerate([
     ("spct.grm",),
     ("spct.train", "spct.eval"),
     ("spct",),
-    ("spct.integrations", "spct.serve", "spct.ray"),
+    ("spct.integrations", "spct.serve"),
+    ("spct.ray",),
     ("spct.cli",),
     ("spct.__main__",),
 ]) for unit in units}

@@ -11,6 +11,7 @@ import argparse
 import ipaddress
 import os
 import socket
+import sys
 from pathlib import Path
 
 from spct.cli import checks
@@ -54,8 +55,11 @@ def _check(args: argparse.Namespace) -> str | None:
                                ("--seed", args.seed, 0), ("--max-items", args.max_items, 1),
                                ("--max-k", args.max_k, 1), ("--max-tokens", args.max_tokens, 1),
                                ("--max-queue", args.max_queue, 1), ("--group-size", args.group_size, 1),
-                               ("--max-batch", args.max_batch, 1)):
+                               ("--max-batch", args.max_batch, 1), ("--replicas", args.replicas, 1),
+                               ("--cpus-per-replica", args.cpus_per_replica, 1)):
         checks.at_least(option, value, low)
+    if args.replicas is None and args.address is not None:
+        raise ValueError("--address is for --replicas: add --replicas N, or leave --address out")
     for option, value in (("--max-body-mb", args.max_body_mb), ("--request-timeout", args.request_timeout),
                           ("--group-timeout", args.group_timeout), ("--shutdown-timeout", args.shutdown_timeout)):
         checks.between(option, value, 0, float("inf"), low_open=True)
@@ -75,29 +79,60 @@ def _check(args: argparse.Namespace) -> str | None:
     return key
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
-    import spct
-    from spct.serve import Config, run
+def _config(args: argparse.Namespace):
+    from spct.serve import Config
 
+    return Config(model_name=args.served_model_name or _served_name(args.model), k=args.k,
+                  temperature=args.temperature, max_new_tokens=args.max_new_tokens, force_scores=args.force_scores,
+                  seed=args.seed, reduce=args.reduce, invalid_reward=args.invalid_reward, max_items=args.max_items,
+                  max_k=args.max_k, max_tokens=args.max_tokens, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                  max_queue=args.max_queue, request_timeout=args.request_timeout, group_size=args.group_size,
+                  group_timeout=args.group_timeout)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
     key = _check(args)
     checks.model(args.model, "--model")
     if args.meta_rm is not None:
         checks.model(args.meta_rm, "--meta-rm")
-    engine = spct.Engine.from_pretrained(args.model, dtype=args.dtype, max_batch=args.max_batch,
-                                         kv_cache_mb=args.kv_cache_mb)
-    if not hasattr(engine.runner, "new_paged_kv"):
-        raise ValueError(f"--model {args.model}: spct serve needs the online engine, which runs the Llama family; "
-                         f"this model runs on transformers ({engine.runner.why})")
-    grm = spct.GenerativeRewardModel(engine)
-    meta_rm = None if args.meta_rm is None else spct.MetaRewardModel.from_pretrained(args.meta_rm, dtype=args.dtype)
-    config = Config(model_name=args.served_model_name or _served_name(args.model), k=args.k, temperature=args.temperature,
-                    max_new_tokens=args.max_new_tokens, force_scores=args.force_scores, seed=args.seed,
-                    reduce=args.reduce, invalid_reward=args.invalid_reward, max_items=args.max_items,
-                    max_k=args.max_k, max_tokens=args.max_tokens, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-                    max_queue=args.max_queue, request_timeout=args.request_timeout, group_size=args.group_size,
-                    group_timeout=args.group_timeout)
-    run(grm, config, host=args.host, port=args.port, meta_rm=meta_rm, api_key=key,
+    if args.replicas is not None:
+        _serve_replicas(args, key)
+        return
+    from spct.serve import load, run
+
+    grm, meta_rm = load(args.model, dtype=args.dtype, max_batch=args.max_batch, kv_cache_mb=args.kv_cache_mb,
+                        meta_rm=args.meta_rm)
+    run(grm, _config(args), host=args.host, port=args.port, meta_rm=meta_rm, api_key=key,
         shutdown_timeout=args.shutdown_timeout, log_level=args.log_level, access_log=args.access_log)
+
+
+def _serve_replicas(args: argparse.Namespace, key: str | None) -> None:
+    """`--replicas N`: the app on N Ray Serve replicas (spct.ray.serve) behind --host:--port, until SIGTERM."""
+    from spct.ray import Spec, connect, disconnect, serve_replicas
+
+    port = args.port or _free_port(args.host)
+    connect(args.address, args.replicas, args.cpus_per_replica, ("--replicas", "--replicas", "--cpus-per-replica"))
+    spec = Spec(model=args.model, dtype=args.dtype, max_batch=args.max_batch, kv_cache_mb=args.kv_cache_mb,
+                meta_rm=args.meta_rm, config=_config(args), api_key=key, threads=args.cpus_per_replica)
+    shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+
+    def ready() -> None:
+        print(f"spct serve: listening on http://{shown}:{port} ({args.replicas} replicas on Ray Serve)",
+              file=sys.stderr, flush=True)
+
+    try:
+        serve_replicas(spec, args.replicas, args.cpus_per_replica, args.host, port, local=args.address is None,
+                       shutdown_timeout=args.shutdown_timeout, on_ready=ready)
+    finally:
+        disconnect()
+
+
+def _free_port(host: str) -> int:
+    """A port free on host now (`--port 0` with --replicas: Ray Serve's proxy needs a number)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host.strip("[]"), 0))
+        return s.getsockname()[1]
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -140,6 +175,12 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                      "it; its samples are cancelled)")
     lim.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds to finish the requests in "
                      "flight after SIGTERM")
+    ray = p.add_argument_group("replicas on Ray Serve (the ray extra)")
+    ray.add_argument("--replicas", type=int, help="serve from N replicas on Ray Serve, each loading the model, behind "
+                     "--host:--port; requests with the same prompt go to the same replica")
+    ray.add_argument("--address", help="with --replicas: a running Ray cluster's HOST:PORT (`ray start --head` "
+                     "prints it), or 'auto' (default: start a local Ray)")
+    ray.add_argument("--cpus-per-replica", type=int, default=1, help="with --replicas: CPUs (threads) per replica")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")

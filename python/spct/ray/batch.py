@@ -29,12 +29,12 @@ TRIES = 3
 START_SECONDS = 600.0  # how long an actor may take to start and load its model (else the cluster lacks room for it)
 
 
-def import_ray():
-    """The ray module, or a RuntimeError that says how to install it."""
+def import_ray(flag: str = "--ray"):
+    """The ray module, or a RuntimeError that says how to install it (`flag`: the option that needs it)."""
     try:
         import ray
     except ImportError as exc:
-        raise RuntimeError(f"--ray needs Ray, which is not installed here ({exc}); install it with: {RAY_EXTRA}") \
+        raise RuntimeError(f"{flag} needs Ray, which is not installed here ({exc}); install it with: {RAY_EXTRA}") \
             from None
     return ray
 
@@ -55,19 +55,21 @@ def _reachable(address: str) -> None:
                          "--head` on that machine, or leave --address out for a local Ray") from None
 
 
-def connect(address: str | None, workers: int | None, cpus_per_worker: int = 1) -> int:
+def connect(address: str | None, workers: int | None, cpus_per_worker: int = 1,
+            options: tuple[str, str, str] = ("--ray", "--workers", "--cpus-per-worker")) -> int:
     """Joins the Ray cluster at `address` (HOST:PORT or "auto"), or starts a local one (None); returns the number of
     actors to run: `workers`, checked against the cluster's CPUs (actors short of CPUs would wait forever), or as
-    many as its CPUs hold (None)."""
-    ray = import_ray()
+    many as its CPUs hold (None). `options` name the flags in errors: the one that needs Ray, the count, the CPUs."""
+    flag, count, per = options
+    ray = import_ray(flag)
     if address not in (None, "auto"):
         _reachable(address)
-    options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
-               "ignore_reinit_error": True}
+    init = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
+            "ignore_reinit_error": True}
     if address is None:
-        options["num_cpus"] = max((workers or 1) * cpus_per_worker, os.cpu_count() or 1)
+        init["num_cpus"] = max((workers or 1) * cpus_per_worker, os.cpu_count() or 1)
     try:
-        ray.init(address=address, **options)
+        ray.init(address=address, **init)
     except ConnectionError as exc:
         raise ValueError(f"--address {address}: {str(exc).splitlines()[0]}") from None
     cpus = int(ray.cluster_resources().get("CPU", 0))
@@ -75,7 +77,7 @@ def connect(address: str | None, workers: int | None, cpus_per_worker: int = 1) 
         workers = cpus // cpus_per_worker
     if workers < 1 or cpus < workers * cpus_per_worker:
         ray.shutdown()
-        raise ValueError(f"--workers {workers} of --cpus-per-worker {cpus_per_worker} need "
+        raise ValueError(f"{count} {workers} of {per} {cpus_per_worker} need "
                          f"{max(1, workers) * cpus_per_worker} CPUs and the Ray cluster has {cpus}: give fewer, or "
                          "add nodes (`ray start --address HOST:PORT` on each)")
     return workers
@@ -110,6 +112,19 @@ class ScoreWorker:
 
         judged = self.grm.score_batch(items, indices=numbers, meta_rm=self.meta_rm, progress=count, **params)
         return [(list(j.rewards), j.best, j.num_valid) for j in judged], tokens[0]
+
+    def judge(self, numbers: list[int], items: list, params: dict) -> tuple[list, int]:
+        """As `score`, but per item what voting reads ({"rewards", "samples": [{"scores", "valid", "meta_score"}]}),
+        for `spct eval --ray`, which votes again at smaller k."""
+        tokens = [0]
+
+        def count(n: int) -> None:
+            tokens[0] += n
+
+        judged = self.grm.score_batch(items, indices=numbers, meta_rm=self.meta_rm, progress=count, **params)
+        return [{"rewards": list(j.rewards), "samples": [
+            {"scores": list(x.scores), "valid": bool(x.valid), "meta_score": x.meta_score} for x in j.samples]}
+            for j in judged], tokens[0]
 
 
 @dataclass
@@ -154,18 +169,23 @@ class ScoreJob:
             raise RuntimeError(f"a Ray worker could not load --model {self.model}: {_reason(exc)}") from None
         return actor
 
-    def run(self, shards: list[Shard], on_failed: Callable[[int, dict, str], None]) -> Iterator[tuple]:
+    def run(self, shards: list[Shard], on_failed: Callable[[int, dict, str], None], params: dict | None = None,
+            method: str = "score", keep: bool = False) -> Iterator[tuple]:
         """Yields (shard, results, tokens) as shards finish, in any order; on_failed(number, item, reason) for an
-        item that failed on every try. The actors are stopped when the iteration ends."""
+        item that failed on every try. `method` is the ScoreWorker method ("score", or "judge" for the samples),
+        `params` override the job's. The actors are stopped when the iteration ends, unless `keep` and it ran to
+        its end: then the next `run` uses them, and `close` stops them."""
         ray = import_ray()
         self.start()
         idle, self._ready = self._ready, []
         pending, running = deque(shards), {}
+        params = self.params if params is None else params
         try:
             while pending or running:
                 while pending and idle:
                     actor, shard = idle.pop(), pending.popleft()
-                    running[actor.score.remote(shard.numbers, shard.items, self.params)] = (actor, shard)
+                    call = getattr(actor, method)
+                    running[call.remote(shard.numbers, shard.items, params)] = (actor, shard)
                 (ref,), _ = ray.wait(list(running), num_returns=1)
                 actor, shard = running.pop(ref)
                 try:
@@ -181,8 +201,17 @@ class ScoreJob:
                     idle.append(actor)
                     yield shard, results, tokens
         finally:
+            if keep and not pending and not running:
+                self._ready, idle = idle, []
             for actor in idle + [a for a, _ in running.values()]:
                 ray.kill(actor)
+
+    def close(self) -> None:
+        """Stops the actors kept by `run(keep=True)` or started by `start`."""
+        ray = import_ray()
+        for actor in self._ready:
+            ray.kill(actor)
+        self._ready = []
 
     def _failed(self, shard: Shard, exc: Exception, pending: deque, on_failed) -> None:
         cause = getattr(exc, "cause", None)

@@ -5,7 +5,7 @@
 """
 
 from spct.serve.app import create_app
-from spct.serve.run import run
+from spct.serve.run import load, run
 from spct.serve.work import Config
 
-__all__ = ["Config", "create_app", "run"]
+__all__ = ["Config", "create_app", "load", "run"]

@@ -17,7 +17,7 @@ import uvicorn
 from spct.serve.app import create_app
 from spct.serve.work import Config
 
-__all__ = ["run"]
+__all__ = ["load", "run"]
 
 GRACE_MARGIN_S = 5.0  # uvicorn waits this much past the cut-off for the cancelled requests' 503s to go out
 
@@ -49,6 +49,20 @@ class _Server(uvicorn.Server):
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             print(f"spct serve: listening on http://{shown}:{port}", file=sys.stderr, flush=True)
+
+
+def load(model: str, *, dtype: str = "bfloat16", max_batch: int = 256, kv_cache_mb: float | None = None,
+         meta_rm: str | None = None):
+    """(GRM on the online engine, Meta RM or None) of `spct serve --model ... --meta-rm ...`; a ValueError naming
+    --model for a model the online engine does not run."""
+    import spct
+
+    engine = spct.Engine.from_pretrained(model, dtype=dtype, max_batch=max_batch, kv_cache_mb=kv_cache_mb)
+    if not hasattr(engine.runner, "new_paged_kv"):
+        raise ValueError(f"--model {model}: spct serve needs the online engine, which runs the Llama family; "
+                         f"this model runs on transformers ({engine.runner.why})")
+    grm = spct.GenerativeRewardModel(engine)
+    return grm, None if meta_rm is None else spct.MetaRewardModel.from_pretrained(meta_rm, dtype=dtype)
 
 
 def run(grm, config: Config, *, host: str = "127.0.0.1", port: int = 8000, meta_rm=None, api_key: str | None = None,
