@@ -1,8 +1,9 @@
-"""`spct score --ray` on a local 2-CPU Ray cluster that this module starts on loopback and stops: the bytes of a run
-in one process (24 items, k = 4, two workers); a worker SIGKILLed mid-run loses nothing; a driver SIGKILLed mid-run
-resumes from its output; an item that fails is named by its id and the others are written; bad input (an
-unreachable --address, --workers 0, --ray without the extra, --address without --ray) is one line. Every test but
-the last two skips when the ray extra is not installed."""
+"""`spct score --ray` and `spct eval --ray` on a local 2-CPU Ray cluster that this module starts on loopback and
+stops: the bytes of a run in one process (24 items, k = 4, two workers); a worker SIGKILLed mid-run loses nothing; a
+driver SIGKILLed mid-run resumes from its output; an item that fails is named by its id and the others are written;
+bad input (an unreachable --address, --workers 0, --ray without the extra, --address without --ray) is one line;
+`spct eval --ray` writes the results and samples of a run in one process. The tests that need a cluster skip when
+the ray extra is not installed."""
 
 from __future__ import annotations
 
@@ -161,3 +162,40 @@ def test_without_the_extra_ray_says_how_to_install_it(tmp_path, default_model_di
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == ("spct score: --ray needs Ray, which is not installed here (No "
                                                     "module named ray); install it with: pip install 'spct[ray]'")
+
+
+EVAL_ITEMS = [{"id": f"e{i}", "query": f"What is {i} + {i}?", "responses": [str(2 * i), str(2 * i + 1), "no idea"],
+               "best": 0, "category": "even" if i % 2 else "odd"} for i in range(12)]
+
+
+def spct_eval(tmp_path: Path, model_dir: Path, out: str, *extra: str) -> subprocess.CompletedProcess:
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(it) + "\n" for it in EVAL_ITEMS), encoding="utf-8")
+    cmd = [sys.executable, "-m", "spct", "eval", "--data", str(data), "--format", "jsonl", "--k", "1,2,4",
+           "--max-new-tokens", "4", "--force-scores", "--seed", "5", "--batch-size", "3", "--model", str(model_dir),
+           "--out", str(tmp_path / out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def test_eval_on_ray_gives_the_results_of_one_process(cluster, tmp_path, default_model_dir):
+    local = spct_eval(tmp_path, default_model_dir, "local")
+    assert local.returncode == 0, local.stderr[-3000:]
+    ray = spct_eval(tmp_path, default_model_dir, "ray", "--ray", "--address", cluster, "--workers", "2")
+    assert ray.returncode == 0, ray.stderr[-3000:]
+    assert (tmp_path / "ray" / "results.json").read_bytes() == (tmp_path / "local" / "results.json").read_bytes()
+    assert ray.stdout == local.stdout  # the table
+    for name in ("k1.jsonl", "k4.jsonl"):  # the same samples, in the order the shards finished
+        lines = [sorted((tmp_path / run / "samples" / name).read_text().splitlines()) for run in ("local", "ray")]
+        assert lines[0] == lines[1] and len(lines[0]) == len(EVAL_ITEMS)
+    assert "items 24/24" in ray.stderr  # the progress bar: 12 items, two passes
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--ray", "--workers", "0"], "spct eval: --workers must be >= 1, got 0"),
+    (["--workers", "2"], "spct eval: --workers is for --ray runs: add --ray, or leave --workers out"),
+])
+def test_bad_eval_ray_options(extra, message, tmp_path, default_model_dir):
+    proc = spct_eval(tmp_path, default_model_dir, "out", *extra)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == message, proc.stderr
+    assert not (tmp_path / "out").exists()

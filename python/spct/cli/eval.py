@@ -22,6 +22,12 @@ def _ks(text: str) -> list[int]:
 def _check(args: argparse.Namespace) -> list[int]:
     ks = _ks(args.k)
     checks.at_least("--limit", args.limit, 1)
+    checks.at_least("--workers", args.workers, 1)
+    checks.at_least("--cpus-per-worker", args.cpus_per_worker, 1)
+    if not args.ray:
+        given = [o for o, v in (("--address", args.address), ("--workers", args.workers)) if v is not None]
+        if given:
+            raise ValueError(f"{given[0]} is for --ray runs: add --ray, or leave {given[0]} out")
     checks.judging(args, max(ks))
     checks.readable(args.data, "--data", folder_ok=args.format == "llmbar")
     checks.writable_dir(args.out, "--out")
@@ -56,6 +62,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         checks.model(args.meta_rm, "--meta-rm")
     out = Path(args.out)
     with checks.cleanup_on_failure(out):
+        if args.ray:
+            _evaluate_on_ray(args, items, ks, out)
+            return
         grm = spct.GenerativeRewardModel.from_pretrained(args.model, dtype=args.dtype)
         meta_rm = None if args.meta_rm is None else spct.MetaRewardModel.from_pretrained(args.meta_rm,
                                                                                          dtype=args.dtype)
@@ -63,13 +72,47 @@ def cmd_eval(args: argparse.Namespace) -> None:
         _evaluate(args, grm, meta_rm, items, ks, out)
 
 
-def _evaluate(args, grm, meta_rm, items: list, ks: list[int], out: Path) -> None:
+def _evaluate_on_ray(args, items: list, ks: list[int], out: Path) -> None:
+    """The batches on Ray actors (spct.ray), judged as in one process; the driver votes and writes."""
+    from spct.eval.run import as_record
+    from spct.ray import ScoreJob, Shard, connect, disconnect
+
+    workers = connect(args.address, args.workers, args.cpus_per_worker)
+    job = ScoreJob(args.model, args.dtype, workers, {}, meta_rm=args.meta_rm, cpus_per_worker=args.cpus_per_worker)
+    bar = _Bar(len(items) * _passes(ks))
+
+    def judge(kpass: int, batches: list, params: dict):
+        failed = []
+        shards = [Shard(list(range(start, start + len(chunk))), [(it.query, it.responses) for it in chunk])
+                  for start, chunk in batches]
+        for shard, results, tokens in job.run(shards, lambda n, _, why: failed.append((items[n].id, why)), params,
+                                              method="judge", keep=True):
+            bar.bar.update(tokens)
+            yield shard.numbers, [as_record(r) for r in results]
+        if failed:
+            raise ValueError(f"{len(failed)} items could not be judged (item {failed[0][0]!r}: {failed[0][1]}); "
+                             f"the judged batches are kept in {out / 'samples'}, and the same command resumes")
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _evaluate(args, None, args.meta_rm, items, ks, out, judge=judge, bar=bar)
+    finally:
+        job.close()
+        disconnect()
+
+
+def _passes(ks: list[int]) -> int:
+    return (1 in ks) + any(k > 1 for k in ks)  # greedy k = 1, then the largest k (smaller ks reuse its samples)
+
+
+def _evaluate(args, grm, meta_rm, items: list, ks: list[int], out: Path, judge=None, bar: _Bar | None = None) -> None:
+    """Evaluates with grm (or `judge`, spct.eval.run.evaluate), then writes results.json and the plot and prints the
+    table."""
     from spct.eval import run
 
-    passes = (1 in ks) + any(k > 1 for k in ks)  # greedy k = 1, then the largest k (smaller ks reuse its samples)
-    bar = _Bar(len(items) * passes)
+    bar = _Bar(len(items) * _passes(ks)) if bar is None else bar
     try:
-        results = run.evaluate(grm, items, ks, seed=args.seed, max_new_tokens=args.max_new_tokens,
+        results = run.evaluate(grm, items, ks, seed=args.seed, max_new_tokens=args.max_new_tokens, judge=judge,
                                batch_size=args.batch_size, meta_rm=meta_rm, k_meta=args.k_meta, progress=bar.judged,
                                token_progress=bar.bar.update,
                                shuffle="balanced" if args.orders == "balanced" else None,
@@ -112,4 +155,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--meta-rm", help="a Meta RM checkpoint for guided voting")
     p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
     p.add_argument("--force-scores", action="store_true", help="force a score group where a sample has none")
+    p.add_argument("--ray", action="store_true", help="judge on Ray actors (the ray extra): a local Ray, or the "
+                   "cluster at --address; the same results as without")
+    p.add_argument("--address", help="with --ray: a running cluster's HOST:PORT (`ray start --head` prints it), "
+                   "or 'auto' (default: start a local Ray)")
+    p.add_argument("--workers", type=int, help="with --ray: actors, each loading the model once (default: the "
+                   "cluster's CPUs over --cpus-per-worker)")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="with --ray: CPUs (threads) per actor")
     p.set_defaults(func=cmd_eval)

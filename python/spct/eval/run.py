@@ -17,7 +17,7 @@ from spct._atomic import append_lines, atomic_file, complete_lines, write_json
 from spct.eval.datasets import EvalItem
 from spct.grm.judge import cast_votes, check_k, is_correct
 
-__all__ = ["correct", "evaluate", "plot", "revote", "table", "wilson", "write_json"]
+__all__ = ["as_record", "correct", "evaluate", "plot", "revote", "table", "wilson", "write_json"]
 
 correct = is_correct  # the rule of `spct.grm.judge`, under the name the tests import: correct(rewards, best)
 
@@ -52,7 +52,7 @@ def wilson(right: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_new_tokens: int = 512,
              batch_size: int = 16, meta_rm=None, k_meta: int | None = None, progress=None, token_progress=None,
              force_scores: bool = False, shuffle: bool | str | None = None, cache_dir: str | os.PathLike | None = None,
-             settings: dict | None = None) -> dict:
+             settings: dict | None = None, judge=None) -> dict:
     """{"k": {k: {"overall": acc, "overall_ci95": (lo, hi), "categories": {name: acc}, "valid_rate": ...,
     "items": n}}}; with meta_rm, "k" holds the Meta-RM guided votes and "k_plain" the plain votes over the same
     samples.
@@ -63,6 +63,10 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
     shuffle: the sampled passes' response orders, as `score_batch` (None: random, "balanced": rotations).
     progress(items) is called after each batch of each pass (batches resumed from the cache included);
     token_progress(tokens) as the engine prefills and decodes (`GenerativeRewardModel.score_batch`'s progress).
+
+    judge(kpass, batches, params) judges elsewhere (`spct eval --ray`): batches are (first item's number, items),
+    params score_batch's keyword arguments; it yields (item numbers, records) as they are judged, in any order,
+    records as `as_record` makes them. Then grm is not used, and meta_rm only says whether voting is guided.
 
     cache_dir: each batch's sample scores are appended there (one JSONL file per pass) as soon as they are judged,
     and a rerun with the same settings reuses them, so an interrupted evaluation resumes where it stopped. settings
@@ -80,27 +84,50 @@ def evaluate(grm, items: list[EvalItem], ks: list[int], *, seed: int = 0, max_ne
                 "k_meta": k_meta, "guided": meta_rm is not None, **({"shuffle": shuffle} if shuffle else {}),
                 "items": [it.id for it in items]}
     cache = None if cache_dir is None else _SampleCache(Path(cache_dir), settings)
+    if judge is None:
+        judge = _local_judge(grm, meta_rm, token_progress)
+    batches = [(start, items[start: start + batch_size]) for start in range(0, len(items), batch_size)]
     for kpass in passes:
-        done = {} if cache is None else cache.load(kpass)
-        for start in range(0, len(items), batch_size):
-            chunk = items[start: start + batch_size]
+        params = {"k": kpass, "seed": seed, "max_new_tokens": max_new_tokens, "k_meta": k_meta,
+                  "force_scores": force_scores, "shuffle": shuffle if kpass > 1 else None}
+        done = _judge_pass(judge, kpass, batches, params, cache, progress)
+        for start, chunk in batches:
             numbers = range(start, start + len(chunk))  # the items' numbers: their seeds and tie-breaks
-            judged = [done.get(n) for n in numbers]
-            if any(j is None for j in judged):
-                scored = grm.score_batch([(it.query, it.responses) for it in chunk], k=kpass, seed=seed,
-                                         max_new_tokens=max_new_tokens, indices=numbers, meta_rm=meta_rm,
-                                         k_meta=k_meta, force_scores=force_scores, progress=token_progress,
-                                         shuffle=shuffle if kpass > 1 else None)
-                judged = [_record(j) for j in scored]
-                if cache is not None:
-                    cache.append(kpass, start, judged)
             for k in ([1] if kpass == 1 else sampled):
-                _tally(tally, chunk, judged, k, kpass, seed, meta_rm, k_meta, numbers)
-            if progress is not None:
-                progress(len(chunk))
+                _tally(tally, chunk, [done[n] for n in numbers], k, kpass, seed, meta_rm, k_meta, numbers)
     right, count, valid = tally.right, tally.count, tally.valid
     return {kind: {str(k): _accuracy(right[kind, k], count, (kind, k), valid[k] / max(1, k * len(items)),
                                      len(items)) for k in ks} for kind in kinds}
+
+
+def _local_judge(grm, meta_rm, token_progress):
+    """The judge of `evaluate` in this process: the batches in order, on grm."""
+    def judge(kpass: int, batches: list, params: dict):
+        for start, chunk in batches:
+            scored = grm.score_batch([(it.query, it.responses) for it in chunk],
+                                     indices=range(start, start + len(chunk)), meta_rm=meta_rm,
+                                     progress=token_progress, **params)
+            yield range(start, start + len(chunk)), [_record(j) for j in scored]
+    return judge
+
+
+def _judge_pass(judge, kpass: int, batches: list, params: dict, cache, progress) -> dict:
+    """{item number: record} of one pass: from the cache where it has the batch, else judged (and cached)."""
+    done = {} if cache is None else cache.load(kpass)
+    todo = []
+    for start, chunk in batches:
+        if all(n in done for n in range(start, start + len(chunk))):
+            if progress is not None:
+                progress(len(chunk))
+        else:
+            todo.append((start, chunk))
+    for numbers, judged in judge(kpass, todo, params):
+        if cache is not None:
+            cache.append(kpass, numbers, judged)
+        done.update(zip(numbers, judged))
+        if progress is not None:
+            progress(len(judged))
+    return done
 
 
 def _accuracy(tally: dict, count: dict, key: tuple, valid_rate: float, num_items: int) -> dict:
@@ -116,6 +143,11 @@ def _record(judgement) -> SimpleNamespace:
     return SimpleNamespace(rewards=list(judgement.rewards), samples=[
         SimpleNamespace(scores=list(s.scores), valid=bool(s.valid), meta_score=s.meta_score)
         for s in judgement.samples])
+
+
+def as_record(row: dict) -> SimpleNamespace:
+    """A judged item as voting reads it, from {"rewards", "samples": [{"scores", "valid", "meta_score"}]}."""
+    return SimpleNamespace(rewards=row["rewards"], samples=[SimpleNamespace(**s) for s in row["samples"]])
 
 
 class _SampleCache:
@@ -138,14 +170,13 @@ class _SampleCache:
         out = {}
         for line in complete_lines(self.root / f"k{kpass}.jsonl"):
             row = json.loads(line)
-            out[row["index"]] = SimpleNamespace(rewards=row["rewards"], samples=[
-                SimpleNamespace(**s) for s in row["samples"]])
+            out[row["index"]] = as_record(row)
         return out
 
-    def append(self, kpass: int, start: int, judged: list[SimpleNamespace]) -> None:
+    def append(self, kpass: int, numbers: Sequence[int], judged: list[SimpleNamespace]) -> None:
         append_lines(self.root / f"k{kpass}.jsonl", [json.dumps(
-            {"index": start + i, "rewards": j.rewards, "samples": [vars(s) for s in j.samples]})
-            for i, j in enumerate(judged)])
+            {"index": n, "rewards": j.rewards, "samples": [vars(s) for s in j.samples]})
+            for n, j in zip(numbers, judged)])
 
 
 def revote(judged, k: int, seed: int, meta_rm=None, k_meta: int | None = None,
