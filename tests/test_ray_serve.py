@@ -1,8 +1,9 @@
 """`spct serve --replicas 2` on a local Ray that the command starts on loopback and stops: two replicas answer
 /v1/score through Ray Serve's proxy, with the app's own errors; the same prompt goes to the same replica; a replica
 SIGKILLed under a request costs no request (the ingress tries another) and Ray brings it back; SIGTERM stops it all
-with exit 0. Bad options are one line before Ray starts. The routing order (`rank`, `routing_key`) is checked
-without Ray. The server tests skip when the ray extra is not installed."""
+with exit 0. Bad options are one line before Ray starts, and replicas that cannot start are one line naming why. The
+routing order (`rank`, `routing_key`) is checked without Ray. The server tests skip when the ray extra is not
+installed."""
 
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def test_sigterm_stops_the_replicas_and_ray(server):
 
 def spct_serve(*extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "spct", "serve", "--port", str(_free_port()), *extra],
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -208,6 +209,17 @@ def test_an_unreachable_address_fails_within_seconds(default_model_dir):
     assert proc.stderr.strip().splitlines()[-1] == (f"spct serve: --address {address}: no Ray cluster answers there "
                                                     "(Connection refused); start one with `ray start --head` on that "
                                                     "machine, or leave --address out for a local Ray"), proc.stderr
+
+
+def test_replicas_that_cannot_start_are_one_line_naming_the_cause(default_model_dir):
+    """A KV budget that holds no block: each replica's engine refuses it while Ray starts it."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'spct[ray]')")
+    proc = spct_serve("--replicas", "1", "--kv-cache-mb", "0.01", "--model", str(default_model_dir))
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("spct serve: the replicas did not start: ValueError: kv_cache_mb=0.01 "), proc.stderr
+    assert "holds no block" in last and "Traceback" not in proc.stderr
+    assert not _replica_pids()
 
 
 def test_without_the_extra_replicas_says_how_to_install_it(tmp_path, default_model_dir):

@@ -208,7 +208,10 @@ def serve_replicas(spec: Spec, replicas: int, cpus_per_replica: int, host: str, 
             graceful_shutdown_timeout_s=shutdown_timeout)
         ingress = serve.deployment(Ingress, name="Ingress").options(
             num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=replicas * spec.config.max_queue)
-        serve.run(ingress.bind(replica.bind(spec)), name=APP, route_prefix="/", blocking=False)
+        try:
+            serve.run(ingress.bind(replica.bind(spec)), name=APP, route_prefix="/", blocking=False)
+        except RuntimeError as exc:
+            raise RuntimeError(f"the replicas did not start: {_why_not_started(serve) or exc}") from None
         if on_ready is not None:
             on_ready()
         while not stop.wait(1.0):
@@ -220,3 +223,13 @@ def serve_replicas(spec: Spec, replicas: int, cpus_per_replica: int, host: str, 
             serve.shutdown()
         else:
             serve.delete(APP)
+
+
+def _why_not_started(serve) -> str | None:
+    """The last line of the error a replica raised while starting (Ray keeps it in the deployment's status)."""
+    try:
+        message = serve.status().applications[APP].deployments["Replica"].message
+    except Exception:  # noqa: BLE001 - no status to read: the caller shows Ray's own error
+        return None
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else None
