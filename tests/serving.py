@@ -5,6 +5,7 @@
     srv.proc.returncode  # after the with block: the server was sent SIGTERM and waited for
 
 `srv.stderr_lines()` is what the server printed on stderr so far (read by a thread, so the pipe never fills).
+`free_port()` and `pids_titled(title)` serve the tests that start Ray processes (tests/test_ray*.py).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import pytest
@@ -82,3 +85,23 @@ def server(model, *args: str, env: dict | None = None, timeout: float = 180.0):
         yield srv
     finally:
         srv.stop()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pids_titled(title: str) -> list[int]:
+    """The processes whose command line starts with `title` (a Ray actor's process title, e.g.
+    "ray::ServeReplica:spct:Replica")."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title.encode()):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids

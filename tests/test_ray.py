@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from serving import free_port, pids_titled
 
 ITEMS = [{"id": f"item-{i}", "query": f"What is {i} + {i}?", "responses": [str(2 * i), str(2 * i + 1)]}
          for i in range(24)]
@@ -63,23 +63,12 @@ def test_ray_writes_the_bytes_of_one_process(cluster, clean, tmp_path, default_m
     assert "items 24/24" in proc.stderr  # the progress bar, as in a local run
 
 
-def _worker_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(WORKER_TITLE.encode()):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def test_a_worker_killed_mid_run_loses_nothing(cluster, clean, tmp_path, default_model_dir):
     proc = spct_score(tmp_path, default_model_dir, "ray.jsonl", "--ray", "--address", cluster, "--workers", "2",
                       wait=False)
     killed, deadline = None, time.monotonic() + 300
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
-        pids = _worker_pids()
+        pids = pids_titled(WORKER_TITLE)
         if pids:
             os.kill(pids[0], signal.SIGKILL)
             killed = pids[0]
@@ -124,14 +113,8 @@ def test_an_item_that_fails_is_named_and_the_others_written(cluster, clean, tmp_
     assert (tmp_path / "ray.jsonl").read_text().splitlines() == want
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_address_fails_within_seconds(cluster, tmp_path, default_model_dir):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     start = time.monotonic()
     proc = spct_score(tmp_path, default_model_dir, "out.jsonl", "--ray", "--address", address)
     assert time.monotonic() - start < 30
@@ -140,16 +123,6 @@ def test_an_unreachable_address_fails_within_seconds(cluster, tmp_path, default_
                                                     "(Connection refused); start one with `ray start --head` on that "
                                                     "machine, or leave --address out for a local Ray"), proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out.jsonl").exists()
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--ray", "--workers", "0"], "spct score: --workers must be >= 1, got 0"),
-    (["--address", "127.0.0.1:6379"], "spct score: --address is for --ray runs: add --ray, or leave --address out"),
-])
-def test_bad_ray_options(extra, message, tmp_path, default_model_dir):
-    proc = spct_score(tmp_path, default_model_dir, "out.jsonl", *extra)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == message, proc.stderr
 
 
 def test_without_the_extra_ray_says_how_to_install_it(tmp_path, default_model_dir):
@@ -190,12 +163,16 @@ def test_eval_on_ray_gives_the_results_of_one_process(cluster, tmp_path, default
     assert "items 24/24" in ray.stderr  # the progress bar: 12 items, two passes
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--ray", "--workers", "0"], "spct eval: --workers must be >= 1, got 0"),
-    (["--workers", "2"], "spct eval: --workers is for --ray runs: add --ray, or leave --workers out"),
+@pytest.mark.parametrize("command, extra, message", [
+    ("score", ["--ray", "--workers", "0"], "spct score: --workers must be >= 1, got 0"),
+    ("score", ["--address", "127.0.0.1:6379"], "spct score: --address is for --ray runs: add --ray, or leave "
+                                               "--address out"),
+    ("eval", ["--ray", "--workers", "0"], "spct eval: --workers must be >= 1, got 0"),
+    ("eval", ["--workers", "2"], "spct eval: --workers is for --ray runs: add --ray, or leave --workers out"),
 ])
-def test_bad_eval_ray_options(extra, message, tmp_path, default_model_dir):
-    proc = spct_eval(tmp_path, default_model_dir, "out", *extra)
+def test_bad_ray_options(command, extra, message, tmp_path, default_model_dir):
+    run = spct_score if command == "score" else spct_eval
+    proc = run(tmp_path, default_model_dir, "out", *extra)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == message, proc.stderr
     assert not (tmp_path / "out").exists()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,29 +19,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from serving import free_port, pids_titled
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'spct[serve]')")
 
 from spct.ray.serve import rank, routing_key  # noqa: E402
 
 REPLICA_TITLE = "ray::ServeReplica:spct:Replica"  # a replica's process title
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _replica_pids() -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(REPLICA_TITLE.encode()):
-                pids.add(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def _busiest(pids: set[int]) -> int:
@@ -60,7 +43,7 @@ def _busiest(pids: set[int]) -> int:
 def server(default_model_dir):
     """`spct serve --replicas 2` on a free port once it says it listens: (base URL, its process)."""
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'spct[ray]')")
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "spct", "serve", "--replicas", "2", "--port", str(port), "--model",
            str(default_model_dir), "--max-new-tokens", "4", "--kv-cache-mb", "64"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -145,7 +128,7 @@ def test_the_replicas_answer_errors_as_spct_serve_does(server):
 
 def test_a_killed_replica_costs_no_request_and_comes_back(server):
     url, _, _ = server
-    before = _replica_pids()
+    before = set(pids_titled(REPLICA_TITLE))
     assert len(before) == 2, before
     owner = {q: score(url, q)[2]["x-spct-replica"] for q in QUERIES}
     ids_before = set(owner.values())
@@ -162,7 +145,7 @@ def test_a_killed_replica_costs_no_request_and_comes_back(server):
     assert in_flight[0][2]["x-spct-replica"] != owner[QUERIES[0]]  # by another replica than the one killed under it
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        now = _replica_pids()
+        now = set(pids_titled(REPLICA_TITLE))
         ids = {score(url, q)[2]["x-spct-replica"] for q in QUERIES}
         if len(now) == 2 and victim not in now and len(ids) == 2 and ids - ids_before:
             break
@@ -176,14 +159,14 @@ def test_sigterm_stops_the_replicas_and_ray(server):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == 0, "".join(lines)[-3000:]
     deadline = time.monotonic() + 30
-    while _replica_pids() and time.monotonic() < deadline:
+    while set(pids_titled(REPLICA_TITLE)) and time.monotonic() < deadline:
         time.sleep(1)
-    assert not _replica_pids()
+    assert not set(pids_titled(REPLICA_TITLE))
     assert not any("Traceback" in line for line in lines), "".join(lines)[-3000:]
 
 
 def spct_serve(*extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spct", "serve", "--port", str(_free_port()), *extra],
+    return subprocess.run([sys.executable, "-m", "spct", "serve", "--port", str(free_port()), *extra],
                           capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -201,7 +184,7 @@ def test_bad_replica_options(extra, message):
 
 def test_an_unreachable_address_fails_within_seconds(default_model_dir):
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'spct[ray]')")
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     start = time.monotonic()
     proc = spct_serve("--replicas", "2", "--address", address, "--model", str(default_model_dir))
     assert time.monotonic() - start < 60
@@ -219,7 +202,7 @@ def test_replicas_that_cannot_start_are_one_line_naming_the_cause(default_model_
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("spct serve: the replicas did not start: ValueError: kv_cache_mb=0.01 "), proc.stderr
     assert "holds no block" in last and "Traceback" not in proc.stderr
-    assert not _replica_pids()
+    assert not set(pids_titled(REPLICA_TITLE))
 
 
 def test_without_the_extra_replicas_says_how_to_install_it(tmp_path, default_model_dir):

@@ -58,6 +58,28 @@ def describe(exc: BaseException) -> str:
     return lines[0] + (" (--debug shows the details)" if len(lines) > 1 else "")
 
 
+def add_ray_options(p: argparse.ArgumentParser, verb: str) -> None:
+    """--ray, --address, --workers, --cpus-per-worker of a batch command (`spct score`, `spct eval`) that can run on
+    Ray actors (spct.ray); `verb` says what the actors do ("score", "judge")."""
+    p.add_argument("--ray", action="store_true", help=f"{verb} on Ray actors (the ray extra): a local Ray, or the "
+                   "cluster at --address; the same output as without")
+    p.add_argument("--address", help="with --ray: a running cluster's HOST:PORT (`ray start --head` prints it), "
+                   "or 'auto' (default: start a local Ray)")
+    p.add_argument("--workers", type=int, help="with --ray: actors, each loading the model once (default: the "
+                   "cluster's CPUs over --cpus-per-worker)")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="with --ray: CPUs (threads) per actor")
+
+
+def ray_options(args: argparse.Namespace) -> None:
+    """The options of `add_ray_options`: counts of at least 1, and --address and --workers only with --ray."""
+    at_least("--workers", args.workers, 1)
+    at_least("--cpus-per-worker", args.cpus_per_worker, 1)
+    if not args.ray:
+        given = [o for o, v in (("--address", args.address), ("--workers", args.workers)) if v is not None]
+        if given:
+            raise ValueError(f"{given[0]} is for --ray runs: add --ray, or leave {given[0]} out")
+
+
 def at_least(option: str, value: int | float | None, low: int | float) -> None:
     if value is not None and value < low:
         raise ValueError(f"{option} must be >= {low}, got {value}")

@@ -22,12 +22,7 @@ def _ks(text: str) -> list[int]:
 def _check(args: argparse.Namespace) -> list[int]:
     ks = _ks(args.k)
     checks.at_least("--limit", args.limit, 1)
-    checks.at_least("--workers", args.workers, 1)
-    checks.at_least("--cpus-per-worker", args.cpus_per_worker, 1)
-    if not args.ray:
-        given = [o for o, v in (("--address", args.address), ("--workers", args.workers)) if v is not None]
-        if given:
-            raise ValueError(f"{given[0]} is for --ray runs: add --ray, or leave {given[0]} out")
+    checks.ray_options(args)
     checks.judging(args, max(ks))
     checks.readable(args.data, "--data", folder_ok=args.format == "llmbar")
     checks.writable_dir(args.out, "--out")
@@ -155,11 +150,5 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--meta-rm", help="a Meta RM checkpoint for guided voting")
     p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
     p.add_argument("--force-scores", action="store_true", help="force a score group where a sample has none")
-    p.add_argument("--ray", action="store_true", help="judge on Ray actors (the ray extra): a local Ray, or the "
-                   "cluster at --address; the same results as without")
-    p.add_argument("--address", help="with --ray: a running cluster's HOST:PORT (`ray start --head` prints it), "
-                   "or 'auto' (default: start a local Ray)")
-    p.add_argument("--workers", type=int, help="with --ray: actors, each loading the model once (default: the "
-                   "cluster's CPUs over --cpus-per-worker)")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="with --ray: CPUs (threads) per actor")
+    checks.add_ray_options(p, "judge")
     p.set_defaults(func=cmd_eval)

@@ -68,12 +68,7 @@ def _check(args: argparse.Namespace) -> tuple[Path, Path, bool]:
     """Numbers, then paths: (input, output, whether the output exists already)."""
     checks.at_least("--k", args.k, 1)
     checks.judging(args, args.k)
-    checks.at_least("--workers", args.workers, 1)
-    checks.at_least("--cpus-per-worker", args.cpus_per_worker, 1)
-    if not args.ray:
-        given = [o for o, v in (("--address", args.address), ("--workers", args.workers)) if v is not None]
-        if given:
-            raise ValueError(f"{given[0]} is for --ray runs: add --ray, or leave {given[0]} out")
+    checks.ray_options(args)
     inp = checks.readable(args.input, "--input")
     out = Path(args.output)
     return inp, out, checks.writable_file(out, "--output")
@@ -202,9 +197,9 @@ def _score_on_ray(args, inp: Path, out: Path, todo: list, keys: list[str]) -> No
 def _in_input_order(out: Path, keys: list[str]) -> None:
     """Rewrites the output (atomically) with its lines in the input's order, where they are not."""
     lines = complete_lines(out)
-    by_key = {json.loads(line)["key"]: line for line in lines}
-    known = set(keys)
-    ordered = [by_key[k] for k in keys if k in by_key] + [x for x in lines if json.loads(x)["key"] not in known]
+    keyed = [(json.loads(line)["key"], line) for line in lines]
+    by_key, known = dict(keyed), set(keys)
+    ordered = [by_key[k] for k in keys if k in by_key] + [line for key, line in keyed if key not in known]
     if ordered != lines:
         write_text(out, "".join(line + "\n" for line in ordered))
 
@@ -231,11 +226,5 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--k-meta", type=int, help="samples kept by the Meta RM (default k // 2)")
     p.add_argument("--force-scores", action="store_true", help="append a grammar-constrained score group to "
                    "samples that end without one")
-    p.add_argument("--ray", action="store_true", help="score on Ray actors (the ray extra): a local Ray, or the "
-                   "cluster at --address; the same output as without")
-    p.add_argument("--address", help="with --ray: a running cluster's HOST:PORT (`ray start --head` prints it), "
-                   "or 'auto' (default: start a local Ray)")
-    p.add_argument("--workers", type=int, help="with --ray: actors, each loading the model once (default: the "
-                   "cluster's CPUs over --cpus-per-worker)")
-    p.add_argument("--cpus-per-worker", type=int, default=1, help="with --ray: CPUs (threads) per actor")
+    checks.add_ray_options(p, "score")
     p.set_defaults(func=cmd_score)

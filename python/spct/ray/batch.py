@@ -105,26 +105,26 @@ class ScoreWorker:
 
     def score(self, numbers: list[int], items: list[dict], params: dict) -> tuple[list, int]:
         """([(rewards, best, num_valid)] per item, tokens prefilled and decoded)."""
-        tokens = [0]
-
-        def count(n: int) -> None:
-            tokens[0] += n
-
-        judged = self.grm.score_batch(items, indices=numbers, meta_rm=self.meta_rm, progress=count, **params)
-        return [(list(j.rewards), j.best, j.num_valid) for j in judged], tokens[0]
+        judged, tokens = self._judged(numbers, items, params)
+        return [(list(j.rewards), j.best, j.num_valid) for j in judged], tokens
 
     def judge(self, numbers: list[int], items: list, params: dict) -> tuple[list, int]:
         """As `score`, but per item what voting reads ({"rewards", "samples": [{"scores", "valid", "meta_score"}]}),
         for `spct eval --ray`, which votes again at smaller k."""
+        judged, tokens = self._judged(numbers, items, params)
+        return [{"rewards": list(j.rewards), "samples": [
+            {"scores": list(x.scores), "valid": bool(x.valid), "meta_score": x.meta_score} for x in j.samples]}
+            for j in judged], tokens
+
+    def _judged(self, numbers: list[int], items: list, params: dict) -> tuple[list, int]:
+        """score_batch's judgements of the items (seeded by their numbers) and the tokens it prefilled and decoded."""
         tokens = [0]
 
         def count(n: int) -> None:
             tokens[0] += n
 
         judged = self.grm.score_batch(items, indices=numbers, meta_rm=self.meta_rm, progress=count, **params)
-        return [{"rewards": list(j.rewards), "samples": [
-            {"scores": list(x.scores), "valid": bool(x.valid), "meta_score": x.meta_score} for x in j.samples]}
-            for j in judged], tokens[0]
+        return judged, tokens[0]
 
 
 @dataclass
