@@ -2,12 +2,16 @@
 // everything first; the CPU kernel checks the index values it reads again, worded the same way.
 //
 // A call comes in two parts, so that the calls of one step (one per layer) pass only what changes:
-//   layout = PagedAttentionLayout(block_ids, ..., seg_start, rows, ..., scale, bf16, amx, dpbf16)
-//                                                 once per step: indices, sizes, the CPU build
+//   layout = PagedAttentionLayout(block_ids, ..., seg_start, rows, ..., scale, bf16, amx, dpbf16, window, softcap)
+//                                                 once per step: indices, sizes, the CPU build, the options
 //   paged_attention(layout, q, k_cache, v_cache, out)  per layer: host addresses
 // (paged_attention_cuda: the same on device addresses, plus the stream; the layout made from device tensors.)
 // Index arrays are int32 and causal is torch.bool (one byte each), passed by address; causal, q_pos and seg_start
-// are 0 (null) together when no segment is causal. Each call's tensors have the shapes the layout was made for.
+// are 0 (null) together when no segment is causal (a window needs them). Each call's tensors have the shapes the
+// layout was made for. window and softcap (0: none) run on the CPU kernel only (the wrapper keeps them off CUDA).
+#include <cmath>
+#include <cstdint>
+
 #include "common.h"
 
 #include "paged_attention_layout.h"
@@ -21,10 +25,14 @@ PagedAttentionLayout make_layout(uintptr_t block_ids, uintptr_t seg_block_indptr
                                  uintptr_t seg_row_indptr, uintptr_t seg_rows, uintptr_t causal, uintptr_t q_pos,
                                  uintptr_t seg_start, int64_t rows, int64_t heads, int64_t kv_heads,
                                  int64_t head_dim, int64_t num_blocks, int64_t block_size, int64_t segments,
-                                 int64_t nnz_blocks, int64_t nnz_rows, float scale, bool bf16, bool amx, bool dpbf16) {
+                                 int64_t nnz_blocks, int64_t nnz_rows, float scale, bool bf16, bool amx, bool dpbf16,
+                                 int64_t window, float softcap) {
   SPCT_CHECK((causal == 0) == (q_pos == 0) && (causal == 0) == (seg_start == 0),
              "causal, q_pos and seg_start go together (all three addresses or none)");
   SPCT_CHECK(!(amx && dpbf16), "amx=True and dpbf16=True exclude each other (one CPU build per layout)");
+  SPCT_CHECK(window >= 0 && window <= INT32_MAX, "window must be in [0, 2**31 - 1] (0: no window)");
+  SPCT_CHECK(window == 0 || causal != 0, "window needs causal, q_pos and seg_start (every segment's positions)");
+  SPCT_CHECK(std::isfinite(softcap) && softcap >= 0.0f, "softcap must be finite and >= 0 (0: none)");
   if (amx) {
     SPCT_CHECK(bf16 && head_dim % 32 == 0 && block_size % 16 == 0,
                "amx=True needs bfloat16, head_dim a multiple of 32 and block_size a multiple of 16");
@@ -68,6 +76,8 @@ PagedAttentionLayout make_layout(uintptr_t block_ids, uintptr_t seg_block_indptr
   a.bf16 = bf16;
   a.amx = amx;
   a.dpbf16 = dpbf16;
+  a.window = int32_t(window);
+  a.softcap = softcap;
   return l;
 }
 
@@ -78,7 +88,8 @@ void bind_layout(py::module_& m) {
            py::arg("seg_row_indptr"), py::arg("seg_rows"), py::arg("causal"), py::arg("q_pos"), py::arg("seg_start"),
            py::arg("rows"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("num_blocks"),
            py::arg("block_size"), py::arg("segments"), py::arg("nnz_blocks"), py::arg("nnz_rows"), py::arg("scale"),
-           py::arg("bf16"), py::arg("amx") = false, py::arg("dpbf16") = false)
+           py::arg("bf16"), py::arg("amx") = false, py::arg("dpbf16") = false, py::arg("window") = 0,
+           py::arg("softcap") = 0.0f)
       .def_property_readonly("rows", [](const PagedAttentionLayout& l) { return l.a.rows; })
       .def_property_readonly("head_dim", [](const PagedAttentionLayout& l) { return l.a.head_dim; });
 }

@@ -1,7 +1,8 @@
 // CPU paged_attention: checks the index values (worded as the Python wrapper's checks, which run first: a caller of
 // the binding gets the same message for the same first bad value), then runs the kernel built for the widest
 // instruction set this CPU has (paged_attention_impl.h, compiled three times on x86-64: baseline, AVX2 + FMA,
-// AVX-512), or the bfloat16 builds the caller chose (AMX, AVX-512 BF16). Shapes, dtypes and sizes were checked by the Python wrapper.
+// AVX-512), or the bfloat16 builds the caller chose (AMX, AVX-512 BF16). Shapes, dtypes and sizes were checked by
+// the Python wrapper.
 #include <string>
 #include <vector>
 
@@ -128,6 +129,10 @@ std::string check_visible(const attn::PagedAttention& a) {
         const int64_t upto = int64_t(a.q_pos[r]) - a.seg_start[s] + 1;
         n = upto < 0 ? 0 : (upto < n ? upto : n);
       }
+      if (a.window > 0) {  // tokens from index q_pos - window + 1 - seg_start on
+        const int64_t from = int64_t(a.q_pos[r]) - a.window + 1 - a.seg_start[s];
+        n = from <= 0 ? n : (from < n ? n - from : 0);
+      }
       seen[size_t(r)] += n;
     }
   }
@@ -135,7 +140,12 @@ std::string check_visible(const attn::PagedAttention& a) {
     if (seen[size_t(r)] == 0) {
       std::string error = "row " + std::to_string(r) + " of q sees no token: its segments are empty";
       if (a.causal != nullptr) {
-        error += " or start after q_pos[" + std::to_string(r) + "] = " + std::to_string(a.q_pos[r]);
+        error += std::string(a.window > 0 ? ", " : " or ") + "start after q_pos[" + std::to_string(r) + "] = " +
+                 std::to_string(a.q_pos[r]);
+      }
+      if (a.window > 0) {
+        error += " or end before its window of " + std::to_string(a.window) + " (positions > " +
+                 std::to_string(int64_t(a.q_pos[r]) - a.window) + ")";
       }
       return error;
     }

@@ -248,7 +248,7 @@ void attend_segment_amx(const PagedAttention& a, int64_t s, const int32_t* rows,
     amx_scores<D>(k_cache + first, ld, n, *sc, sc->s.data());
     if (pending) values(sc->pb.p + (1 - cur) * pb_size, sc->vb.p + (1 - cur) * vb_size, pending, sc);
     pack_values<D>(v_cache + first, ld, n, vb);
-    softmax_block(causal, lw, n, corr, a.scale, sc);
+    softmax_block(a, causal, lw, n, corr, a.scale, sc);
     pack_block_probs(sc->s.data(), lw, n, pb);
     if (pending) accumulate<D>(sc->corr.p + (1 - cur) * lw, nq, sc);
     pending = n;

@@ -259,7 +259,8 @@ void attend_segment_dp(const PagedAttention& a, int64_t s, const int32_t* rows, 
   sc->corr.resize(lw);
   sc->vb.resize(B * D / 2);
   sc->pb.resize(B / 2 * lw);
-  const bool narrow = lw == W && nq <= kNarrow;
+  // a window or softcap takes the wide path (softmax_step, which applies them; narrow_softmax does not)
+  const bool narrow = lw == W && nq <= kNarrow && a.window == 0 && a.softcap == 0.0f;
   const int64_t b_end = a.seg_block_indptr[s + 1];
   // Blocks are prefetched kAhead ahead into L2 (the task's next segment's first after this one's last). Why:
   // prefetching the next block into L1 asked for its 64 lines at once and stalled on the L1's few outstanding misses.
@@ -288,7 +289,7 @@ void attend_segment_dp(const PagedAttention& a, int64_t s, const int32_t* rows, 
       }
     } else {
       dp_scores<D>(sc->qb.p, k_cache + first, ld, n, lw, sc->s.data());
-      softmax_block(causal, lw, n, sc->corr.p, a.scale, sc);
+      softmax_block(a, causal, lw, n, sc->corr.p, a.scale, sc);
       dp_pack_probs(sc->s.data(), lw, n, sc->pb.p);
     }
     pack_values<D>(v_cache + first, ld, n, sc->vb.p);

@@ -151,20 +151,26 @@ void qk(const float* qt, int64_t lw, const float* k, int64_t kld, int64_t n, flo
   if (lw / W - j == 1) qk_groups<D, 1>(qt, lw, j, k, kld, n, s);
 }
 
-// The online-softmax step of one block for every lane: lane i sees the block's first nv[i] tokens (0: its state is
-// left as it is). Scores s (n x lw) become probabilities p = exp(score - new max) (0 where not seen); m and l are
-// the running max and sum; corr gets exp(old max - new max), the factor of the lane's accumulator. The scores are
-// taken times scale (the vector kernel's are scaled already: 1, exact). Masked = false
+// The online-softmax step of one block for every lane: lane i sees the block's tokens [fv[i], nv[i]) (nv[i] = 0:
+// none, its state is left as it is). Scores s (n x lw) become probabilities p = exp(score - new max) (0 where not
+// seen); m and l are the running max and sum; corr gets exp(old max - new max), the factor of the lane's
+// accumulator. The scores are taken times scale (the vector kernel's are scaled already: 1, exact), then, Capped,
+// capped to cap * tanh(score / cap) (written back into s by the first pass, which the second reads). Masked = false
 // when every lane sees all n tokens (padding lanes too: their queries are zeros): the same bits without the masks.
-template <bool Masked>
-void softmax_step(float* s, int64_t lw, int64_t n, const int32_t* nv, float* m, float* l, float* corr,
-                  float scale = 1.0f) {
+template <bool Masked, bool Capped>
+void softmax_step(float* s, int64_t lw, int64_t n, const int32_t* fv, const int32_t* nv, float* m, float* l,
+                  float* corr, float scale, float cap) {
   for (int64_t j = 0; j < lw; j += W) {
-    const vi seen = loadi(nv + j), any = seen > 0;
+    const vi from = loadi(fv + j), seen = loadi(nv + j), any = seen > 0;
     vf top = splat(-INFINITY);
     for (int64_t t = 0; t < n; ++t) {
-      const vf x = loadv(s + t * lw + j) * scale;
-      top = Masked ? ((vi{} + int32_t(t) < seen) & (top < x) ? x : top) : (top < x ? x : top);
+      vf x = loadv(s + t * lw + j) * scale;
+      if (Capped) {
+        x = cap * vtanh(x / cap);
+        storev(s + t * lw + j, x);
+      }
+      const vi tv = vi{} + int32_t(t);
+      top = Masked ? ((from <= tv) & (tv < seen) & (top < x) ? x : top) : (top < x ? x : top);
     }
     const vf old = loadv(m + j);
     const vf mx = Masked ? (any & (old < top) ? top : old) : (old < top ? top : old);
@@ -172,10 +178,10 @@ void softmax_step(float* s, int64_t lw, int64_t n, const int32_t* nv, float* m, 
     const vf c = Masked ? (any ? vexp(any ? old - mx : splat(0.0f)) : splat(1.0f)) : vexp(old - mx);
     vf sum = {};
     for (int64_t t = 0; t < n; ++t) {
-      const vf x = loadv(s + t * lw + j) * scale;
+      const vf x = Capped ? loadv(s + t * lw + j) : loadv(s + t * lw + j) * scale;
       vf p;
       if (Masked) {
-        const vi vis = vi{} + int32_t(t) < seen;
+        const vi tv = vi{} + int32_t(t), vis = (from <= tv) & (tv < seen);
         p = vis ? vexp(vis ? x - mx : splat(0.0f)) : splat(0.0f);
       } else {
         p = vexp(x - mx);
@@ -225,7 +231,7 @@ inline void pv_queries(const float* p, int64_t lw, const int32_t* lane, const fl
 struct Scratch {
   Buf<float> m, l, acc;                // (nq,), (nq,), (nq, D): the task's online-softmax states
   Buf<float> qt, lm, ll, corr, s, k, v;  // lanes: (D, lw) scaled queries, (lw,) states, (B, lw) scores, K/V rows
-  Buf<int32_t> query, pos, nv, lane;   // lanes: local query (-1: padding), q_pos, tokens seen; real lanes
+  Buf<int32_t> query, pos, fv, nv, lane;  // lanes: local query (-1: padding), q_pos, tokens seen [fv, nv); real lanes
   Buf<float*> accs;
   Buf<uint32_t> qb, vb, pb;  // the AMX path's packed queries, values and probabilities (paged_attention_amx.h)
   Buf<float> o;          // the AMX path's P . V of one block (lw, D)
@@ -307,14 +313,21 @@ int64_t gather(const PagedAttention& a, const int32_t* rows, int64_t count, int6
   return i;
 }
 
-// Block bi (n tokens) of segment s for the lanes: returns how many of its tokens the lanes see at most (0: none).
+// Block bi (n tokens) of segment s for the lanes: lane i sees its tokens [fv[i], nv[i]) (causal: up to its q_pos; a
+// window: from q_pos - window + 1 on; nv[i] = fv[i] = 0: none). Returns how many of its tokens the lanes see at most
+// (0: none, and the block is not read: after every lane's q_pos, or wholly before every lane's window).
 int64_t visible(const PagedAttention& a, int64_t s, int64_t bi, int64_t n, int64_t lw, Scratch* sc) {
   const bool causal = a.causal != nullptr && a.causal[s] != 0;
-  const int64_t first = causal ? int64_t(a.seg_start[s]) + bi * a.block_size : 0;  // the block's first position
+  // the block's first position (a window places every segment's tokens)
+  const int64_t first = causal || a.window > 0 ? int64_t(a.seg_start[s]) + bi * a.block_size : 0;
   int64_t most = 0;
+  sc->fv.resize(lw);
   sc->nv.resize(lw);
   for (int64_t i = 0; i < lw; ++i) {
     int64_t seen = sc->query[i] < 0 ? 0 : causal ? imin(n, imax(0, sc->pos[i] - first + 1)) : n;
+    int64_t from = a.window > 0 ? imin(n, imax(0, sc->pos[i] - a.window + 1 - first)) : 0;
+    if (from >= seen) from = seen = 0;
+    sc->fv[i] = int32_t(from);
     sc->nv[i] = int32_t(seen);
     most = imax(most, seen);
   }
@@ -333,13 +346,19 @@ void point_accumulators(int64_t nq, Scratch* sc) {
   for (int64_t i = 0; i < nq; ++i) sc->accs[i] = sc->acc.data() + sc->query[i] * D;
 }
 
-// softmax_step on the block's scores sc->s, masked where the segment is causal.
-inline void softmax_block(bool causal, int64_t lw, int64_t n, float* corr, float scale, Scratch* sc) {
-  if (causal) {
-    softmax_step<true>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), corr, scale);
-  } else {
-    softmax_step<false>(sc->s.data(), lw, n, sc->nv.data(), sc->lm.data(), sc->ll.data(), corr, scale);
+// softmax_step on the block's scores sc->s (from visible()), masked where the segment is causal or a window is set
+// (a window's bounds differ by lane in any segment), capped where a softcap is set.
+inline void softmax_block(const PagedAttention& a, bool causal, int64_t lw, int64_t n, float* corr, float scale,
+                          Scratch* sc) {
+  float *s = sc->s.data(), *m = sc->lm.data(), *l = sc->ll.data();
+  const int32_t *fv = sc->fv.data(), *nv = sc->nv.data();
+  const float cap = a.softcap;
+  if (causal || a.window > 0) {
+    if (cap > 0.0f) return softmax_step<true, true>(s, lw, n, fv, nv, m, l, corr, scale, cap);
+    return softmax_step<true, false>(s, lw, n, fv, nv, m, l, corr, scale, cap);
   }
+  if (cap > 0.0f) return softmax_step<false, true>(s, lw, n, fv, nv, m, l, corr, scale, cap);
+  softmax_step<false, false>(s, lw, n, fv, nv, m, l, corr, scale, cap);
 }
 
 // The lanes' online-softmax states back into the task's, after the segment's last block.
@@ -368,13 +387,13 @@ void attend_segment(const PagedAttention& a, int64_t s, const int32_t* rows, int
   for (int64_t i = 0; i < nq; ++i) sc->lane[i] = int32_t(i);
   for (int64_t bi = 0, b = a.seg_block_indptr[s]; b < a.seg_block_indptr[s + 1]; ++b, ++bi) {
     const int64_t n = visible(a, s, bi, imin(B, len - bi * B), lw, sc);
-    if (n == 0) continue;  // a causal block no row here sees yet: every state stays as it is
+    if (n == 0) continue;  // a block no lane here sees (causal, or before the window): not read, states as they are
     const int64_t first = head_offset(a, a.block_ids[b], h, D);
     int64_t kld = ld, vld = ld;
     const float* k = rows_f32<D>(k_cache + first, &kld, n, sc->k.data());
     const float* v = rows_f32<D>(v_cache + first, &vld, n, sc->v.data());
     qk<D>(sc->qt.data(), lw, k, kld, n, sc->s.data());
-    softmax_block(causal, lw, n, sc->corr.data(), 1.0f, sc);
+    softmax_block(a, causal, lw, n, sc->corr.data(), 1.0f, sc);
     int64_t i = 0;
     for (; i + kQueries <= nq; i += kQueries)
       pv_queries<D, kQueries>(sc->s.data(), lw, sc->lane.data() + i, v, vld, n, sc->accs.data() + i,

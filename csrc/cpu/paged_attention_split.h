@@ -50,10 +50,11 @@ inline void add_steps(const PagedAttention& a, int64_t s, const int32_t* pos, in
 }
 
 // Whether the call takes the split path (and its plan in sp): one tile, fewer tasks than two per thread, at most
-// kNarrow lanes in every segment.
+// kNarrow lanes in every segment, no window and no softcap (narrow_softmax applies neither: such a call takes
+// attend_segment_dp's wide path, softmax_step).
 inline bool plan_split(const PagedAttention& a, const Tiles& tl, int64_t threads, Split* sp) {
   const int64_t G = a.heads / a.kv_heads;
-  if (threads < 2 || tl.count != 1 || a.kv_heads >= 2 * threads) return false;
+  if (threads < 2 || tl.count != 1 || a.kv_heads >= 2 * threads || a.window > 0 || a.softcap > 0.0f) return false;
   const int64_t end = tl.start.p[1];
   int64_t blocks = 0;  // of the segments, at most as many steps
   sp->groups = 0;

@@ -82,3 +82,20 @@ inline vf vexp(vf x) {
   memcpy(&scale, &e, sizeof scale);
   return y * scale;
 }
+// tanh(x), lane-wise (Cephes tanhf: |x| < 0.625: x + x^3 P(x^2), degree-4 P; else sign(x) (1 - e) / (1 + e) with
+// e = exp(-2|x|) from vexp, which holds 1 - e to ~1e-7 as e <= exp(-1.25); e floors at exp(-87), so large |x| give
+// +-1). Absolute error ~1e-7. NaN in a lane gives NaN there (the kernels select such lanes away).
+inline vf vtanh(vf x) {
+  const vf zero = splat(0.0f);
+  const vf a = x < zero ? -x : x;
+  const vf e = vexp(-2.0f * a);
+  const vf big = (1.0f - e) / (1.0f + e);
+  const vf s = x * x;
+  vf p = splat(-5.70498872745e-3f);
+  p = p * s + 2.06390887954e-2f;
+  p = p * s - 5.37397155531e-2f;
+  p = p * s + 1.33314422036e-1f;
+  p = p * s - 3.33332819422e-1f;
+  const vf small = p * s * x + x;
+  return a < splat(0.625f) ? small : x < zero ? -big : big;
+}

@@ -313,6 +313,10 @@ const char* run(const attn::PagedAttention& a, cudaStream_t stream) {
 
 const char* paged_attention(const attn::PagedAttention& a, void* stream) {
   if (a.rows == 0) return "";
+  if (a.window > 0 || a.softcap > 0.0f) {  // the Python wrapper runs such calls on the reference instead
+    return "paged_attention: window and softcap run on the C++ CPU kernel and the reference; the CUDA kernel lacks "
+           "them";
+  }
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   switch (a.head_dim) {
 #define SPCT_CASE(D) \

@@ -9,14 +9,21 @@
 //                      ceil(seg_len[s] / B) of them, read by rows seg_rows[seg_row_indptr[s] .. [s + 1])
 //   causal (optional)  causal[s] != 0: token i of segment s sits at position seg_start[s] + i and row r sees it
 //                      only if that position is <= q_pos[r]
+//   window (optional)  window = W > 0: token i of EVERY segment s sits at position seg_start[s] + i (causal, q_pos and
+//                      seg_start are given) and row r sees it only if that position is > q_pos[r] - W (a row sees
+//                      itself and the W - 1 tokens before it at most: transformers' sliding window); blocks wholly
+//                      before a lane's window are not read for it, nor at all when no lane of the block sees them
+//   softcap (optional) softcap = c > 0: every score x = scale * (q . k) becomes c * tanh(x / c) before the softmax
+//                      (Gemma 2's attn_logit_softcapping)
 // Query head h reads KV head h / (Hq / Hkv).
 //
 // The rule every kernel follows (the engine's batch invariance rests on it): a row's output is an online softmax
 // over ITS blocks, block by block, in the order of the segments that list the row and, within a segment, in block
 // order. For each block: the row's scores over the block's tokens it sees (all tokens of a full block, the first
-// seg_len % B of a segment's partial last block, for a causal segment only positions <= q_pos), then the running
-// max, sum and float32 accumulator updated once. A row's result thus depends only on q[r], the sequence of blocks
-// it sees and how many tokens of each: not on the other rows, on how its blocks are split into segments, on the
+// seg_len % B of a segment's partial last block, for a causal segment only positions <= q_pos, with a window only
+// positions > q_pos - window), then the running max, sum and float32 accumulator updated once; a block the row sees
+// no token of leaves its state bit for bit as it is. A row's result thus depends only on q[r], the sequence of
+// blocks it sees and which tokens of each: not on the other rows, on how its blocks are split into segments, on the
 // number of rows or of threads.
 #pragma once
 
@@ -39,6 +46,8 @@ struct PagedAttention {
   const uint8_t* causal;            // (segments,) 0 or 1 (torch.bool); null: no causal segment
   const int32_t* q_pos;             // (rows,) null when causal is null
   const int32_t* seg_start;         // (segments,) null when causal is null
+  int32_t window = 0;                // > 0: the sliding window (causal, q_pos and seg_start given); 0: none
+  float softcap = 0.0f;              // > 0: scores capped to c * tanh(score / c); 0: none
   int64_t rows, heads, kv_heads, head_dim;
   int64_t num_blocks, block_size, segments, nnz_blocks, nnz_rows;
   float scale;  // applied to q . k (usually 1 / sqrt(D))

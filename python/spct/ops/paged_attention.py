@@ -17,14 +17,21 @@ a CUDA kernel indexes with; `causal` is bool; all of them the same for every lay
                        h // (Hq // Hkv)
     causal (optional)  causal[s] True: token i of segment s sits at position seg_start[s] + i, and row r sees it only
                        if that position is <= q_pos[r]; a non-causal segment is seen whole
+    window (optional)  window = W >= 1 (needs causal, q_pos and seg_start): token i of EVERY segment s, causal or not,
+                       sits at position seg_start[s] + i, and row r sees it only if that position is > q_pos[r] - W
+                       (besides the causal rule): a row sees itself and the W - 1 tokens before it at most, as
+                       transformers' sliding window (Mistral, Gemma 2/3's local layers); blocks wholly before a row's
+                       window are not read for it
+    softcap (optional) softcap = c > 0: each score x = scale * (q . k) becomes c * tanh(x / c) before the softmax
+                       (Gemma 2's attn_logit_softcapping)
 
-Every row must see at least one token. The segments of one row should not overlap (a token in two of them counts
-twice; not checked). Levels of sharing are just segments: a GRM decode step whose rows are the k samples of a few
-response orders has one segment for the shared query (every row), one per order for that order's suffix (its
-samples) and one per sample for its own tokens. A prefill chunk of C tokens of one sequence is C rows (q_pos their
-positions) over its cached context (non-causal segments, shareable) and one causal segment holding the context's
-partial last block and the chunk's own tokens (seg_start: its first token's position; the chunk's K and V are
-written into the cache before the call).
+Every row must see at least one token (within its window). The segments of one row should not overlap (a token in
+two of them counts twice; not checked). Levels of sharing are just segments: a GRM decode step whose rows are the k
+samples of a few response orders has one segment for the shared query (every row), one per order for that order's
+suffix (its samples) and one per sample for its own tokens. A prefill chunk of C tokens of one sequence is C rows
+(q_pos their positions) over its cached context (non-causal segments, shareable) and one causal segment holding the
+context's partial last block and the chunk's own tokens (seg_start: its first token's position; the chunk's K and V
+are written into the cache before the call).
 
 Why a CSR of rows per segment rather than FlashInfer's multi-level cascade (per level, contiguous query ranges and
 one block table each, a fixed number of levels): the rows of a continuous batch are not sorted by sharing group
@@ -41,7 +48,9 @@ kernel (spct.ops.triton.paged_attention); `spct.ops.dispatch.pick` chooses. The 
 reference does not need (csrc/include/spct/paged_attention.h): a row's output is an online softmax over its blocks,
 one update per block, in the order of its segments and of their blocks, so a row's bits depend only on q[r], the
 blocks it sees and how many tokens of each: not on the other rows, on how its blocks are split into segments, or on
-the thread count. They agree with the reference within the tolerance table.
+the thread count. They agree with the reference within the tolerance table. window and softcap run on the C++ kernel
+(CPU) and the reference only: under "auto" such a call on CUDA runs the reference, and backend "triton" or "native"
+on CUDA refuses them.
 
 Two entry points, as for prefix_attention: `paged_attention(...)`, one call; `Plan(indices...).run(q, k_cache,
 v_cache)`, the calls of one step that share the layout (its layers), checked at the first call, which also makes the
@@ -54,6 +63,7 @@ way, so the same bad value gets the same message whichever backend runs.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -75,6 +85,23 @@ def _scale(scale: float | None, dim: int) -> float:
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     return scale
+
+
+def _options(window, softcap, index: tuple) -> tuple[int, float]:
+    """window and softcap checked, as an int and a float (0: none)."""
+    if window is None:
+        window = 0
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or not 0 <= window < 2**31:
+        raise ValueError(f"window must be an int in [1, 2**31 - 1] (None or 0: no window), got {window!r}")
+    if softcap is None:
+        softcap = 0.0
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real) or not (math.isfinite(softcap)
+                                                                                    and softcap >= 0):
+        raise ValueError(f"softcap must be finite and > 0 (None or 0: none), got {softcap!r}")
+    if window and any(t is None for t in index[5:]):
+        raise ValueError("window needs causal, q_pos and seg_start (every segment's token positions; causal may be "
+                         "all False)")
+    return int(window), float(softcap)
 
 
 def _describe(t) -> str:
@@ -164,8 +191,8 @@ def _check_rows(seg_row_indptr, seg_rows, rows: int) -> torch.Tensor:
     return segment
 
 
-def _check_visible(seg_len, seg_rows, segment, causal, q_pos, seg_start, rows: int) -> None:
-    """Every row is in a segment and sees at least one token of its segments."""
+def _check_visible(seg_len, seg_rows, segment, causal, q_pos, seg_start, rows: int, window: int = 0) -> None:
+    """Every row is in a segment and sees at least one token of its segments (within its window)."""
     members = seg_rows.long()
     covered = torch.zeros(rows, dtype=torch.int64, device=seg_rows.device).index_add_(0, members,
                                                                                         torch.ones_like(members))
@@ -178,26 +205,44 @@ def _check_visible(seg_len, seg_rows, segment, causal, q_pos, seg_start, rows: i
         _first_bad("seg_start", seg_start, seg_start < 0, "must be >= 0")
         upto = (q_pos.long()[members] - seg_start.long()[segment] + 1).clamp(min=0)
         seen = torch.where(causal[segment], torch.minimum(seen, upto), seen)
+        if window:  # tokens from index q_pos - window + 1 - seg_start on
+            start = q_pos.long()[members] - window + 1 - seg_start.long()[segment]
+            seen = (seen - start.clamp(min=0)).clamp(min=0)
     visible = torch.zeros(rows, dtype=torch.int64, device=seg_rows.device).index_add_(0, members, seen)
     where = torch.nonzero(visible == 0)
     if where.shape[0]:
         r = int(where[0, 0])
         after = f" or start after q_pos[{r}] = {int(q_pos[r])}" if causal is not None else ""
+        if window:
+            after = (f", start after q_pos[{r}] = {int(q_pos[r])} or end before its window of {window} (positions > "
+                     f"{int(q_pos[r]) - window})")
         raise ValueError(f"row {r} of q sees no token: its segments are empty{after}")
 
 
-def _check_indices(index: tuple, rows: int, num_blocks: int, block_size: int) -> None:
+def _check_indices(index: tuple, rows: int, num_blocks: int, block_size: int, window: int = 0) -> None:
     """The index values against q's R rows and the cache's N blocks of B tokens (a sync on CUDA)."""
     block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start = index
     _check_blocks(block_ids, seg_block_indptr, seg_len, num_blocks, block_size)
     segment = _check_rows(seg_row_indptr, seg_rows, rows)
-    _check_visible(seg_len, seg_rows, segment, causal, q_pos, seg_start, rows)
+    _check_visible(seg_len, seg_rows, segment, causal, q_pos, seg_start, rows, window)
 
 
 def _checked_natively(q: torch.Tensor, backend: str) -> bool:
     """Whether the C++ kernel (CPU) will run these calls: it checks the index values itself on every call, worded
     as _check_indices words them, so the wrapper leaves them to it (a decode step's layout was checked twice)."""
     return not q.is_cuda and q.shape[2] in HEAD_DIMS and dispatch.pick(OP, q.device, backend) == "native"
+
+
+def _picked(q: torch.Tensor, backend: str, options: bool) -> str:
+    """dispatch.pick's backend for q, where a window or softcap (options) keeps the CUDA and Triton kernels out:
+    "auto" runs the reference instead, a forced one is refused."""
+    picked = dispatch.pick(OP, q.device, backend)
+    if options and (picked == "triton" or picked == "native" and q.is_cuda):
+        if backend != "auto":
+            raise ValueError("window and softcap run on the C++ CPU kernel and the reference; the CUDA and Triton "
+                             f"kernels lack them (backend={backend!r} on {q.device})")
+        picked = "reference"
+    return picked
 
 
 def _contiguous(index: tuple) -> tuple:
@@ -251,18 +296,18 @@ def _address(t: torch.Tensor | None) -> int:
 
 
 def _bind(index: tuple, q: torch.Tensor, k_cache: torch.Tensor, scale: float, backend: str,
-          kernel: str | None = None):
+          kernel: str | None = None, window: int = 0, softcap: float = 0.0):
     """The backend for checked, contiguous arguments shaped like q: (R, Hq, D) and k_cache: (N, B, Hkv, D), as a
     function (q, k_cache, v_cache) -> (R, Hq, D); the C++ kernel's layout is made here, once. It holds the index
     tensors' addresses: the caller keeps them alive while it uses the function (a Plan holds them)."""
-    picked = dispatch.pick(OP, q.device, backend)
+    picked = _picked(q, backend, bool(window or softcap))
     rows, heads, dim = q.shape
     if picked == "native" and dim not in HEAD_DIMS:
         if backend == "native":
             raise ValueError(f"head_dim {dim} has no native kernel (built: {', '.join(map(str, HEAD_DIMS))})")
         picked = "reference"
     if picked == "reference":
-        return lambda q, k_cache, v_cache: ref.paged_attention(q, k_cache, v_cache, *index, scale)
+        return lambda q, k_cache, v_cache: ref.paged_attention(q, k_cache, v_cache, *index, scale, window, softcap)
     block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows = index[:5]
     if picked == "triton":
         kernels = dispatch.triton(OP)
@@ -271,11 +316,13 @@ def _bind(index: tuple, q: torch.Tensor, k_cache: torch.Tensor, scale: float, ba
                                                                    row_map=row_map)
     lib = dispatch.native()
     # positional, in the binding's order: the eight index addresses (0: no causal segment), then rows, heads,
-    # kv_heads, head_dim, num_blocks, block_size, segments, nnz_blocks, nnz_rows, scale, bf16, amx, dpbf16
+    # kv_heads, head_dim, num_blocks, block_size, segments, nnz_blocks, nnz_rows, scale, bf16, amx, dpbf16, window,
+    # softcap
     build = "vector" if q.is_cuda else _kernel(q, k_cache.shape[1], kernel)
     layout = lib.PagedAttentionLayout(*map(_address, index), rows, heads, k_cache.shape[2], dim, k_cache.shape[0],
                                       k_cache.shape[1], seg_len.shape[0], block_ids.shape[0], seg_rows.shape[0],
-                                      scale, q.dtype == torch.bfloat16, build == "amx", build == "avx512bf16")
+                                      scale, q.dtype == torch.bfloat16, build == "amx", build == "avx512bf16", window,
+                                      softcap)
 
     def native(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(q)
@@ -300,22 +347,24 @@ class Plan:
         plan = Plan(block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows)  # once per step
         out = plan.run(q, k_cache, v_cache)                                          # per layer -> (R, Hq, D)
 
-    The index tensors, causal/q_pos/seg_start, scale, backend and cpu_kernel are `paged_attention`'s and must not
-    change while the plan is used. The first `run` checks what `paged_attention` checks and binds the backend (the
-    C++ kernel's layout); a later call whose tensors have the same shapes, dtypes and devices runs at once (any other
-    is checked and bound again).
+    The index tensors, causal/q_pos/seg_start, scale, backend, cpu_kernel, window and softcap are
+    `paged_attention`'s and must not change while the plan is used. The first `run` checks what `paged_attention`
+    checks and binds the backend (the C++ kernel's layout); a later call whose tensors have the same shapes, dtypes
+    and devices runs at once (any other is checked and bound again).
     """
 
     def __init__(self, block_ids: torch.Tensor, seg_block_indptr: torch.Tensor, seg_len: torch.Tensor,
                  seg_row_indptr: torch.Tensor, seg_rows: torch.Tensor, *, causal: torch.Tensor | None = None,
                  q_pos: torch.Tensor | None = None, seg_start: torch.Tensor | None = None,
-                 scale: float | None = None, backend: str = "auto", cpu_kernel: str | None = None):
+                 scale: float | None = None, backend: str = "auto", cpu_kernel: str | None = None,
+                 window: int | None = None, softcap: float | None = None):
         dispatch.check_backend(OP, backend)
         if scale is not None:
             _scale(scale, 1)
         self._index = _contiguous((block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos,
                                    seg_start))
         _check_cpu_kernel(cpu_kernel)
+        self._window, self._softcap = _options(window, softcap, self._index)
         self._scale_arg, self._backend, self._cpu_kernel, self._key = scale, backend, cpu_kernel, None
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
@@ -336,20 +385,20 @@ class Plan:
         if key != self._key:
             _check_layout(self._index, q.shape[0], q.device)
             if not _checked_natively(q, self._backend):
-                _check_indices(self._index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
+                _check_indices(self._index, q.shape[0], k_cache.shape[0], k_cache.shape[1], self._window)
             self._run = _bind(self._index, q, k_cache, _scale(self._scale_arg, q.shape[2]), self._backend,
-                              self._cpu_kernel)
+                              self._cpu_kernel, self._window, self._softcap)
             self._key = key
 
 
 def _impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_ids: torch.Tensor,
           seg_block_indptr: torch.Tensor, seg_len: torch.Tensor, seg_row_indptr: torch.Tensor, seg_rows: torch.Tensor,
           causal: torch.Tensor | None, q_pos: torch.Tensor | None, seg_start: torch.Tensor | None, scale: float,
-          backend: str, cpu_kernel: str | None = None) -> torch.Tensor:
+          backend: str, cpu_kernel: str | None = None, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
     index = (block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start)
     if not _checked_natively(q, backend):
-        _check_indices(index, q.shape[0], k_cache.shape[0], k_cache.shape[1])
-    return _bind(index, q, k_cache, scale, backend, cpu_kernel)(q, k_cache, v_cache)
+        _check_indices(index, q.shape[0], k_cache.shape[0], k_cache.shape[1], window)
+    return _bind(index, q, k_cache, scale, backend, cpu_kernel, window, softcap)(q, k_cache, v_cache)
 
 
 _op = torch.library.custom_op("spct::paged_attention", mutates_args=())(_impl)
@@ -357,7 +406,7 @@ _op = torch.library.custom_op("spct::paged_attention", mutates_args=())(_impl)
 
 @_op.register_fake
 def _(q, k_cache, v_cache, block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start,
-      scale, backend, cpu_kernel=None):
+      scale, backend, cpu_kernel=None, window=0, softcap=0.0):
     return torch.empty_like(q)
 
 
@@ -377,6 +426,8 @@ def paged_attention(
     scale: float | None = None,
     backend: str = "auto",
     cpu_kernel: str | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention of R query rows over segments of a paged KV cache (layout: module docstring).
 
@@ -386,7 +437,10 @@ def paged_attention(
     segment's rows, < R; causal: (S,) bool, q_pos: (R,) int32, seg_start: (S,) int32, all three or none; scale:
     multiplies q . k (default 1 / sqrt(D)); backend: "auto", "native" (the C++ or CUDA kernel, D in HEAD_DIMS),
     "triton" or "reference"; cpu_kernel: the C++ kernel's build, "amx", "avx512bf16" or "vector" (CPU_KERNELS;
-    None: `cpu_kernel`'s choice). returns: (R, Hq, D) in q's dtype, accumulated in float32.
+    None: `cpu_kernel`'s choice); window: the sliding window W >= 1, a row sees positions > q_pos - W (needs
+    causal, q_pos and seg_start; None or 0: none); softcap: c > 0 caps each scaled score x to c * tanh(x / c)
+    before the softmax (None or 0: none); both run on the C++ CPU kernel and the reference only (module
+    docstring). returns: (R, Hq, D) in q's dtype, accumulated in float32.
     """
     dispatch.check_backend(OP, backend)
     _check_cpu_kernel(cpu_kernel)
@@ -394,6 +448,7 @@ def paged_attention(
     index = (block_ids, seg_block_indptr, seg_len, seg_row_indptr, seg_rows, causal, q_pos, seg_start)
     _check_layout(index, q.shape[0], q.device)
     scale = _scale(scale, q.shape[2])
+    window, softcap = _options(window, softcap, index)
     op = torch.ops.spct.paged_attention if torch.compiler.is_compiling() else _impl
     return op(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), *_contiguous(index), scale, backend,
-              cpu_kernel)
+              cpu_kernel, window, softcap)

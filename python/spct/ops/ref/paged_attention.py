@@ -1,7 +1,9 @@
 """Reference paged_attention: one segment at a time, as the kernels will work. A segment's tokens are gathered from
 their blocks once, attended by every row that lists it (plain softmax in float32, the causal rule applied), and
-each row's partial result is merged into its running one by log-sum-exp. The fall-back where no kernel is built
-and the oracle of the kernels (tests/test_paged_attention.py checks it against a per-row concatenation).
+each row's partial result is merged into its running one by log-sum-exp. A softcap caps the scores (c * tanh(x /
+c)) before the masks; a window masks every segment's tokens at positions <= q_pos - window. The fall-back where no
+kernel is built and the oracle of the kernels (tests/test_paged_attention.py checks it against a per-row
+concatenation; tests/test_paged_attention_window.py with a window and a softcap).
 
 Merge of two partial results of one row (o: the attention output over a set of tokens, l: the log of the sum of
 exp(score) over that set): l = logaddexp(l_a, l_b); o = o_a * exp(l_a - l) + o_b * exp(l_b - l). A part that sees no
@@ -34,10 +36,12 @@ def _merge(out: torch.Tensor, lse: torch.Tensor, rows: torch.Tensor, part: torch
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_ids: torch.Tensor,
                     seg_block_indptr: torch.Tensor, seg_len: torch.Tensor, seg_row_indptr: torch.Tensor,
                     seg_rows: torch.Tensor, causal: torch.Tensor | None, q_pos: torch.Tensor | None,
-                    seg_start: torch.Tensor | None, scale: float) -> torch.Tensor:
+                    seg_start: torch.Tensor | None, scale: float, window: int = 0,
+                    softcap: float = 0.0) -> torch.Tensor:
     """q: (R, Hq, D); k_cache, v_cache: (N, B, Hkv, D); block_ids: (nnz_blocks,); seg_block_indptr,
     seg_row_indptr: (S + 1,); seg_len: (S,); seg_rows: (nnz_rows,); causal: (S,) bool or None; q_pos: (R,) or None;
-    seg_start: (S,) or None (layout: spct.ops.paged_attention). returns: (R, Hq, D) in q's dtype; zeros for a row
+    seg_start: (S,) or None; window: > 0 the sliding window (causal, q_pos and seg_start given), 0 none; softcap: > 0
+    the scores' cap, 0 none (layout: spct.ops.paged_attention). returns: (R, Hq, D) in q's dtype; zeros for a row
     that sees no token (the wrapper refuses such a layout)."""
     rows, heads, dim = q.shape
     group = heads // k_cache.shape[2]
@@ -51,10 +55,17 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         blocks = block_ids[int(seg_block_indptr[s]):int(seg_block_indptr[s + 1])]
         k, v = _tokens(k_cache, blocks, n, group), _tokens(v_cache, blocks, n, group)  # (n, Hq, D), read once
         scores = torch.einsum("rhd,nhd->rhn", q[members].float(), k) * scale
-        if causal is not None and bool(causal[s]):
+        if softcap:
+            scores = softcap * torch.tanh(scores / softcap)
+        visible = torch.ones(members.shape[0], n, dtype=torch.bool, device=q.device)  # (r, n)
+        if causal is not None:
             position = int(seg_start[s]) + torch.arange(n, device=q.device)
-            visible = position[None, :] <= q_pos[members].long()[:, None]  # (r, n)
-            scores = scores.masked_fill(~visible[:, None, :], -torch.inf)
+            at = q_pos[members].long()[:, None]
+            if bool(causal[s]):
+                visible &= position[None, :] <= at
+            if window:
+                visible &= position[None, :] > at - window
+        scores = scores.masked_fill(~visible[:, None, :], -torch.inf)
         part_lse = torch.logsumexp(scores, dim=-1)  # (r, Hq); -inf where the row sees none of these tokens
         part = torch.einsum("rhn,nhd->rhd", torch.softmax(scores, dim=-1), v)  # nan for such a row, dropped
         _merge(out, lse, members, part, part_lse)
