@@ -1,4 +1,5 @@
-"""Convert a Llama-architecture GGUF file into a Hugging Face model directory.
+"""Convert a GGUF file (llama, qwen2, qwen3, phi3, gemma2, gemma3: :mod:`spct.engine.gguf_archs`) into a Hugging
+Face model directory.
 
 The output directory holds ``config.json``, ``generation_config.json``, a
 float32 ``model.safetensors`` and the tokenizer files, and loads with
@@ -10,8 +11,10 @@ Layout notes
   torch: a linear layer with torch shape ``(out_features, in_features)`` is
   ``[in_features, out_features]`` in GGUF.  The raw data is row-major in the
   torch order, so only the shape needs reversing.
-* llama.cpp's converter permutes the rows of ``attn_q`` / ``attn_k`` so that its
+* llama.cpp's converter permutes the rows of ``attn_q`` / ``attn_k`` of llama models so that its
   RoPE kernel can rotate adjacent pairs; :func:`unpermute_rope_rows` undoes it.
+* It stores Gemma's RMSNorm weights as ``1 + w`` (Gemma's norm scales by ``1 + w``); 1 is subtracted here, in
+  float32, so a norm weight comes back to within one float32 rounding of ``1 + w`` (the other tensors exactly).
 """
 
 from __future__ import annotations
@@ -25,124 +28,27 @@ from pathlib import Path
 import numpy as np
 
 from spct._atomic import atomic_file, write_json
+from spct.engine.gguf_archs import (ARCHS, BY_HF_ARCH, GLOBAL_NAMES, SUPPORTED_ARCHITECTURES, GGUFArch,
+                                    expected_parameters, gguf_tensor_name, model_config)
 
-__all__ = ["SUPPORTED_ARCHITECTURES", "convert_gguf", "hf_tensor_name", "llama_config", "unpermute_rope_rows"]
-
-SUPPORTED_ARCHITECTURES = ("llama",)
-
-_REQUIRED = object()
-
-# GGUF tensor base name -> Hugging Face Llama module path.
-_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-# Present in some Llama GGUFs but with no Llama-config equivalent we can write.
-_SKIPPED = {"rope_freqs.weight"}
+__all__ = ["SUPPORTED_ARCHITECTURES", "convert_gguf", "convert_tensors", "hf_tensor_name", "model_config",
+           "unpermute_rope_rows"]
 
 
-def _field(reader, key: str, default=_REQUIRED):
-    """Return a GGUF metadata value as a Python scalar, str, or list of those."""
-    field = reader.fields.get(key)
-    if field is None:
-        if default is _REQUIRED:
-            raise ValueError(f"GGUF metadata key {key!r} is missing")
-        return default
-    import gguf
-
-    # field.data indexes the parts that hold the value(s); strings are uint8 arrays.
-    parts = [field.parts[i] for i in field.data]
-    if field.types[-1] == gguf.GGUFValueType.STRING:
-        values = [bytes(p).decode("utf-8") for p in parts]
-    else:
-        values = [p.tolist()[0] for p in parts]
-    return values if field.types[0] == gguf.GGUFValueType.ARRAY else values[0]
+def hf_tensor_name(gguf_name: str, arch: str = "llama") -> str | None:
+    """``blk.0.attn_q.weight`` -> ``model.layers.0.self_attn.q_proj.weight`` for GGUF architecture ``arch``; None
+    if unknown."""
+    return _hf_name(gguf_name, ARCHS[arch])
 
 
-def _f32(x: float) -> float:
-    """Shortest decimal that rounds to the same float32 (GGUF stores float32)."""
-    return float(str(np.float32(x)))
-
-
-def _check_architecture(reader) -> str:
-    arch = _field(reader, "general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"unsupported GGUF architecture {arch!r}: spct converts only {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
-    if _field(reader, f"{arch}.expert_count", 0):
-        raise ValueError(f"GGUF architecture {arch!r} with experts (MoE) is not supported")
-    return arch
-
-
-def _rope_scaling(reader, arch: str) -> dict | None:
-    kind = _field(reader, f"{arch}.rope.scaling.type", "none")
-    if kind == "none":
-        return None
-    if kind == "linear":
-        return {"rope_type": "linear", "factor": _f32(_field(reader, f"{arch}.rope.scaling.factor"))}
-    raise ValueError(f"GGUF rope scaling type {kind!r} is not supported (only 'linear')")
-
-
-def llama_config(reader) -> dict:
-    """Build a ``LlamaConfig``-style dict from the metadata of a ``gguf.GGUFReader``."""
-    arch = _check_architecture(reader)
-
-    def meta(key, default=_REQUIRED):
-        return _field(reader, f"{arch}.{key}", default)
-
-    tensors = {t.name: t for t in reader.tensors}
-    hidden, n_head = meta("embedding_length"), meta("attention.head_count")
-    n_kv = meta("attention.head_count_kv", n_head)
-    if isinstance(n_kv, list):
-        raise ValueError("per-layer attention.head_count_kv is not supported")
-    head_dim = meta("attention.key_length", hidden // n_head)
-    if meta("rope.dimension_count", head_dim) != head_dim:
-        raise ValueError("partial rotary embeddings (rope.dimension_count != head_dim) are not supported")
-    tok = lambda key: _field(reader, f"tokenizer.ggml.{key}", None)  # noqa: E731
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        # token_embd is [hidden, vocab] in GGUF order: the vocab is its last dim.
-        "vocab_size": int(tensors["token_embd.weight"].shape[-1]),
-        "hidden_size": hidden,
-        "intermediate_size": meta("feed_forward_length"),
-        "num_hidden_layers": meta("block_count"),
-        "num_attention_heads": n_head,
-        "num_key_value_heads": n_kv,
-        "head_dim": head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": meta("context_length", 4096),
-        "rms_norm_eps": _f32(meta("attention.layer_norm_rms_epsilon")),
-        "rope_theta": _f32(meta("rope.freq_base", 10000.0)),
-        "rope_scaling": _rope_scaling(reader, arch),
-        "attention_bias": "blk.0.attn_q.bias" in tensors,
-        "mlp_bias": False,
-        "tie_word_embeddings": "output.weight" not in tensors,
-        "bos_token_id": tok("bos_token_id"),
-        "eos_token_id": tok("eos_token_id"),
-        "pad_token_id": tok("padding_token_id"),
-        "torch_dtype": "float32",
-        "use_cache": True,
-    }
-
-
-def hf_tensor_name(gguf_name: str) -> str | None:
-    """``blk.0.attn_q.weight`` -> ``model.layers.0.self_attn.q_proj.weight``; None if unknown."""
+def _hf_name(gguf_name: str, arch: GGUFArch) -> str | None:
     base, _, suffix = gguf_name.rpartition(".")
-    if base in _GLOBAL_NAMES:
-        return f"{_GLOBAL_NAMES[base]}.{suffix}"
+    if base in GLOBAL_NAMES:
+        return f"{GLOBAL_NAMES[base]}.{suffix}"
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
-    if m and m[2] in _BLOCK_NAMES:
-        return f"model.layers.{m[1]}.{_BLOCK_NAMES[m[2]]}.{suffix}"
+    blocks = arch.blocks
+    if m and m[2] in blocks:
+        return f"model.layers.{m[1]}.{blocks[m[2]]}.{suffix}"
     return None
 
 
@@ -175,29 +81,60 @@ def _tensor_f32(tensor) -> np.ndarray:
 
 
 def convert_tensors(reader, config: dict, progress: bool = False) -> dict[str, np.ndarray]:
-    """All GGUF tensors as float32 arrays keyed by Hugging Face parameter name (progress: a bar over tensors on
-    stderr)."""
+    """All GGUF tensors as float32 arrays keyed by Hugging Face parameter name, llama.cpp's changes undone
+    (``config``: the :func:`model_config` dict; without ``architectures``, Llama's) (progress: a bar over tensors
+    on stderr)."""
     from tqdm import tqdm
 
+    arch = BY_HF_ARCH[(config.get("architectures") or ["LlamaForCausalLM"])[0]]
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
     out: dict[str, np.ndarray] = {}
     for tensor in tqdm(reader.tensors, desc="converting tensors", unit="tensor", disable=not progress,
                        file=sys.stderr):
-        if tensor.name in _SKIPPED:
-            warnings.warn(f"GGUF tensor {tensor.name!r} has no Llama equivalent and is dropped", stacklevel=2)
+        if tensor.name in arch.consumed:
             continue
-        name = hf_tensor_name(tensor.name)
+        if tensor.name in arch.dropped:
+            warnings.warn(f"GGUF tensor {tensor.name!r} has no {arch.hf_arch} equivalent and is dropped",
+                          stacklevel=2)
+            continue
+        name = _hf_name(tensor.name, arch)
         if name is None:
-            raise ValueError(f"unexpected tensor {tensor.name!r} in a Llama GGUF file")
+            raise ValueError(f"unexpected tensor {tensor.name!r} in a GGUF file of {arch.hf_arch} (expected "
+                             f"{', '.join(GLOBAL_NAMES)} and blk.N.{{{','.join(arch.blocks)}}})")
         try:
             w = _tensor_f32(tensor)
         except (ValueError, NotImplementedError, IndexError) as e:  # an unknown quant type or a short data block
             raise ValueError(f"GGUF tensor {tensor.name!r} cannot be read ({e})") from None
         kind = tensor.name.split(".")[-2]
-        if kind in heads:  # q/k rows are stored permuted for llama.cpp's RoPE
+        if arch.permute_qk and kind in heads:  # q/k rows are stored permuted for llama.cpp's RoPE
             w = unpermute_rope_rows(w, heads[kind])
+        if arch.norm_offset and tensor.name.endswith("norm.weight"):  # stored as norm_offset + w
+            w = w - np.float32(arch.norm_offset)
         out[name] = w
+    if arch.fused:
+        _fuse_qkv(out, config["num_hidden_layers"])
     return out
+
+
+def _fuse_qkv(out: dict[str, np.ndarray], n_layers: int) -> None:
+    """Phi-3 files with separate attn_q/k/v tensors: concatenated (rows q, k, v) into ``qkv_proj`` in place."""
+    for i in range(n_layers):
+        prefix = f"model.layers.{i}.self_attn."
+        parts = [out.pop(f"{prefix}{p}_proj.weight", None) for p in "qkv"]
+        if all(p is None for p in parts):
+            continue
+        if any(p is None for p in parts) or f"{prefix}qkv_proj.weight" in out:
+            raise ValueError(f"GGUF layer {i} needs either attn_qkv or all of attn_q, attn_k, attn_v (not a mix)")
+        out[f"{prefix}qkv_proj.weight"] = np.concatenate(parts, axis=0)
+
+
+def _check_complete(tensors: dict, config: dict) -> None:
+    """ValueError naming the first GGUF tensor the model needs that the file lacks."""
+    arch = BY_HF_ARCH[config["architectures"][0]]
+    for name in expected_parameters(config):
+        if name not in tensors:
+            raise ValueError(f"GGUF tensor {gguf_tensor_name(name, arch)!r} is missing (a {arch.hf_arch} needs "
+                             f"it for {name})")
 
 
 def _write_tokenizer(gguf_path: Path, out_dir: Path) -> None:
@@ -224,11 +161,11 @@ def _reader(gguf_path: Path):
 
 
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, progress: bool = False) -> Path:
-    """Write a Hugging Face Llama model directory for ``gguf_path`` into ``out_dir``.
+    """Write a Hugging Face model directory for ``gguf_path`` into ``out_dir``.
 
     Weights are dequantized to float32 (``model.safetensors``). Raises ValueError naming the file for a file the
-    GGUF reader cannot parse, architectures other than Llama and missing metadata or tensors. progress: a bar over
-    the tensors on stderr. Returns ``out_dir`` as a Path.
+    GGUF reader cannot parse, architectures other than ``SUPPORTED_ARCHITECTURES`` and missing metadata or
+    tensors. progress: a bar over the tensors on stderr. Returns ``out_dir`` as a Path.
     """
     from safetensors.numpy import save_file
 
@@ -238,10 +175,9 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, pr
     _say(progress, f"reading {gguf_path.name} ...")
     reader = _reader(gguf_path)
     try:
-        config = llama_config(reader)
+        config = model_config(reader)
         tensors = convert_tensors(reader, config, progress)
-    except KeyError as e:  # a tensor llama_config reads (token_embd.weight) is absent
-        raise ValueError(f"{gguf_path}: GGUF tensor {e.args[0]!r} is missing") from None
+        _check_complete(tensors, config)
     except ValueError as e:
         raise ValueError(f"{gguf_path}: {e}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
