@@ -1,27 +1,30 @@
-"""A compact Llama-family runner (Llama, Mistral, Qwen2): GQA, RoPE with scaling, tied embeddings, qkv bias.
+"""The decoder runner: the Llama skeleton (GQA, RoPE with scaling, tied embeddings) with the changes of each
+architecture it takes (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3), stated once in `spct.engine.arch`
+and applied here by what they are (a q/k norm, a norm after attention, a window), never by architecture name.
 
-Numerics follow `transformers` op for op (RMSNorm in float32 then the weight in the model dtype, RoPE tables in
-float32 cast to the model dtype, residual adds in the model dtype), so fp32 greedy decoding reproduces it token for
-token. Two entry points:
+Numerics follow `transformers` op for op (RMSNorm in float32 then the weight in the model dtype, Gemma's (1 + w)
+added in float32, RoPE tables in float32 cast to the model dtype, residual adds in the model dtype), so fp32 greedy
+decoding reproduces it token for token (tests/test_architectures.py, on a tiny checkpoint of each architecture).
+Entry points:
 
-- `prefill(tokens, kv, prompt, start)`: one prompt, causal attention over itself (chunks of `PREFILL_CHUNK` tokens,
+- `forward_paged(layout, kv)`: one step of the online engine over its paged KV; attention by
+  `spct.paged_attention`, one plan per window size among the layers (sliding-window and soft-capped layers use its
+  `window` and `softcap` options).
+- `prefill(tokens, kv, prompt)`: one prompt, causal attention over itself (chunks of `PREFILL_CHUNK` tokens,
   `NATIVE_PREFILL_CHUNK` through the native kernel, attend to everything before them), its keys and values
   written ONCE into the packed prompt KV.
 - `decode(step)`: one new token for each of S sample rows; each row attends to its prompt's KV plus its own KV
-  through `spct.prefix_attention`.
+  through `spct.prefix_attention` (windowed or soft-capped layers: `attend`, in torch).
 """
-
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
+from spct.engine.arch import ARCHS, LlamaConfig, check_weights, load_weights, rope_tables, supported
 from spct.engine.models import fetch, read_json
 from spct.engine.native_decoder import NativeDecoder
 from spct.engine.tokens import int64s
@@ -30,128 +33,32 @@ from spct.ops import paged_attention as paged
 from spct.ops import prefix_attention as pa
 from spct.ops.linear import Linear
 
-__all__ = ["ARCHITECTURES", "DecodeStep", "KVCache", "LlamaConfig", "LlamaRunner"]
+__all__ = ["ARCHITECTURES", "DecodeStep", "KVCache", "LlamaConfig", "LlamaRunner", "supported"]
 
-ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+ARCHITECTURES = tuple(ARCHS)
 PREFILL_CHUNK = 512  # prompt tokens per prefill pass: bounds the activations of long prompts
 NATIVE_PREFILL_CHUNK = 256  # the native kernel's best chunk on an AVX-512 CPU (measured at 1,500-token prompts)
 TILE_ROWS = 16  # float32 CPU matmuls run in tiles of this many rows (`LlamaRunner._linear`)
-STATIC_ROPE = ("default", "linear", "llama3", "yarn", "longrope")  # position-independent inverse frequencies
 
 
-@dataclass(frozen=True)
-class LlamaConfig:
-    """The fields of a Hugging Face config.json that the runner uses."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    max_positions: int
-    tie_word_embeddings: bool
-    qkv_bias: bool
-
-    @classmethod
-    def from_hf(cls, cfg: dict) -> LlamaConfig:
-        heads = cfg["num_attention_heads"]
-        return cls(
-            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
-            num_layers=cfg["num_hidden_layers"], num_heads=heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, rms_norm_eps=cfg["rms_norm_eps"],
-            max_positions=cfg.get("max_position_embeddings", 2048),
-            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-            # Qwen2 always has q/k/v biases; Llama and Mistral when attention_bias says so
-            qkv_bias=cfg.get("architectures", [""])[0] == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias")))
-
-
-def supported(cfg: dict) -> str | None:
-    """None when the runner handles this config.json, else why not (the engine then uses transformers)."""
-    arch = (cfg.get("architectures") or ["?"])[0]
-    if arch not in ARCHITECTURES:
-        return f"architecture {arch} (the runner has {', '.join(ARCHITECTURES)})"
-    if cfg.get("hidden_act", "silu") != "silu":
-        return f"hidden_act {cfg['hidden_act']!r}"
-    if arch == "MistralForCausalLM" and cfg.get("sliding_window") not in (None, 0):
-        if cfg["sliding_window"] < cfg.get("max_position_embeddings", 0):
-            return f"sliding_window {cfg['sliding_window']}"
-    if cfg.get("mlp_bias"):
-        return "mlp_bias"
-    rope = _rope_type(cfg)
-    if rope not in STATIC_ROPE:
-        return f"rope type {rope!r}"
-    return None
-
-
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint in `path` (its *.safetensors, else its pytorch_model*.bin), on the CPU;
-    ValueError naming a file that cannot be read."""
-    weights: dict[str, torch.Tensor] = {}
-    files = sorted(path.glob("*.safetensors"))
-    for f in files:
-        try:
-            weights.update(load_file(f))
-        except (SafetensorError, OSError) as e:
-            reason = str(e).removeprefix("Error while deserializing header: ")
-            raise ValueError(f"{f} is not a valid safetensors file ({reason})") from None
-    for f in [] if files else sorted(path.glob("pytorch_model*.bin")):
-        try:  # weights_only: tensors and containers, no arbitrary pickled code
-            weights.update(torch.load(f, map_location="cpu", weights_only=True))
-        except Exception as e:  # noqa: BLE001 - pickle and zip readers fail in many ways on a bad file
-            raise ValueError(f"{f} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    return weights
-
-
-def _expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the runner reads, with the shape config.json implies (lm_head is optional: tied or absent, the
-    embedding serves)."""
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    shapes = {"model.embed_tokens.weight": (c.vocab_size, c.hidden_size), "model.norm.weight": (c.hidden_size,)}
-    per_layer = {"input_layernorm.weight": (c.hidden_size,), "post_attention_layernorm.weight": (c.hidden_size,),
-                 "self_attn.q_proj.weight": (q, c.hidden_size), "self_attn.k_proj.weight": (kv, c.hidden_size),
-                 "self_attn.v_proj.weight": (kv, c.hidden_size), "self_attn.o_proj.weight": (c.hidden_size, q),
-                 "mlp.gate_proj.weight": (c.intermediate_size, c.hidden_size),
-                 "mlp.up_proj.weight": (c.intermediate_size, c.hidden_size),
-                 "mlp.down_proj.weight": (c.hidden_size, c.intermediate_size)}
-    if c.qkv_bias:
-        per_layer.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
-                          "self_attn.v_proj.bias": (kv,)})
-    for i in range(c.num_layers):
-        shapes.update({f"model.layers.{i}.{name}": shape for name, shape in per_layer.items()})
-    return shapes
-
-
-def _check_weights(path: Path, config: LlamaConfig, weights: dict[str, torch.Tensor]) -> None:
-    """ValueError naming the first tensor that is missing or whose shape differs from what config.json implies."""
-    for name, shape in _expected_shapes(config).items():
-        if name not in weights:
-            raise ValueError(f"{path}: tensor {name!r} is missing from the weights (config.json has "
-                             f"{config.num_layers} layers; the files hold {len(weights)} tensors)")
-        if tuple(weights[name].shape) != shape:
-            raise ValueError(f"{path}: tensor {name!r} has shape {tuple(weights[name].shape)}, config.json implies "
-                             f"{shape}")
-
-
-def _rope_type(cfg: dict) -> str:
-    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    return params.get("rope_type") or params.get("type") or "default"
-
-
-def _inv_freq(path: Path, cfg: dict, config: LlamaConfig) -> tuple[torch.Tensor, float]:
-    """RoPE inverse frequencies and attention factor, computed as transformers computes them."""
-    rope = _rope_type(cfg)
-    if rope == "default":
-        base = (cfg.get("rope_parameters") or {}).get("rope_theta") or cfg.get("rope_theta", 10000.0)
-        dim = config.head_dim
-        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)), 1.0
-    from transformers import AutoConfig
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    return ROPE_INIT_FUNCTIONS[rope](AutoConfig.from_pretrained(path))
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_pos: torch.Tensor, scale: float,
+           window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+    """Attention of rows q (C, Hq, D) at positions q_pos (C,) over keys/values (K, Hkv, D) at positions 0..K-1, in
+    float32: a row sees the keys at or before its position and, with a window, after q_pos - window; scores
+    soft-capped (c * tanh(score / c)) when softcap is set -> (C, Hq, D) in q's dtype. The static path's attention for
+    the layers its kernels lack (sliding windows, soft-capping); the online engine runs them on paged_attention."""
+    group = q.shape[1] // keys.shape[1]
+    k = keys.float().repeat_interleave(group, dim=1)
+    v = values.float().repeat_interleave(group, dim=1)
+    scores = torch.einsum("chd,khd->hck", q.float(), k) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    position = torch.arange(keys.shape[0], device=q.device)[None, :]
+    seen = position <= q_pos[:, None]
+    if window:
+        seen &= position > q_pos[:, None] - window
+    weights = scores.masked_fill(~seen[None], -torch.inf).softmax(-1)
+    return torch.einsum("hck,khd->chd", weights, v).to(q.dtype)
 
 
 class KVCache:
@@ -188,37 +95,70 @@ class DecodeStep:
 
 
 class LlamaRunner:
-    """Weights and forward passes; no state between calls besides the KV it is handed."""
+    """Weights and forward passes of the Llama skeleton with each architecture's changes (`spct.engine.arch`); no
+    state between calls besides the KV it is handed."""
 
-    def __init__(self, config: LlamaConfig, weights: dict[str, torch.Tensor], inv_freq: torch.Tensor,
-                 attention_factor: float, dtype: torch.dtype, device: torch.device):
+    def __init__(self, config: LlamaConfig, weights: dict[str, torch.Tensor],
+                 ropes: dict[str, tuple[torch.Tensor, float]], dtype: torch.dtype, device: torch.device):
         self.config, self.dtype, self.device = config, dtype, device
-        self._rope = (inv_freq, attention_factor)
-        w = {name: t.to(device=device, dtype=dtype) for name, t in weights.items()}
-        c = config
+        self._ropes = ropes
+        c, arch = config, config.arch
+
+        def norm(name: str) -> torch.Tensor:  # Gemma's (1 + w) is added in float32, as transformers adds it
+            return (arch.norm_offset + weights[name].float()).to(device=device, dtype=dtype)
+
+        w = {name: t.to(device=device, dtype=dtype) for name, t in weights.items() if "norm" not in name}
         self.embed = w["model.embed_tokens.weight"]
+        self.embed_scale = torch.tensor(c.hidden_size ** 0.5, dtype=dtype) if arch.embed_scale else None
         head = w["model.embed_tokens.weight"] if c.tie_word_embeddings or "lm_head.weight" not in w else \
             w["lm_head.weight"]
         self.lm_head = Linear(head)
-        self.norm = w["model.norm.weight"]
-        self.layers = []
-        for i in range(c.num_layers):
-            p = f"model.layers.{i}."
-            qkv = torch.cat([w.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
-            bias = torch.cat([w.pop(p + f"self_attn.{n}_proj.bias") for n in "qkv"]) if c.qkv_bias else None
-            gate_up = torch.cat([w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")])
-            self.layers.append({
-                "in_norm": w[p + "input_layernorm.weight"], "post_norm": w[p + "post_attention_layernorm.weight"],
-                "qkv": Linear(qkv, bias), "o": Linear(w.pop(p + "self_attn.o_proj.weight")),
-                "gate_up": Linear(gate_up), "down": Linear(w.pop(p + "mlp.down_proj.weight"))})
-        positions = torch.arange(c.max_positions, dtype=torch.int64).float()
-        freqs = positions[:, None] * inv_freq.float()[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos = (emb.cos() * attention_factor).to(device=device, dtype=dtype)  # (max_positions, D)
-        self.sin = (emb.sin() * attention_factor).to(device=device, dtype=dtype)
-        self.scale = 1.0 / math.sqrt(c.head_dim)
+        self.norm = norm("model.norm.weight")
+        tables = {key: self._rope_table(*rope) for key, rope in ropes.items()}
+        self.cos, self.sin = tables.get("", tables.get("full_attention", next(iter(tables.values()))))
+        self.layers = [self._layer(i, w, norm, tables) for i in range(c.num_layers)]
+        self.scale = c.query_scale
         self._tiled = dtype == torch.float32 and device.type == "cpu"
         self.native_decoder = NativeDecoder.of(self)  # forward_paged's layer loop in one native call, or None
+
+    def _layer(self, i: int, w: dict, norm, tables: dict) -> dict:
+        """Layer i's weights (taken out of w) and facts: its window (0: global) and RoPE table."""
+        c, arch, p = self.config, self.config.arch, f"model.layers.{i}."
+        if arch.fused:
+            qkv, gate_up = w.pop(p + "self_attn.qkv_proj.weight"), w.pop(p + "mlp.gate_up_proj.weight")
+        else:
+            qkv = torch.cat([w.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+            gate_up = torch.cat([w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")])
+        bias = torch.cat([w.pop(p + f"self_attn.{n}_proj.bias") for n in "qkv"]) if c.qkv_bias else None
+        layer = {"in_norm": norm(p + "input_layernorm.weight"), "qkv": Linear(qkv, bias),
+                 "o": Linear(w.pop(p + "self_attn.o_proj.weight")), "gate_up": Linear(gate_up),
+                 "down": Linear(w.pop(p + "mlp.down_proj.weight")), "window": c.windows[i] if c.windows else 0}
+        layer["cos"], layer["sin"] = tables[c.layer_types[i] if c.layer_types else ""]
+        if arch.sandwich:  # post_norm is always the MLP's input norm
+            layer.update(post_norm=norm(p + "pre_feedforward_layernorm.weight"),
+                         attn_out_norm=norm(p + "post_attention_layernorm.weight"),
+                         mlp_out_norm=norm(p + "post_feedforward_layernorm.weight"))
+        else:
+            layer["post_norm"] = norm(p + "post_attention_layernorm.weight")
+        if arch.qk_norm:
+            layer.update(q_norm=norm(p + "self_attn.q_norm.weight"), k_norm=norm(p + "self_attn.k_norm.weight"))
+        return layer
+
+    def _rope_table(self, inv_freq: torch.Tensor, attention_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (max_positions, D) in the model dtype, as transformers computes them."""
+        positions = torch.arange(self.config.max_positions, dtype=torch.int64).float()
+        freqs = positions[:, None] * inv_freq.float()[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return ((emb.cos() * attention_factor).to(device=self.device, dtype=self.dtype),
+                (emb.sin() * attention_factor).to(device=self.device, dtype=self.dtype))
+
+    @property
+    def plain(self) -> bool:
+        """Whether every layer is the Llama skeleton's with one window and RoPE table (what the native layer loop
+        runs; the embedding scale and the logits' soft-cap are outside it)."""
+        c = self.config
+        return not (c.arch.qk_norm or c.arch.sandwich or c.layer_types or c.activation != "silu"
+                    or len({layer["window"] for layer in self.layers}) > 1)
 
     @classmethod
     def from_dir(cls, path: str | Path, dtype: torch.dtype, device: torch.device) -> LlamaRunner:
@@ -230,22 +170,22 @@ class LlamaRunner:
         try:
             config = LlamaConfig.from_hf(cfg)
         except KeyError as e:
-            raise ValueError(f"{path / 'config.json'}: no {e.args[0]!r} field (the Llama runner reads vocab_size, "
+            raise ValueError(f"{path / 'config.json'}: no {e.args[0]!r} field (the runner reads vocab_size, "
                              "hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, "
                              "rms_norm_eps)") from None
-        weights = _load_weights(path)
-        _check_weights(path, config, weights)
-        inv_freq, factor = _inv_freq(path, cfg, config)
-        return cls(config, weights, inv_freq, factor, dtype, device)
+        weights = load_weights(path)
+        check_weights(path, config, weights)
+        return cls(config, weights, rope_tables(cfg, config), dtype, device)
 
     def with_weights(self, weights: dict[str, torch.Tensor]) -> LlamaRunner:
         """A runner of the same architecture on other weights (Hugging Face names, e.g. a training model's
         state_dict()); copied, so later in-place updates of `weights` do not reach the runner."""
         missing = {"model.embed_tokens.weight", "model.norm.weight"} - set(weights)
         if missing:
-            raise ValueError(f"weights lack {sorted(missing)}: pass a Llama-family state_dict with Hugging Face names")
-        copied = {name: t.detach().to(device=self.device, dtype=self.dtype, copy=True) for name, t in weights.items()}
-        return LlamaRunner(self.config, copied, *self._rope, self.dtype, self.device)
+            raise ValueError(f"weights lack {sorted(missing)}: pass a state_dict of this architecture with Hugging "
+                             "Face names")
+        copied = {name: t.detach().to(device=self.device, copy=True) for name, t in weights.items()}  # __init__ casts
+        return LlamaRunner(self.config, copied, self._ropes, self.dtype, self.device)
 
     @property
     def row_multiple(self) -> int:
@@ -264,24 +204,53 @@ class LlamaRunner:
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return layer_ops.add_rms_norm(x, None, weight, self.config.rms_norm_eps)
 
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed[tokens]
+        return x if self.embed_scale is None else x * self.embed_scale
+
+    def _qk_norm(self, qkv: torch.Tensor, layer: dict) -> None:
+        """qkv (N, Hq + 2 Hkv, D): RMSNorm over each head of q and k, in place (Qwen3, Gemma 3)."""
+        c = self.config
+        for lo, hi, name in ((0, c.num_heads, "q_norm"), (c.num_heads, c.num_heads + c.num_kv_heads, "k_norm")):
+            part = qkv[:, lo:hi]
+            part.copy_(self._rms_norm(part.reshape(-1, c.head_dim), layer[name]).view(part.shape))
+
     def _qkv(self, layer: dict, h: torch.Tensor, positions: torch.Tensor, tiled: bool = False):
         """h: (N, hidden) -> q (N, Hq, D), k (N, Hkv, D), v (N, Hkv, D), RoPE applied to q and k."""
         c = self.config
         qkv = self._linear(layer["qkv"], h, tiled).view(h.shape[0], c.num_heads + 2 * c.num_kv_heads, c.head_dim)
+        if "q_norm" in layer:
+            self._qk_norm(qkv, layer)
         qk, v = qkv[:, : c.num_heads + c.num_kv_heads], qkv[:, c.num_heads + c.num_kv_heads:]
-        cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
+        cos, sin = layer["cos"][positions][:, None, :], layer["sin"][positions][:, None, :]
         half = c.head_dim // 2
         rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
         qk = qk * cos + rotated * sin
         return qk[:, : c.num_heads], qk[:, c.num_heads:], v
 
+    def _act(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """(M, 2n) = [gate | up] -> act(gate) * up: SiLU, or tanh GELU (Gemma's GeGLU)."""
+        if self.config.activation == "silu":
+            return layer_ops.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.gelu(gate, approximate="tanh") * up
+
+    def _attn_out(self, layer: dict, out: torch.Tensor) -> torch.Tensor:
+        """The attention's output as the residual stream adds it (Gemma: normed first)."""
+        return self._rms_norm(out, layer["attn_out_norm"]) if "attn_out_norm" in layer else out
+
     def _mlp(self, layer: dict, x: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         h = self._rms_norm(x, layer["post_norm"])
-        return x + self._linear(layer["down"], layer_ops.silu_mul(self._linear(layer["gate_up"], h, tiled)), tiled)
+        out = self._linear(layer["down"], self._act(self._linear(layer["gate_up"], h, tiled)), tiled)
+        return x + (self._rms_norm(out, layer["mlp_out_norm"]) if "mlp_out_norm" in layer else out)
+
+    def _softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        cap = self.config.final_softcap
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def logits(self, x: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         """Final norm and LM head: (N, hidden) -> (N, V) in the model dtype (tiled: `_linear`)."""
-        return self._linear(self.lm_head, self._rms_norm(x, self.norm), tiled)
+        return self._softcap(self._linear(self.lm_head, self._rms_norm(x, self.norm), tiled))
 
     def _linear(self, linear: Linear, x: torch.Tensor, tiled: bool = False) -> torch.Tensor:
         """linear(x); tiled (the online engine's steps): in tiles of TILE_ROWS rows (the last one padded) where the
@@ -312,18 +281,20 @@ class LlamaRunner:
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             positions = torch.arange(lo, hi, device=self.device)
-            x = self.embed[tokens[lo:hi]]
+            x = self._embed(tokens[lo:hi])
             plan = self._chunk_plan(lo, hi - lo) if native else None
             for i, layer in enumerate(self.layers):
                 q, k, v = self._qkv(layer, self._rms_norm(x, layer["in_norm"]), positions)
                 kv.prompt[i, 0, base + lo: base + hi] = k
                 kv.prompt[i, 1, base + lo: base + hi] = v
                 keys, values = kv.prompt[i, 0, base: base + hi], kv.prompt[i, 1, base: base + hi]
-                if native:
+                if layer["window"] or self.config.attn_softcap:
+                    attn = attend(q, keys, values, positions, self.scale, layer["window"], self.config.attn_softcap)
+                elif native:
                     attn = self._chunk_attention_native(q, keys, values, lo, plan)
                 else:
                     attn = self._chunk_attention_sdpa(q, keys, values, lo)
-                x = x + layer["o"](attn.reshape(hi - lo, -1))
+                x = x + self._attn_out(layer, layer["o"](attn.reshape(hi - lo, -1)))
                 x = self._mlp(layer, x)
             last = x[-1:]
         return last
@@ -398,7 +369,7 @@ class LlamaRunner:
     def _hidden(self, step: DecodeStep, kv: KVCache) -> torch.Tensor:
         """The rows of `step` through every layer (each row's key and value written to its slot at own_len - 1 first,
         so a row sees its slot up to itself) -> hidden states before the final norm (S, hidden)."""
-        x = self.embed[step.tokens]
+        x = self._embed(step.tokens)
         write = step.own_len - 1
         # one layout for every layer: checked at the first, then each layer goes straight to the kernel
         plan = pa.Plan(kv.indptr, step.prompt_index, step.slots, step.own_len, scale=self.scale)
@@ -407,10 +378,27 @@ class LlamaRunner:
             own_k, own_v = kv.own[i, 0], kv.own[i, 1]
             own_k[step.slots, write] = k
             own_v[step.slots, write] = v
-            attn = plan.run(q, kv.prompt[i, 0], kv.prompt[i, 1], own_k, own_v)
-            x = x + layer["o"](attn.view(x.shape[0], -1))
+            if layer["window"] or self.config.attn_softcap:
+                attn = self._rows_attention(q, kv, i, step, layer["window"])
+            else:
+                attn = plan.run(q, kv.prompt[i, 0], kv.prompt[i, 1], own_k, own_v)
+            x = x + self._attn_out(layer, layer["o"](attn.reshape(x.shape[0], -1)))
             x = self._mlp(layer, x)
         return x
+
+    def _rows_attention(self, q: torch.Tensor, kv: KVCache, i: int, step: DecodeStep, window: int) -> torch.Tensor:
+        """Layer i's attention of each decode row over its prompt and own tokens by `attend` (the layers
+        prefix_attention lacks: windows, soft-capping), only the window's keys gathered."""
+        out = torch.empty_like(q)
+        for r in range(q.shape[0]):
+            p, slot, n = int(step.prompt_index[r]), int(step.slots[r]), int(step.own_len[r])
+            lo, hi = int(kv.indptr[p]), int(kv.indptr[p + 1])
+            first = max(0, hi - lo + n - window) if window else 0  # the window's first position
+            keys = torch.cat([kv.prompt[i, 0, lo + first: hi], kv.own[i, 0, slot, max(0, first - (hi - lo)): n]])
+            values = torch.cat([kv.prompt[i, 1, lo + first: hi], kv.own[i, 1, slot, max(0, first - (hi - lo)): n]])
+            last = torch.tensor([keys.shape[0] - 1], device=q.device)
+            out[r] = attend(q[r: r + 1], keys, values, last, self.scale, 0, self.config.attn_softcap)[0]
+        return out
 
     # -- the online engine's paged KV ---------------------------------------------------------------------------
 
@@ -428,33 +416,45 @@ class LlamaRunner:
         c, dev = self.config, self.device
         tokens, positions, slots = (int64s(v, dev) for v in (layout.tokens, layout.positions, layout.slots))
         ix = {name: torch.from_numpy(a).to(dev) for name, a in layout.index.items()}
-        plan = paged.Plan(ix["block_ids"], ix["seg_block_indptr"], ix["seg_len"], ix["seg_row_indptr"],
-                          ix["seg_rows"], causal=ix["causal"], q_pos=ix["q_pos"], seg_start=ix["seg_start"],
-                          scale=self.scale)
-        x = self.embed[tokens]
-        h = None if self.native_decoder is None else self.native_decoder.forward(plan, x, positions, slots, kv)
+        # one plan per window size among the layers (0: the global layers'), shared by the layers that have it
+        plans = {}
+        for window in sorted({layer["window"] for layer in self.layers}):
+            options = {"window": window} if window else {}
+            if c.attn_softcap:
+                options["softcap"] = c.attn_softcap
+            plans[window] = paged.Plan(ix["block_ids"], ix["seg_block_indptr"], ix["seg_len"], ix["seg_row_indptr"],
+                                       ix["seg_rows"], causal=ix["causal"], q_pos=ix["q_pos"],
+                                       seg_start=ix["seg_start"], scale=self.scale, **options)
+        x = self._embed(tokens)
+        h = None
+        if self.native_decoder is not None and len(plans) == 1:
+            h = self.native_decoder.forward(next(iter(plans.values())), x, positions, slots, kv)
         if h is None:
-            h = self._layers_paged(plan, x, positions, slots, kv)
+            h = self._layers_paged(plans, x, positions, slots, kv)
         if not layout.logit_rows:
             return x.new_empty((0, c.vocab_size))
         every = layout.logit_rows == list(range(len(h)))  # a decode step: no gather
-        return self._linear(self.lm_head, h if every else h[int64s(layout.logit_rows, dev)], True)
+        return self._softcap(self._linear(self.lm_head, h if every else h[int64s(layout.logit_rows, dev)], True))
 
-    def _layers_paged(self, plan, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+    def _layers_paged(self, plans: dict, x: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                       kv: torch.Tensor) -> torch.Tensor:
         """forward_paged's layer loop in Python: x (R, H) the residual stream (in place) -> its final norm."""
         c, eps = self.config, self.config.rms_norm_eps
-        # Each layer is 4 matmuls, the attention and 3 fused element-wise calls (spct.ops.layer_ops): the residual
-        # adds go into the norms that follow them, RoPE writes k and v to their slots.
+        # Each Llama layer is 4 matmuls, the attention and 3 fused element-wise calls (spct.ops.layer_ops): the
+        # residual adds go into the norms that follow them, RoPE writes k and v to their slots.
         h = layer_ops.add_rms_norm(x, None, self.layers[0]["in_norm"], eps)
         for i, layer in enumerate(self.layers):
             qkv = self._linear(layer["qkv"], h, True)
-            q = layer_ops.rope_qkv(qkv, self.cos, self.sin, positions, kv[i, 0], kv[i, 1], slots, c.num_heads,
-                                   c.num_kv_heads)
-            attn = plan.run(q, kv[i, 0], kv[i, 1])
-            h = layer_ops.add_rms_norm(x, self._linear(layer["o"], attn.reshape(x.shape[0], -1), True),
-                                       layer["post_norm"], eps)
-            down = self._linear(layer["down"], layer_ops.silu_mul(self._linear(layer["gate_up"], h, True)), True)
+            if "q_norm" in layer:
+                self._qk_norm(qkv.view(qkv.shape[0], -1, c.head_dim), layer)
+            q = layer_ops.rope_qkv(qkv, layer["cos"], layer["sin"], positions, kv[i, 0], kv[i, 1], slots,
+                                   c.num_heads, c.num_kv_heads)
+            attn = plans[layer["window"]].run(q, kv[i, 0], kv[i, 1])
+            out = self._attn_out(layer, self._linear(layer["o"], attn.reshape(x.shape[0], -1), True))
+            h = layer_ops.add_rms_norm(x, out, layer["post_norm"], eps)
+            down = self._linear(layer["down"], self._act(self._linear(layer["gate_up"], h, True)), True)
+            if "mlp_out_norm" in layer:
+                down = self._rms_norm(down, layer["mlp_out_norm"])
             after = self.layers[i + 1]["in_norm"] if i + 1 < len(self.layers) else self.norm
             h = layer_ops.add_rms_norm(x, down, after, eps)  # the last layer's: the final norm
         return h

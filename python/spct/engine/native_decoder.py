@@ -41,11 +41,12 @@ class NativeDecoder:
 
     @classmethod
     def of(cls, runner) -> NativeDecoder | None:
-        """The native loop for this runner, or None where it does not apply (not bf16 on the CPU, a weight that
-        is not the native linear's or is padded, norms or tables not contiguous bf16, SPCT_NATIVE_DECODER=0)."""
+        """The native loop for this runner, or None where it does not apply (not bf16 on the CPU, not the plain
+        Llama layer (`LlamaRunner.plain`), a weight that is not the native linear's or is padded, norms or tables
+        not contiguous bf16, SPCT_NATIVE_DECODER=0)."""
         if os.environ.get("SPCT_NATIVE_DECODER", "1") == "0" or runner.dtype != torch.bfloat16:
             return None
-        if runner.device.type != "cpu":
+        if runner.device.type != "cpu" or not runner.plain:
             return None
         for layer in runner.layers:
             for name in LINEARS:

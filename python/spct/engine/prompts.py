@@ -1,7 +1,8 @@
 """The prompts `Engine.generate` takes, as token ids: a string (tokenized), token ids, or a chat conversation.
 
 A chat conversation is a list of {"role": str, "content": str} messages, put through the tokenizer's chat template
-with the generation prompt added, as vLLM's `LLM.chat` does, so the model answers as the assistant. One call may mix
+with the generation prompt added, as vLLM's `LLM.chat` does, so the model answers as the assistant (a conversation
+the template refuses, such as a system turn for Gemma's, is an error about that prompt). One call may mix
 the three kinds. An error about one prompt is a `spct.items.ItemError` named prompts[i] (its `index` is i).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from jinja2 import TemplateError
 
 from spct.items import ItemError
 
@@ -44,7 +46,11 @@ def chat_ids(tokenizer, messages: Sequence[Mapping], i: int = 0) -> list[int]:
         raise ItemError(i, "the prompt is a chat conversation, but the tokenizer has no chat template; pass a "
                         "string or token ids instead", name=f"prompts[{i}]")
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
-    ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
+    try:
+        ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
+    except TemplateError as e:  # the template's own refusal (Gemma's: "System role not supported")
+        raise ItemError(i, f"the tokenizer's chat template refuses the conversation: {e}", name=f"prompts[{i}]") \
+            from None
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
