@@ -169,3 +169,17 @@ def test_partial_rotary_is_refused_with_its_factor():
     del cfg["rope_parameters"]  # as Phi-4-mini's config.json has it: top-level fields
     cfg.update(partial_rotary_factor=0.75, rope_theta=10000.0)
     assert "partial_rotary_factor 0.75" in supported(cfg)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_with_weights_takes_a_transformers_state_dict(tiny, text_ids, arch):
+    """A training model's state_dict (transformers' names and layouts in memory: Qwen3-MoE's experts fused, where
+    the checkpoint holds one tensor per expert) gives the runner from_dir builds: the same logits, bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    path = tiny(arch)
+    runner = LlamaRunner.from_dir(path, torch.float32, torch.device("cpu"))
+    other = runner.with_weights(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict())
+    prompt = torch.tensor(text_ids[50:90])
+    assert torch.equal(other.prefill(prompt, other.new_kv([40], 1, 1), 0), runner.prefill(prompt,
+                                                                                          runner.new_kv([40], 1, 1), 0))

@@ -20,7 +20,8 @@ from transformers import AutoConfig
 import spct
 from spct.engine import gguf_archs, gguf_convert, llama, models
 
-ARCHS = list(tiny_models.configs())  # llama, qwen2, mistral, qwen3, phi3, gemma2, gemma3
+# llama, qwen2, mistral, qwen3, phi3, gemma2, gemma3 (qwen3_moe: its GGUF is not converted)
+ARCHS = [arch for arch in tiny_models.configs() if arch != "qwen3_moe"]
 NEW = 16
 PROMPT = np.random.default_rng(7).integers(100, 49000, size=40).tolist()  # past the 24-token windows
 # What transformers builds the model from: equal on the source and the converted config.

@@ -24,7 +24,7 @@ COMMON = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_atten
 def configs() -> dict:
     """Architecture name -> transformers config of its tiny model."""
     from transformers import (Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config,
-                              Qwen3Config)
+                              Qwen3Config, Qwen3MoeConfig)
 
     wide = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32)  # q and k wider than hidden
     gemma = dict(COMMON, **wide, query_pre_attn_scalar=24, sliding_window=WINDOW, tie_word_embeddings=True,
@@ -35,6 +35,9 @@ def configs() -> dict:
                              max_window_layers=1),
         "mistral": MistralConfig(**COMMON, num_hidden_layers=2, sliding_window=WINDOW),
         "qwen3": Qwen3Config(**dict(COMMON, **wide), num_hidden_layers=2),
+        "qwen3_moe": Qwen3MoeConfig(**dict(COMMON, **wide), num_hidden_layers=2, num_experts=8,
+                                    num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                                    mlp_only_layers=[1]),
         "phi3": Phi3Config(**dict(COMMON, pad_token_id=None), num_hidden_layers=2, sliding_window=WINDOW),
         "gemma2": Gemma2Config(**gemma, num_hidden_layers=4, attn_logit_softcapping=50.0,
                                final_logit_softcapping=30.0),

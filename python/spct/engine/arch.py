@@ -11,6 +11,8 @@ changes:
 | Mistral | a sliding window on every layer when config.json sets one |
 | Qwen2 | q/k/v biases; sliding windows on the layers `layer_types` names |
 | Qwen3 | RMSNorm over each head's q and k before RoPE; windows as Qwen2 |
+| Qwen3-MoE | Qwen3's attention; mixture-of-experts MLPs (a router's top-k of E experts) on the layers config.json
+  names (`decoder_sparse_step`, `mlp_only_layers`) |
 | Phi-3 | one fused qkv_proj and one gate_up_proj weight; a window on every layer when set |
 | Gemma 2 | embeddings times sqrt(hidden); RMSNorm by (1 + w); norms after attention and around the MLP; GeGLU (tanh
   GELU); attention and final logit soft-capping; the query scale from query_pre_attn_scalar; sliding and global
@@ -45,6 +47,7 @@ class Arch:
     fused: bool = False  # self_attn.qkv_proj and mlp.gate_up_proj instead of q/k/v_proj and gate/up_proj
     qkv_bias: bool = False  # q/k/v biases always (else when config.json's attention_bias says so)
     layered_rope: bool = False  # rope_parameters per layer type
+    moe: bool = False  # mixture-of-experts MLPs (spct.engine.moe) on the layers config.json names
 
 
 ARCHS: dict[str, Arch] = {
@@ -52,6 +55,7 @@ ARCHS: dict[str, Arch] = {
     "MistralForCausalLM": Arch(),
     "Qwen2ForCausalLM": Arch(qkv_bias=True),
     "Qwen3ForCausalLM": Arch(qk_norm=True),
+    "Qwen3MoeForCausalLM": Arch(qk_norm=True, moe=True),
     "Phi3ForCausalLM": Arch(fused=True),
     "Gemma2ForCausalLM": Arch(norm_offset=1.0, sandwich=True, embed_scale=True),
     "Gemma3ForCausalLM": Arch(norm_offset=1.0, qk_norm=True, sandwich=True, embed_scale=True, layered_rope=True),
@@ -143,6 +147,11 @@ class LlamaConfig:
     query_scale: float = 0.0  # multiplies q . k (0: head_dim ** -0.5)
     attn_softcap: float = 0.0  # attention scores become c * tanh(score / c) (0: none)
     final_softcap: float = 0.0  # the same on the logits
+    moe_layers: tuple[int, ...] = ()  # the layers whose MLP is a mixture of experts
+    experts: int = 0  # experts per MoE layer, each a gated MLP of expert_size
+    expert_size: int = 0
+    experts_per_token: int = 0
+    norm_topk: bool = False  # the chosen experts' probabilities renormalised to sum to 1
 
     @classmethod
     def from_hf(cls, cfg: dict) -> LlamaConfig:
@@ -159,6 +168,9 @@ class LlamaConfig:
         else:  # Mistral, Phi-3: every layer when config.json sets a window
             windows = (window,) * cfg["num_hidden_layers"]
         scalar = getattr(hf, "query_pre_attn_scalar", None)
+        experts = getattr(hf, "num_experts", 0) if arch.moe else 0
+        step, dense = getattr(hf, "decoder_sparse_step", 1) or 1, set(getattr(hf, "mlp_only_layers", None) or ())
+        moe_layers = tuple(i for i in range(hf.num_hidden_layers) if experts and i not in dense and (i + 1) % step == 0)
         return cls(
             vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
             num_layers=cfg["num_hidden_layers"], num_heads=heads,
@@ -171,7 +183,10 @@ class LlamaConfig:
             layer_types=tuple(types) if arch.layered_rope else (),
             query_scale=(scalar or head_dim) ** -0.5,  # transformers' scaling, to the bit
             attn_softcap=float(getattr(hf, "attn_logit_softcapping", None) or 0.0),
-            final_softcap=float(getattr(hf, "final_logit_softcapping", None) or 0.0))
+            final_softcap=float(getattr(hf, "final_logit_softcapping", None) or 0.0), moe_layers=moe_layers,
+            experts=experts, expert_size=getattr(hf, "moe_intermediate_size", 0) if experts else 0,
+            experts_per_token=getattr(hf, "num_experts_per_tok", 0) if experts else 0,
+            norm_topk=bool(getattr(hf, "norm_topk_prob", False)))
 
 
 def rope_tables(cfg: dict, config: LlamaConfig) -> dict[str, tuple[torch.Tensor, float]]:
@@ -235,8 +250,14 @@ def _expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
     if c.arch.sandwich:
         per_layer.update({"pre_feedforward_layernorm.weight": (hidden,),
                           "post_feedforward_layernorm.weight": (hidden,)})
+    dense = ("mlp.gate_up_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
+    e, size = c.experts, c.expert_size
+    moe = {name: shape for name, shape in per_layer.items() if name not in dense}
+    moe.update({"mlp.gate.weight": (e, hidden), "mlp.experts.gate_up_proj": (e, 2 * size, hidden),
+                "mlp.experts.down_proj": (e, hidden, size)})
     for i in range(c.num_layers):
-        shapes.update({f"model.layers.{i}.{name}": shape for name, shape in per_layer.items()})
+        layer = moe if i in c.moe_layers else per_layer
+        shapes.update({f"model.layers.{i}.{name}": shape for name, shape in layer.items()})
     return shapes
 
 

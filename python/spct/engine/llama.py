@@ -1,5 +1,5 @@
 """The decoder runner: the Llama skeleton (GQA, RoPE with scaling, tied embeddings) with the changes of each
-architecture it takes (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3), stated once in `spct.engine.arch`
+architecture it takes (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Phi-3, Gemma 2, Gemma 3), stated once in `spct.engine.arch`
 and applied here by what they are (a q/k norm, a norm after attention, a window), never by architecture name.
 
 Numerics follow `transformers` op for op (RMSNorm in float32 then the weight in the model dtype, Gemma's (1 + w)
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from spct.engine.arch import ARCHS, LlamaConfig, check_weights, load_weights, rope_tables, supported
 from spct.engine.models import fetch, read_json
+from spct.engine.moe import Experts, fuse_experts
 from spct.engine.native_decoder import NativeDecoder
 from spct.engine.tokens import int64s
 from spct.ops import layer_ops
@@ -125,14 +126,19 @@ class LlamaRunner:
         """Layer i's weights (taken out of w) and facts: its window (0: global) and RoPE table."""
         c, arch, p = self.config, self.config.arch, f"model.layers.{i}."
         if arch.fused:
-            qkv, gate_up = w.pop(p + "self_attn.qkv_proj.weight"), w.pop(p + "mlp.gate_up_proj.weight")
+            qkv = w.pop(p + "self_attn.qkv_proj.weight")
         else:
             qkv = torch.cat([w.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
-            gate_up = torch.cat([w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")])
         bias = torch.cat([w.pop(p + f"self_attn.{n}_proj.bias") for n in "qkv"]) if c.qkv_bias else None
         layer = {"in_norm": norm(p + "input_layernorm.weight"), "qkv": Linear(qkv, bias),
-                 "o": Linear(w.pop(p + "self_attn.o_proj.weight")), "gate_up": Linear(gate_up),
-                 "down": Linear(w.pop(p + "mlp.down_proj.weight")), "window": c.windows[i] if c.windows else 0}
+                 "o": Linear(w.pop(p + "self_attn.o_proj.weight")), "window": c.windows[i] if c.windows else 0}
+        if i in c.moe_layers:
+            layer["experts"] = Experts(w.pop(p + "mlp.gate.weight"), w.pop(p + "mlp.experts.gate_up_proj"),
+                                       w.pop(p + "mlp.experts.down_proj"), c.experts_per_token, c.norm_topk)
+        else:
+            gate_up = w.pop(p + "mlp.gate_up_proj.weight") if arch.fused else \
+                torch.cat([w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")])
+            layer.update(gate_up=Linear(gate_up), down=Linear(w.pop(p + "mlp.down_proj.weight")))
         layer["cos"], layer["sin"] = tables[c.layer_types[i] if c.layer_types else ""]
         if arch.sandwich:  # post_norm is always the MLP's input norm
             layer.update(post_norm=norm(p + "pre_feedforward_layernorm.weight"),
@@ -157,7 +163,7 @@ class LlamaRunner:
         """Whether every layer is the Llama skeleton's with one window and RoPE table (what the native layer loop
         runs; the embedding scale and the logits' soft-cap are outside it)."""
         c = self.config
-        return not (c.arch.qk_norm or c.arch.sandwich or c.layer_types or c.activation != "silu"
+        return not (c.arch.qk_norm or c.arch.sandwich or c.layer_types or c.activation != "silu" or c.moe_layers
                     or len({layer["window"] for layer in self.layers}) > 1)
 
     @classmethod
@@ -174,6 +180,7 @@ class LlamaRunner:
                              "hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, "
                              "rms_norm_eps)") from None
         weights = load_weights(path)
+        fuse_experts(weights, config.num_layers, config.experts)
         check_weights(path, config, weights)
         return cls(config, weights, rope_tables(cfg, config), dtype, device)
 
@@ -185,6 +192,7 @@ class LlamaRunner:
             raise ValueError(f"weights lack {sorted(missing)}: pass a state_dict of this architecture with Hugging "
                              "Face names")
         copied = {name: t.detach().to(device=self.device, copy=True) for name, t in weights.items()}  # __init__ casts
+        fuse_experts(copied, self.config.num_layers, self.config.experts)
         return LlamaRunner(self.config, copied, self._ropes, self.dtype, self.device)
 
     @property
@@ -240,9 +248,14 @@ class LlamaRunner:
         return self._rms_norm(out, layer["attn_out_norm"]) if "attn_out_norm" in layer else out
 
     def _mlp(self, layer: dict, x: torch.Tensor, tiled: bool = False) -> torch.Tensor:
-        h = self._rms_norm(x, layer["post_norm"])
-        out = self._linear(layer["down"], self._act(self._linear(layer["gate_up"], h, tiled)), tiled)
+        out = self._ffn(layer, self._rms_norm(x, layer["post_norm"]), tiled)
         return x + (self._rms_norm(out, layer["mlp_out_norm"]) if "mlp_out_norm" in layer else out)
+
+    def _ffn(self, layer: dict, h: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+        """The MLP on its normed input: the gated MLP, or the layer's experts."""
+        if "experts" in layer:
+            return layer["experts"](h, lambda m, x: self._linear(m, x, tiled), self._act)
+        return self._linear(layer["down"], self._act(self._linear(layer["gate_up"], h, tiled)), tiled)
 
     def _softcap(self, logits: torch.Tensor) -> torch.Tensor:
         cap = self.config.final_softcap
@@ -452,7 +465,7 @@ class LlamaRunner:
             attn = plans[layer["window"]].run(q, kv[i, 0], kv[i, 1])
             out = self._attn_out(layer, self._linear(layer["o"], attn.reshape(x.shape[0], -1), True))
             h = layer_ops.add_rms_norm(x, out, layer["post_norm"], eps)
-            down = self._linear(layer["down"], self._act(self._linear(layer["gate_up"], h, True)), True)
+            down = self._ffn(layer, h, True)
             if "mlp_out_norm" in layer:
                 down = self._rms_norm(down, layer["mlp_out_norm"])
             after = self.layers[i + 1]["in_norm"] if i + 1 < len(self.layers) else self.norm
