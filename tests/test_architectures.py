@@ -183,3 +183,18 @@ def test_with_weights_takes_a_transformers_state_dict(tiny, text_ids, arch):
     prompt = torch.tensor(text_ids[50:90])
     assert torch.equal(other.prefill(prompt, other.new_kv([40], 1, 1), 0), runner.prefill(prompt,
                                                                                           runner.new_kv([40], 1, 1), 0))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_meta_rm_hidden_states_share_prefixes(tiny, text_ids, arch):
+    """last_hidden_shared (the Meta RM's pass: each prefix once, the suffixes of all rows as one step) gives each
+    sequence's last_hidden, suffix tokens crossing the windows included."""
+    from conftest import TOLERANCES
+
+    runner = LlamaRunner.from_dir(tiny(arch), torch.float32, torch.device("cpu"))
+    prefixes = [torch.tensor(text_ids[:30]), torch.tensor(text_ids[200:245])]
+    suffixes = [torch.tensor(text_ids[300:305]), torch.tensor(text_ids[400:430]), torch.tensor(text_ids[500:501])]
+    index = [1, 0, 1]
+    shared = runner.last_hidden_shared(prefixes, suffixes, index)
+    each = torch.stack([runner.last_hidden(torch.cat([prefixes[p], s])) for p, s in zip(index, suffixes)])
+    torch.testing.assert_close(shared, each, **TOLERANCES[torch.float32])

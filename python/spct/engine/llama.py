@@ -14,7 +14,8 @@ Entry points:
   `NATIVE_PREFILL_CHUNK` through the native kernel, attend to everything before them), its keys and values
   written ONCE into the packed prompt KV.
 - `decode(step)`: one new token for each of S sample rows; each row attends to its prompt's KV plus its own KV
-  through `spct.prefix_attention` (windowed or soft-capped layers: `attend`, in torch).
+  through `spct.prefix_attention` (windowed or soft-capped layers: `spct.paged_attention` over the same KV seen
+  as blocks of one token).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from spct.engine.arch import ARCHS, LlamaConfig, check_weights, load_weights, ro
 from spct.engine.models import fetch, read_json
 from spct.engine.moe import Experts, fuse_experts
 from spct.engine.native_decoder import NativeDecoder
+from spct.engine.scheduler import index_arrays
 from spct.engine.tokens import int64s
 from spct.ops import layer_ops
 from spct.ops import paged_attention as paged
@@ -386,32 +388,51 @@ class LlamaRunner:
         write = step.own_len - 1
         # one layout for every layer: checked at the first, then each layer goes straight to the kernel
         plan = pa.Plan(kv.indptr, step.prompt_index, step.slots, step.own_len, scale=self.scale)
+        plans = None
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, self._rms_norm(x, layer["in_norm"]), step.positions)
             own_k, own_v = kv.own[i, 0], kv.own[i, 1]
             own_k[step.slots, write] = k
             own_v[step.slots, write] = v
             if layer["window"] or self.config.attn_softcap:
-                attn = self._rows_attention(q, kv, i, step, layer["window"])
+                plans = self._token_plans(kv, step) if plans is None else plans
+                attn = plans[layer["window"]].run(q, self._token_blocks(kv, i, 0), self._token_blocks(kv, i, 1))
             else:
                 attn = plan.run(q, kv.prompt[i, 0], kv.prompt[i, 1], own_k, own_v)
             x = x + self._attn_out(layer, layer["o"](attn.reshape(x.shape[0], -1)))
             x = self._mlp(layer, x)
         return x
 
-    def _rows_attention(self, q: torch.Tensor, kv: KVCache, i: int, step: DecodeStep, window: int) -> torch.Tensor:
-        """Layer i's attention of each decode row over its prompt and own tokens by `attend` (the layers
-        prefix_attention lacks: windows, soft-capping), only the window's keys gathered."""
-        out = torch.empty_like(q)
-        for r in range(q.shape[0]):
-            p, slot, n = int(step.prompt_index[r]), int(step.slots[r]), int(step.own_len[r])
-            lo, hi = int(kv.indptr[p]), int(kv.indptr[p + 1])
-            first = max(0, hi - lo + n - window) if window else 0  # the window's first position
-            keys = torch.cat([kv.prompt[i, 0, lo + first: hi], kv.own[i, 0, slot, max(0, first - (hi - lo)): n]])
-            values = torch.cat([kv.prompt[i, 1, lo + first: hi], kv.own[i, 1, slot, max(0, first - (hi - lo)): n]])
-            last = torch.tensor([keys.shape[0] - 1], device=q.device)
-            out[r] = attend(q[r: r + 1], keys, values, last, self.scale, 0, self.config.attn_softcap)[0]
-        return out
+    def _token_plans(self, kv: KVCache, step: DecodeStep) -> dict[int, paged.Plan]:
+        """For the layers prefix_attention lacks (windows, soft-capping): paged_attention plans, one per window size,
+        over the step's KV seen as blocks of one token (`_token_blocks`): each prompt a segment read by its rows,
+        each own slot a causal segment (starting at its prompt's length) read by the rows that write it."""
+        indptr, rows = kv.indptr.tolist(), list(zip(step.prompt_index.tolist(), step.slots.tolist()))
+        own, capacity = step.own_len.tolist(), kv.own.shape[3]
+        by_prompt: dict[int, list[int]] = {}
+        by_slot: dict[tuple[int, int], list[int]] = {}
+        for r, (p, slot) in enumerate(rows):
+            by_prompt.setdefault(p, []).append(r)
+            by_slot.setdefault((slot, p), []).append(r)
+        segments = [(range(indptr[p], indptr[p + 1]), indptr[p + 1] - indptr[p], members, False, 0)
+                    for p, members in by_prompt.items()]
+        for (slot, p), members in by_slot.items():
+            first, n = indptr[-1] + slot * capacity, max(own[r] for r in members)
+            segments.append((range(first, first + n), n, members, True, indptr[p + 1] - indptr[p]))
+        ix = {name: torch.from_numpy(a).to(self.device) for name, a in index_arrays(segments,
+                                                                                     step.positions.tolist()).items()}
+        softcap = {"softcap": self.config.attn_softcap} if self.config.attn_softcap else {}
+        return {w: paged.Plan(ix["block_ids"], ix["seg_block_indptr"], ix["seg_len"], ix["seg_row_indptr"],
+                              ix["seg_rows"], causal=ix["causal"], q_pos=ix["q_pos"], seg_start=ix["seg_start"],
+                              scale=self.scale, **({"window": w} if w else {}), **softcap)
+                for w in {layer["window"] for layer in self.layers}}
+
+    @staticmethod
+    def _token_blocks(kv: KVCache, i: int, part: int) -> torch.Tensor:
+        """Layer i's keys (part 0) or values (1), prompts then own slots, as (T + C * M, 1, Hkv, D): blocks of one
+        token (a copy)."""
+        own = kv.own[i, part]
+        return torch.cat([kv.prompt[i, part], own.reshape(-1, *own.shape[2:])])[:, None]
 
     # -- the online engine's paged KV ---------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import numpy as np
 from spct.engine.kv_blocks import BlockPool, RadixCache
 from spct.engine.tokens import Live, Request
 
-__all__ = ["Entry", "Job", "Layout", "Scheduler", "Seq"]
+__all__ = ["Entry", "Job", "Layout", "Scheduler", "Seq", "index_arrays"]
 
 
 @dataclass(eq=False)
@@ -375,7 +375,7 @@ class Scheduler:
                              True, first * b))
         if pad:
             segments.append(([self.scratch], 1, range(real, real + pad), False, 0))
-        return Layout(tokens, positions, slots, _index(segments, positions), logit_rows)
+        return Layout(tokens, positions, slots, index_arrays(segments, positions), logit_rows)
 
 
 def _shared_segments(entries: list[Entry], b: int) -> tuple[list, list[int]]:
@@ -413,7 +413,7 @@ def _shared_segments(entries: list[Entry], b: int) -> tuple[list, list[int]]:
     return segments, depth
 
 
-def _index(segments: list, positions: list[int]) -> dict[str, np.ndarray]:
+def index_arrays(segments: list, positions: list[int]) -> dict[str, np.ndarray]:
     """paged_attention's index arrays (int32; causal bool) from (blocks, length, rows, causal, start) tuples."""
     i32 = lambda v: np.asarray(v, dtype=np.int32)  # noqa: E731
     blocks = [blk for s in segments for blk in s[0]]
