@@ -18,8 +18,9 @@ request's seed, offset j * 2^32 + t) and nothing else, and a row's arithmetic do
 a step (`spct.paged_attention`'s rule; float32 CPU matmuls in fixed tiles), so a request gives the same samples
 alone or beside any other requests, whenever it arrives.
 
-Runners: `LlamaRunner` for the Llama family; `HFRunner` (any `transformers` causal LM, the slow path) for other
-architectures, on the static loop (`spct.engine.static`; no submit there). A prompt is a string, token ids or a chat
+Runners: `LlamaRunner` for the architectures in `spct.engine.arch` (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE,
+Phi-3, Gemma 2, Gemma 3); `HFRunner` (any `transformers` causal LM, the slow path) for other architectures, on
+the static loop (`spct.engine.static`; no submit there). A prompt is a string, token ids or a chat
 conversation (`spct.engine.prompts`). Token choice and stop rules: `spct.engine.tokens`.
 """
 

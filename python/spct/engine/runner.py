@@ -1,5 +1,5 @@
-"""What `Engine` needs of a runner: the interface `LlamaRunner` (Llama family, prefix-shared KV) and `HFRunner`
-(any `transformers` causal LM, the slow path) both implement.
+"""What `Engine` needs of a runner: the interface `LlamaRunner` (the architectures of `spct.engine.arch`,
+prefix-shared KV) and `HFRunner` (any `transformers` causal LM, the slow path) both implement.
 
 The engine owns everything that decides a sample's tokens (sampling keyed by prompt seed, sample and step,
 constraints, stop rules); a runner only turns tokens into logits:
