@@ -1,19 +1,22 @@
 """A GGUF file from a Hugging Face model directory, written with the `gguf` package the way llama.cpp's
 `convert_hf_to_gguf.py` writes it, for the architectures spct converts back (`spct.engine.gguf_archs`): its metadata
 keys per architecture, tensor names from `gguf.TensorNameMap`, Llama's q/k RoPE row permutation, Gemma's norms
-stored as 1 + w, Phi-3's fused qkv_proj / gate_up_proj as they are, and a "gpt2" (byte-level BPE) tokenizer. All
-tensors are float32 (no quantization), so a converter that undoes llama.cpp's changes gets the weights back.
+stored as 1 + w, Phi-3's fused qkv_proj / gate_up_proj as they are, Qwen3-MoE's experts stacked per layer into 3-D
+ffn_{gate,up,down}_exps (its Qwen2MoeModel), and a "gpt2" (byte-level BPE) tokenizer. All tensors are float32 (no
+quantization), so a converter that undoes llama.cpp's changes gets the weights back.
 
 Beyond llama.cpp, where it has no key for a fact the tiny test models (tests/tiny_models.py) have: a Mistral or
 Qwen2/Qwen3 sliding window (`attention.sliding_window`, and `attention.sliding_window_pattern` as one bool per
 layer), a Gemma layer pattern other than llama.cpp's fixed one, and a Gemma query_pre_attn_scalar other than the
-one llama.cpp derives from the head size (`attention.scale`, the factor on q . k)."""
+one llama.cpp derives from the head size (`attention.scale`, the factor on q . k); for Qwen3-MoE, a dense
+layer (mlp_only_layers: ffn_gate/ffn_up/ffn_down, qwen3's names) and norm_topk_prob false (`expert_weights_norm`)."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import gguf
@@ -21,7 +24,7 @@ import numpy as np
 
 GGUF_ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
              "Qwen3ForCausalLM": "qwen3", "Phi3ForCausalLM": "phi3", "Gemma2ForCausalLM": "gemma2",
-             "Gemma3ForCausalLM": "gemma3"}
+             "Gemma3ForCausalLM": "gemma3", "Qwen3MoeForCausalLM": "qwen3moe"}
 GEMMA_PERIOD = {"gemma2": 2, "gemma3": 6}  # llama.cpp's fixed layer patterns: layer i global when i % n == n - 1
 
 
@@ -69,8 +72,8 @@ def _hparams(w: gguf.GGUFWriter, arch: str, hf, raw: dict) -> None:
         w.add_key_length(raw["head_dim"])
         w.add_value_length(raw["head_dim"])
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    {"llama": _llama, "qwen2": _qwen, "qwen3": _qwen, "phi3": _phi3, "gemma2": _gemma, "gemma3": _gemma}[arch](
-        w, arch, hf)
+    {"llama": _llama, "qwen2": _qwen, "qwen3": _qwen, "phi3": _phi3, "gemma2": _gemma, "gemma3": _gemma,
+     "qwen3moe": _qwen3moe}[arch](w, arch, hf)
 
 
 def _head_dim(hf) -> int:
@@ -92,6 +95,16 @@ def _qwen(w, arch, hf) -> None:
     if getattr(hf, "use_sliding_window", False) and any(_sliding(hf)):  # beyond llama.cpp
         w.add_sliding_window(hf.sliding_window)
         w.add_sliding_window_pattern(_sliding(hf))
+
+
+def _qwen3moe(w, arch, hf) -> None:
+    """TextModel's expert_count and expert_used_count, Qwen2MoeModel's expert_feed_forward_length."""
+    _qwen(w, arch, hf)
+    w.add_expert_count(hf.num_experts)
+    w.add_expert_used_count(hf.num_experts_per_tok)
+    w.add_expert_feed_forward_length(hf.moe_intermediate_size)
+    if not hf.norm_topk_prob:  # beyond llama.cpp, whose qwen3moe always renormalises the top-k weights
+        w.add_expert_weights_norm(False)
 
 
 def _phi3(w, arch, hf) -> None:
@@ -158,7 +171,11 @@ def _tensors(model_dir: Path, arch: str, hf):
     from safetensors.numpy import load_file
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], hf.num_hidden_layers)
-    for name, data in load_file(str(model_dir / "model.safetensors")).items():
+    weights = load_file(str(model_dir / "model.safetensors"))
+    if arch == "qwen3moe":
+        weights = _stack_experts(weights, hf.num_experts)
+        dense = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, hf.num_hidden_layers)  # beyond llama.cpp
+    for name, data in weights.items():
         if name == "lm_head.weight" and hf.tie_word_embeddings:
             continue
         data = data.astype(np.float32)
@@ -169,9 +186,26 @@ def _tensors(model_dir: Path, arch: str, hf):
         if arch.startswith("gemma") and name.endswith("norm.weight"):
             data = data + np.float32(1.0)  # Gemma's RMSNorm scales by 1 + w; llama.cpp's by the weight
         gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None and arch == "qwen3moe":  # a dense layer: no such tensor in llama.cpp's qwen3moe
+            gguf_name = dense.get_name(name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ValueError(f"{name}: no GGUF name for it in gguf.TensorNameMap of {arch}")
         yield gguf_name, data
+
+
+def _stack_experts(weights: dict, n_experts: int) -> dict:
+    """llama.cpp's Qwen2MoeModel.modify_tensors: a layer's mlp.experts.{e}.{gate,up,down}_proj.weight stacked on a
+    new first dim into mlp.experts.{gate,up,down}_proj.weight, (E, rows, cols), which it names ffn_*_exps."""
+    out, stacks = {}, {}
+    for name, data in weights.items():
+        m = re.fullmatch(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+\.weight)", name)
+        if m is None:
+            out[name] = data
+        else:
+            stacks.setdefault(f"{m[1]}.{m[3]}", {})[int(m[2])] = data
+    for name, per_expert in stacks.items():
+        out[name] = np.stack([per_expert[e] for e in range(n_experts)])
+    return out
 
 
 def permute(w: np.ndarray, n_head: int) -> np.ndarray:

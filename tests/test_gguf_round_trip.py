@@ -1,8 +1,8 @@
 """GGUF round trip for every architecture the converter takes (`spct.engine.gguf_archs`): a tiny random checkpoint
 (tests/tiny_models.py) written as llama.cpp writes a GGUF (tests/gguf_writer.py: float32, its q/k permutation, Gemma's
-1 + w norms, Phi-3's fused tensors) and converted back by `spct.engine.models.fetch(path.gguf)` gives the same
-weights, a config transformers reads as the source's, and the same fp32 greedy tokens on transformers and on
-`spct.Engine`. Architectures the converter refuses give a one-line ValueError naming them."""
+1 + w norms, Phi-3's fused tensors, Qwen3-MoE's stacked experts) and converted back by
+`spct.engine.models.fetch(path.gguf)` gives the same weights, a config transformers reads as the source's, and the
+same fp32 greedy tokens on transformers and on `spct.Engine`. Architectures the converter refuses give a one-line ValueError naming them."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from transformers import AutoConfig
 import spct
 from spct.engine import gguf_archs, gguf_convert, llama, models
 
-# llama, qwen2, mistral, qwen3, phi3, gemma2, gemma3 (qwen3_moe: its GGUF is not converted)
-ARCHS = [arch for arch in tiny_models.configs() if arch != "qwen3_moe"]
+# llama, qwen2, mistral, qwen3, qwen3_moe (an MoE layer and a dense one), phi3, gemma2, gemma3
+ARCHS = list(tiny_models.configs())
 NEW = 16
 PROMPT = np.random.default_rng(7).integers(100, 49000, size=40).tolist()  # past the 24-token windows
 # What transformers builds the model from: equal on the source and the converted config.
@@ -29,7 +29,9 @@ FIELDS = ("architectures", "model_type", "vocab_size", "hidden_size", "intermedi
           "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "max_position_embeddings",
           "rope_parameters", "tie_word_embeddings", "attention_bias", "sliding_window", "use_sliding_window",
           "layer_types", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
-          "hidden_activation", "hidden_act", "original_max_position_embeddings", "bos_token_id", "eos_token_id")
+          "hidden_activation", "hidden_act", "original_max_position_embeddings", "bos_token_id", "eos_token_id",
+          "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob", "mlp_only_layers",
+          "decoder_sparse_step")
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +106,12 @@ def test_engine_greedy_is_the_sources(pair):
 
 
 def test_tensor_names_are_the_gguf_packages():
-    """Every GGUF tensor name the converter maps is one gguf.MODEL_TENSORS lists for that architecture."""
+    """Every GGUF tensor name the converter maps is one gguf.MODEL_TENSORS lists for that architecture (but a
+    qwen3moe dense layer's ffn_gate/ffn_up/ffn_down, beyond llama.cpp: qwen3's names)."""
     for arch, spec in gguf_archs.ARCHS.items():
         known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH[arch.upper()]]}
-        assert {f"blk.{{bid}}.{base}" for base in spec.blocks} <= known, arch
+        bases = {*spec.blocks, *(spec.experts or ())} - ({"ffn_gate", "ffn_up", "ffn_down"} if spec.experts else set())
+        assert {f"blk.{{bid}}.{base}" for base in bases} <= known, arch
         assert set(gguf_archs.GLOBAL_NAMES) - {"output"} <= known and set(spec.dropped + spec.consumed) <= {
             f"{name}.weight" for name in known}, arch
 
@@ -124,8 +128,8 @@ def _tiny_gguf(path, arch: str, **uints) -> None:
 
 
 @pytest.mark.parametrize("arch, uints, words", [
-    ("qwen3moe", {"expert_count": 8}, ("'qwen3moe'", "mixture of experts (MoE)", "qwen2, qwen3, phi3")),
-    ("llama", {"expert_count": 8}, ("'llama'", "experts (MoE)")),
+    ("qwen2moe", {"expert_count": 8}, ("'qwen2moe'", "mixture of experts (MoE)", "only qwen3moe")),
+    ("llama", {"expert_count": 8}, ("'llama'", "experts (MoE)", "only for qwen3moe")),
     ("gemma", {}, ("'gemma'", "converts only llama, qwen2, qwen3, phi3, gemma2, gemma3")),
 ])
 def test_refused_architectures_are_one_line(tmp_path, arch, uints, words):
@@ -215,3 +219,20 @@ def test_phi3_separate_qkv_are_fused_and_a_missing_tensor_is_named(tmp_path):
     _synthetic(path, "phi3", {**SHAPE, "block_count": 1}, tensors)
     with pytest.raises(ValueError, match=r"^\S+short.gguf: GGUF tensor 'blk.0.ffn_down.weight' is missing "):
         gguf_convert.convert_gguf(path, tmp_path / "out")
+
+
+def test_qwen3moe_metadata_llama_cpp_leaves_out(tmp_path):
+    """No norm_topk_prob key (llama.cpp's qwen3moe always renormalises), expert_feed_forward_length defaulting to
+    feed_forward_length / expert_used_count as llama.cpp's, a layer without router or experts dense; a router other
+    than softmax is refused."""
+    meta = {**SHAPE, "block_count": 2, "expert_count": 4, "expert_used_count": 2}
+    tensors = {"token_embd.weight": (8, 64), "blk.0.ffn_gate_inp.weight": (4, 64)}
+    cfg = gguf_archs.model_config(_synthetic(tmp_path / "moe.gguf", "qwen3moe", meta, tensors))
+    want = {"architectures": ["Qwen3MoeForCausalLM"], "num_experts": 4, "num_experts_per_tok": 2,
+            "moe_intermediate_size": 64, "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [1]}
+    assert {k: cfg.get(k) for k in want} == want
+    hf = AutoConfig.for_model(**cfg)
+    assert (hf.num_experts, hf.norm_topk_prob, hf.mlp_only_layers) == (4, True, [1])
+    reader = _synthetic(tmp_path / "sigmoid.gguf", "qwen3moe", {**meta, "expert_gating_func": 2}, tensors)
+    with pytest.raises(ValueError, match=r"^GGUF qwen3moe.expert_gating_func 2 is not supported \(only 1: softmax\)$"):
+        gguf_archs.model_config(reader)

@@ -11,6 +11,9 @@ maps back to a Hugging Face ``config.json`` and parameter names (used by :mod:`s
 | ``gemma2`` | ``Gemma2ForCausalLM`` | every RMSNorm weight stored as ``1 + w`` |
 | ``gemma3`` | ``Gemma3ForCausalLM`` (``model_type`` ``gemma3_text``: the text model) | every RMSNorm weight stored as
   ``1 + w`` |
+| ``qwen3moe`` | ``Qwen3MoeForCausalLM`` | each layer's experts stacked into 3-D ``ffn_{gate,up,down}_exps``
+  (torch order ``(E, rows, cols)``), split here into one ``mlp.experts.{e}.{gate,up,down}_proj`` per expert (the
+  Hub's layout); the router ``ffn_gate_inp`` is ``mlp.gate`` |
 
 Metadata that llama.cpp does not write but that some files carry, read when present: ``attention.sliding_window``
 for llama (Mistral) and qwen2/qwen3; ``attention.sliding_window_pattern`` (a period ``n``: layer ``i`` slides when
@@ -19,12 +22,20 @@ for llama (Mistral) and qwen2/qwen3; ``attention.sliding_window_pattern`` (a per
 are llama.cpp's: Gemma 2 alternates sliding and global layers (period 2), Gemma 3 has period 6 and a local RoPE base
 of 10000, and Gemma's query scale comes from ``key_length`` (the 27B models: ``embedding_length / head_count``).
 
-Any other architecture, and any file with experts (MoE: qwen2moe, qwen3moe, ...), is a one-line ValueError.
+Qwen3-MoE: llama.cpp writes ``expert_count``, ``expert_used_count`` and ``expert_feed_forward_length`` (without it,
+llama.cpp's ``feed_forward_length / expert_used_count``), and no key for ``norm_topk_prob``: its qwen3moe graph always
+renormalises the top-k weights of a softmax router, so ``norm_topk_prob`` is true unless a file carries
+``expert_weights_norm``; ``expert_gating_func`` other than softmax, and ``expert_weights_scale`` other than 1, are
+refused. llama.cpp's qwen3moe has experts on every layer; a layer with dense ``ffn_gate``/``ffn_up``/``ffn_down``
+(the names of qwen3) instead of a router and experts is listed in ``mlp_only_layers``.
+
+Any other architecture, and any other file with experts (MoE: qwen2moe, deepseek2, ...), is a one-line ValueError.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +61,10 @@ _SANDWICH = {"post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre
 # Phi-3: fused q/k/v and gate/up (no ffn_gate); separate attn_q/k/v, which some files have, are fused here.
 _PHI3 = {**{k: v for k, v in _COMMON.items() if k != "ffn_gate"}, "attn_qkv": "self_attn.qkv_proj",
          "ffn_up": "mlp.gate_up_proj"}
+# Qwen3-MoE: the router, and each stacked experts tensor -> the projection under mlp.experts.E it is split into.
+_ROUTER = {"ffn_gate_inp": "mlp.gate"}
+_EXPERTS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
+_DENSE_FFN = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
@@ -65,6 +80,7 @@ class GGUFArch:
     fused: bool = False  # qkv_proj / gate_up_proj; separate attn_q/k/v tensors are concatenated into qkv_proj
     dropped: tuple = ()  # tensors with no Hugging Face equivalent: dropped with a warning
     consumed: tuple = ()  # tensors read into config.json instead (Phi-3's long-context RoPE factors)
+    experts: dict | None = None  # MoE: stacked GGUF experts tensor base -> projection under mlp.experts.E
 
 
 ARCHS = {
@@ -75,10 +91,13 @@ ARCHS = {
                      consumed=("rope_factors_long.weight", "rope_factors_short.weight")),
     "gemma2": GGUFArch("Gemma2ForCausalLM", "gemma2", {**_COMMON, **_SANDWICH}, norm_offset=1.0),
     "gemma3": GGUFArch("Gemma3ForCausalLM", "gemma3_text", {**_COMMON, **_QK_NORM, **_SANDWICH}, norm_offset=1.0),
+    # ffn_gate/ffn_up/ffn_down: a dense layer (mlp_only_layers), beyond llama.cpp's qwen3moe
+    "qwen3moe": GGUFArch("Qwen3MoeForCausalLM", "qwen3_moe", {**_COMMON, **_QK_NORM, **_ROUTER}, experts=_EXPERTS),
 }
 MISTRAL = GGUFArch("MistralForCausalLM", "mistral", _COMMON, permute_qk=True, dropped=("rope_freqs.weight",))
 BY_HF_ARCH = {a.hf_arch: a for a in (*ARCHS.values(), MISTRAL)}
 SUPPORTED_ARCHITECTURES = tuple(ARCHS)
+_MOE_ARCHITECTURES = ", ".join(name for name, a in ARCHS.items() if a.experts)
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}  # llama.cpp's 27B size, whose query scale is hidden / heads
 
 
@@ -138,11 +157,11 @@ def check_architecture(reader) -> str:
     if arch not in ARCHS:
         if "moe" in arch or field(reader, f"{arch}.expert_count", 0):
             raise ValueError(f"GGUF architecture {arch!r} is a mixture of experts (MoE), which spct does not convert "
-                             f"(it converts {supported})")
+                             f"(it converts {supported}; of the MoE ones only {_MOE_ARCHITECTURES})")
         raise ValueError(f"unsupported GGUF architecture {arch!r}: spct converts only {supported}")
-    if field(reader, f"{arch}.expert_count", 0):
-        raise ValueError(f"GGUF architecture {arch!r} with experts (MoE) is not supported (spct converts {supported} "
-                         "without experts)")
+    if field(reader, f"{arch}.expert_count", 0) and not ARCHS[arch].experts:
+        raise ValueError(f"GGUF architecture {arch!r} with experts (MoE) is not supported (spct converts experts "
+                         f"only for {_MOE_ARCHITECTURES})")
     return arch
 
 
@@ -256,7 +275,7 @@ def _qwen(m: Meta, cfg: dict) -> dict:
     n = cfg["num_hidden_layers"]
     out = {**_names(ARCHS[m.arch]), "hidden_act": "silu", "rope_scaling": rope_scaling(m),
            "use_sliding_window": False, "sliding_window": None, "max_window_layers": n}
-    if m.arch == "qwen3":
+    if m.arch in ("qwen3", "qwen3moe"):
         out["attention_bias"] = m.has("blk.0.attn_q.bias")
     window = m.uint("attention.sliding_window", 0)
     sliding = sliding_layers(m, n, 0) if window else [False] * n
@@ -337,7 +356,27 @@ def _softcap(value) -> float | None:
     return f32(value) if value else None
 
 
-_EXTRA = {"llama": _llama, "qwen2": _qwen, "qwen3": _qwen, "phi3": _phi3, "gemma2": _gemma, "gemma3": _gemma}
+def _qwen3moe(m: Meta, cfg: dict) -> dict:
+    """Qwen3's keys and the experts' (see the module docstring for what llama.cpp leaves out)."""
+    out = _qwen(m, cfg)
+    experts, used = m.uint("expert_count"), m.uint("expert_used_count")
+    if not 0 < used <= experts:
+        raise ValueError(f"GGUF qwen3moe.expert_used_count {used} is not in 1..expert_count ({experts})")
+    if (gating := m("expert_gating_func", 1)) != 1:
+        raise ValueError(f"GGUF qwen3moe.expert_gating_func {gating} is not supported (only 1: softmax)")
+    if (scale := m("expert_weights_scale", 0.0)) not in (0.0, 1.0):
+        raise ValueError(f"GGUF qwen3moe.expert_weights_scale {scale} is not supported (only 1, or 0: none)")
+    n = cfg["num_hidden_layers"]
+    moe = [any(m.has(f"blk.{i}.{base}.weight") for base in (*_ROUTER, *_EXPERTS)) for i in range(n)]
+    out.update(num_experts=experts, num_experts_per_tok=used,
+               moe_intermediate_size=m.uint("expert_feed_forward_length", cfg["intermediate_size"] // used),
+               norm_topk_prob=bool(m("expert_weights_norm", True)), decoder_sparse_step=1,
+               mlp_only_layers=[i for i in range(n) if not moe[i]])
+    return out
+
+
+_EXTRA = {"llama": _llama, "qwen2": _qwen, "qwen3": _qwen, "phi3": _phi3, "gemma2": _gemma, "gemma3": _gemma,
+          "qwen3moe": _qwen3moe}
 
 
 def expected_parameters(cfg: dict) -> list[str]:
@@ -350,9 +389,19 @@ def expected_parameters(cfg: dict) -> list[str]:
     # Qwen2: q/k/v biases always; Llama, Qwen3: q/k/v/o biases when attention_bias
     biases = "qkv" if arch.hf_arch == "Qwen2ForCausalLM" else "qkvo" if cfg.get("attention_bias") else ""
     for i in range(cfg["num_hidden_layers"]):
-        names += [f"model.layers.{i}.{module}.weight" for module in modules]
+        names += [f"model.layers.{i}.{module}.weight" for module in _layer_modules(arch, cfg, i, modules)]
         names += [f"model.layers.{i}.self_attn.{p}_proj.bias" for p in biases]
     return names
+
+
+def _layer_modules(arch: GGUFArch, cfg: dict, i: int, modules: list[str]) -> list[str]:
+    """The modules of layer i: with experts, a dense layer has no router, an MoE layer a router and E experts."""
+    if not arch.experts:
+        return modules
+    if i in (cfg.get("mlp_only_layers") or ()):
+        return [m for m in modules if m not in _ROUTER.values()]
+    experts = [f"mlp.experts.{e}.{p}" for e in range(cfg["num_experts"]) for p in arch.experts.values()]
+    return [m for m in modules if m not in _DENSE_FFN] + experts
 
 
 def gguf_tensor_name(hf_name: str, arch: GGUFArch) -> str:
@@ -362,5 +411,7 @@ def gguf_tensor_name(hf_name: str, arch: GGUFArch) -> str:
         if module == hf_base:
             return f"{gguf_base}.{suffix}"
     _, _, layer, rest = module.split(".", 3)
+    if arch.experts and (expert := re.fullmatch(r"mlp\.experts\.\d+\.(\w+)", rest)):
+        return f"blk.{layer}.{next(k for k, v in arch.experts.items() if v == expert[1])}.{suffix}"
     base = next(k for k, v in arch.blocks.items() if v == rest)
     return f"blk.{layer}.{base}.{suffix}"

@@ -1,5 +1,5 @@
-"""Convert a GGUF file (llama, qwen2, qwen3, phi3, gemma2, gemma3: :mod:`spct.engine.gguf_archs`) into a Hugging
-Face model directory.
+"""Convert a GGUF file (llama, qwen2, qwen3, phi3, gemma2, gemma3, qwen3moe: :mod:`spct.engine.gguf_archs`) into a
+Hugging Face model directory.
 
 The output directory holds ``config.json``, ``generation_config.json``, a
 float32 ``model.safetensors`` and the tokenizer files, and loads with
@@ -15,6 +15,9 @@ Layout notes
   RoPE kernel can rotate adjacent pairs; :func:`unpermute_rope_rows` undoes it.
 * It stores Gemma's RMSNorm weights as ``1 + w`` (Gemma's norm scales by ``1 + w``); 1 is subtracted here, in
   float32, so a norm weight comes back to within one float32 rounding of ``1 + w`` (the other tensors exactly).
+* It stacks a Qwen3-MoE layer's experts into one 3-D tensor per projection (``ffn_gate_exps`` ...: torch order
+  ``(E, rows, cols)``); :func:`convert_tensors` splits them into the Hub's ``mlp.experts.{e}.gate_proj.weight`` ...
+  (one 2-D tensor per expert: what Qwen3-MoE checkpoints on the Hub hold and transformers loads).
 """
 
 from __future__ import annotations
@@ -81,9 +84,9 @@ def _tensor_f32(tensor) -> np.ndarray:
 
 
 def convert_tensors(reader, config: dict, progress: bool = False) -> dict[str, np.ndarray]:
-    """All GGUF tensors as float32 arrays keyed by Hugging Face parameter name, llama.cpp's changes undone
-    (``config``: the :func:`model_config` dict; without ``architectures``, Llama's) (progress: a bar over tensors
-    on stderr)."""
+    """All GGUF tensors as float32 arrays keyed by Hugging Face parameter name, llama.cpp's changes undone (stacked
+    experts split per expert) (``config``: the :func:`model_config` dict; without ``architectures``, Llama's)
+    (progress: a bar over tensors on stderr)."""
     from tqdm import tqdm
 
     arch = BY_HF_ARCH[(config.get("architectures") or ["LlamaForCausalLM"])[0]]
@@ -97,14 +100,16 @@ def convert_tensors(reader, config: dict, progress: bool = False) -> dict[str, n
             warnings.warn(f"GGUF tensor {tensor.name!r} has no {arch.hf_arch} equivalent and is dropped",
                           stacklevel=2)
             continue
+        if arch.experts and (stacked := re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", tensor.name)) and (
+                stacked[2] in arch.experts):
+            out.update(_split_experts(tensor, int(stacked[1]), arch.experts[stacked[2]], config))
+            continue
         name = _hf_name(tensor.name, arch)
         if name is None:
+            blocks = ",".join([*arch.blocks, *(arch.experts or ())])
             raise ValueError(f"unexpected tensor {tensor.name!r} in a GGUF file of {arch.hf_arch} (expected "
-                             f"{', '.join(GLOBAL_NAMES)} and blk.N.{{{','.join(arch.blocks)}}})")
-        try:
-            w = _tensor_f32(tensor)
-        except (ValueError, NotImplementedError, IndexError) as e:  # an unknown quant type or a short data block
-            raise ValueError(f"GGUF tensor {tensor.name!r} cannot be read ({e})") from None
+                             f"{', '.join(GLOBAL_NAMES)} and blk.N.{{{blocks}}})")
+        w = _read(tensor)
         kind = tensor.name.split(".")[-2]
         if arch.permute_qk and kind in heads:  # q/k rows are stored permuted for llama.cpp's RoPE
             w = unpermute_rope_rows(w, heads[kind])
@@ -114,6 +119,26 @@ def convert_tensors(reader, config: dict, progress: bool = False) -> dict[str, n
     if arch.fused:
         _fuse_qkv(out, config["num_hidden_layers"])
     return out
+
+
+def _read(tensor) -> np.ndarray:
+    """:func:`_tensor_f32`, or a ValueError naming the tensor."""
+    try:
+        return _tensor_f32(tensor)
+    except (ValueError, NotImplementedError, IndexError) as e:  # an unknown quant type or a short data block
+        raise ValueError(f"GGUF tensor {tensor.name!r} cannot be read ({e})") from None
+
+
+def _split_experts(tensor, layer: int, proj: str, config: dict) -> dict[str, np.ndarray]:
+    """A stacked experts tensor ``blk.N.ffn_{gate,up,down}_exps`` (torch order ``(E, rows, cols)``) as one tensor
+    per expert, ``model.layers.N.mlp.experts.{e}.{gate,up,down}_proj.weight``."""
+    e, hidden, size = config["num_experts"], config["hidden_size"], config["moe_intermediate_size"]
+    want = (e, hidden, size) if proj == "down_proj" else (e, size, hidden)
+    w = _read(tensor)
+    if w.shape != want:
+        raise ValueError(f"GGUF tensor {tensor.name!r} has torch shape {w.shape}, expected {want} (expert_count, "
+                         "embedding_length, expert_feed_forward_length)")
+    return {f"model.layers.{layer}.mlp.experts.{i}.{proj}.weight": w[i] for i in range(e)}
 
 
 def _fuse_qkv(out: dict[str, np.ndarray], n_layers: int) -> None:
