@@ -1,6 +1,7 @@
 """The native layer loop (spct.engine.native_decoder, spct/decoder.h) on the real default model in bfloat16: the same
 tokens and logprobs (so the same logits, bit for bit) as forward_paged's Python loop over a prefill in chunks and a
-batch of decode steps; a bad slot named in one line; used only where it applies."""
+batch of decode steps; a bad slot named in one line; used only where it applies. On a tiny random Qwen3 (q and k
+norms): every step's output, residual stream and KV equal the Python loop's bit for bit."""
 
 from __future__ import annotations
 
@@ -104,3 +105,63 @@ def test_threads_stepping_one_runner_at_once(engine):
         runs = [pool.submit(lambda rows: [step(rows) for _ in range(15)], rows) for rows in (3, 7)]
         for rows, run_ in zip((3, 7), runs):
             assert all(torch.equal(out, alone[rows]) for out in run_.result())
+
+
+# -- Qwen3: a norm over each q and k head before RoPE ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, default_model_dir):
+    """arch -> a bf16 engine on its tiny random checkpoint (tests/tiny_models.py)."""
+    import tiny_models
+
+    if not native_bf16_available(torch.device("cpu")):
+        pytest.skip("this CPU runs no native bf16 linear (it needs AVX2): the native layer loop does not apply")
+    root = tmp_path_factory.mktemp("tiny")
+    return lambda arch: spct.Engine.from_pretrained(tiny_models.build(arch, root / arch, default_model_dir),
+                                                    dtype="bfloat16", kv_cache_mb=8, prefill_chunk=64)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16)  # NaN bits compare too (an unwritten KV slot may hold any)
+
+
+def test_qwen3_steps_equal_the_python_loop_bit_for_bit(tiny, smollm2_tokenizer):
+    """Every step of a generation on a tiny Qwen3 (prefill chunks of 64 rows, then decode steps): the native loop's
+    final norm, residual stream and paged KV equal the Python loop's (`_layers_paged`) run on copies. A 64-row
+    chunk's q norm (64 x 4 heads x 32 values) is split over the threads, as in the Python loop."""
+    engine = tiny("qwen3")
+    runner = engine.runner
+    assert "q_norm" in runner.layers[0] and runner.plain and runner.native_decoder is not None
+    native, rows = runner.native_decoder.forward, []
+
+    def both(plan, x, positions, slots, kv):
+        x_py, kv_py = x.clone(), kv.clone()
+        out = native(plan, x, positions, slots, kv)
+        assert out is not None
+        want = runner._layers_paged({0: plan}, x_py, positions, slots, kv_py)
+        assert torch.equal(bits(out), bits(want)) and torch.equal(bits(x), bits(x_py))
+        assert torch.equal(bits(kv), bits(kv_py))
+        rows.append(x.shape[0])
+        return out
+
+    runner.native_decoder.forward = both
+    try:
+        prompts = [smollm2_tokenizer("The sea at night is " * 16).input_ids, "Name three colors."]
+        outs = engine.generate(prompts, k=[3, 2], max_new_tokens=6, temperature=0.8, seed=[5, 6])
+    finally:
+        del runner.native_decoder.forward
+        engine.shutdown()
+    assert sum(len(s.token_ids) for out in outs for s in out) == 30
+    assert 64 in rows and 5 in rows  # a full prefill chunk and a decode step of all 5 samples
+
+
+def test_of_a_qwen3_and_a_gemma2(tiny):
+    """Qwen3 layers run natively; Gemma 2's sandwich norms (and GeGLU) do not."""
+    for arch, native in (("qwen3", True), ("gemma2", False)):
+        engine = tiny(arch)
+        try:
+            assert (NativeDecoder.of(engine.runner) is not None) is native
+            assert (engine.runner.native_decoder is not None) is native
+        finally:
+            engine.shutdown()

@@ -11,6 +11,7 @@
 //   - prefetching KV blocks 2-12 blocks ahead into L2 on top of the next block into L1: no change.
 #include "spct/decoder.h"
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,25 @@ Buffers carve(const Decoder& d, int64_t rows) {
   return {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], parts[6]};
 }
 
+// Qwen3's q and k norms: RMSNorm over each head's D values of qkv (rows, Hq + 2 Hkv, D), in place, as the Python
+// loop does it (spct.engine.llama.LlamaRunner._qk_norm): each part's heads gathered into (rows * heads, D), one
+// add_rms_norm_bf16 call (in place: with no delta a row's sum of squares is taken before any of its values is
+// written, and each output value is its own input's), then copied back. The same call on the same rows, so the
+// same bits and the same split over threads. q_scratch holds rows * Hq * D values, k_scratch rows * Hkv * D.
+void qk_norm(const Decoder& d, const DecoderLayer& l, uint16_t* qkv, int64_t rows, uint16_t* q_scratch,
+             uint16_t* k_scratch) {
+  const int64_t D = d.head_dim, width = (d.heads + 2 * d.kv_heads) * D;
+  const int64_t parts[2][2] = {{0, d.heads}, {d.heads, d.kv_heads}};  // first head, heads
+  uint16_t* scratch[2] = {q_scratch, k_scratch};
+  const uint16_t* weight[2] = {l.q_norm, l.k_norm};
+  for (int p = 0; p < 2; ++p) {
+    const int64_t first = parts[p][0] * D, n = parts[p][1] * D;
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(scratch[p] + r * n, qkv + r * width + first, size_t(n) * 2);
+    add_rms_norm_bf16(scratch[p], nullptr, weight[p], d.eps, rows * parts[p][1], D, scratch[p]);
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(qkv + r * width + first, scratch[p] + r * n, size_t(n) * 2);
+  }
+}
+
 }  // namespace
 
 std::string decoder_forward_bf16(const Decoder& d, attn::PagedAttention a, uint16_t* x, int64_t rows,
@@ -59,6 +79,7 @@ std::string decoder_forward_bf16(const Decoder& d, attn::PagedAttention a, uint1
     const DecoderLayer& l = d.layers[size_t(i)];
     uint16_t* k_cache = kv + 2 * i * cache;
     matmul(b.h, l.qkv, b.qkv);
+    if (l.q_norm != nullptr) qk_norm(d, l, b.qkv, rows, b.q, b.attn);  // b.q and b.attn are free until RoPE
     const int64_t bad = rope_qkv_bf16(b.qkv, rows, d.heads, d.kv_heads, d.head_dim, d.cos, d.sin, d.num_positions,
                                       positions, num_slots, slots, b.q, k_cache, k_cache + cache);
     if (bad >= 0) {

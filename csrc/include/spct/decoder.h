@@ -1,11 +1,12 @@
 // decoder_forward_bf16: a step's rows through every layer of a Llama-style decoder in one native call, bfloat16 on
 // the CPU: per layer the same kernels, in the same order, on the same values as the Python loop of
-// spct.engine.llama.LlamaRunner.forward_paged (so the same bits, tested): add_rms_norm, linear qkv, rope_qkv (k and
-// v into the paged cache), paged_attention, linear o, add_rms_norm, linear gate_up, silu_mul, linear down,
-// add_rms_norm. Why: the Python loop makes 9 calls per layer, each through a wrapper that checks its arguments and
-// allocates its output; at k = 1 that was about a sixth of a SmolLM2 decode step. Here the arguments are checked
-// once (spct.engine.native_decoder) and the work buffers are kept from one step to the next (one set per calling
-// thread: engines that share a runner step it from their own threads at once).
+// spct.engine.llama.LlamaRunner.forward_paged (so the same bits, tested): add_rms_norm, linear qkv, add_rms_norm over
+// each q and k head (Qwen3's q_norm and k_norm, where the layer has them), rope_qkv (k and v into the paged cache),
+// paged_attention, linear o, add_rms_norm, linear gate_up, silu_mul, linear down, add_rms_norm. Why: the Python
+// loop makes 9 calls per layer, each through a wrapper that checks its arguments and allocates its output; at k = 1
+// that was about a sixth of a SmolLM2 decode step. Here the arguments are checked once (spct.engine.native_decoder)
+// and the work buffers are kept from one step to the next (one set per calling thread: engines that share a runner
+// step it from their own threads at once).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,8 @@ struct DecoderLayer {
   PackedLinear qkv, o, gate_up, down;  // (Hq + 2 Hkv) D x H, H x Hq D, 2 I x H, H x I
   const uint16_t* in_norm = nullptr;   // (H,)
   const uint16_t* post_norm = nullptr;  // (H,)
+  const uint16_t* q_norm = nullptr;     // (D,) or null: RMSNorm over each q head before RoPE (Qwen3)
+  const uint16_t* k_norm = nullptr;     // (D,), null when q_norm is
 };
 
 struct Decoder {

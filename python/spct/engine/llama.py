@@ -162,10 +162,10 @@ class LlamaRunner:
 
     @property
     def plain(self) -> bool:
-        """Whether every layer is the Llama skeleton's with one window and RoPE table (what the native layer loop
-        runs; the embedding scale and the logits' soft-cap are outside it)."""
+        """Whether every layer is the Llama skeleton's, q and k norms (Qwen3's) allowed, with one window and RoPE
+        table (what the native layer loop runs; the embedding scale and the logits' soft-cap are outside it)."""
         c = self.config
-        return not (c.arch.qk_norm or c.arch.sandwich or c.layer_types or c.activation != "silu" or c.moe_layers
+        return not (c.arch.sandwich or c.layer_types or c.activation != "silu" or c.moe_layers
                     or len({layer["window"] for layer in self.layers}) > 1)
 
     @classmethod

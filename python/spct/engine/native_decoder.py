@@ -2,8 +2,9 @@
 
 `LlamaRunner.forward_paged` runs each layer as 9 calls: the norms, the four matrix products, RoPE with the KV
 write, the attention and SiLU times up, each through a Python wrapper that checks its arguments and allocates its
-output. The native loop makes the same kernel calls in the same order on the same values, so every row gets the
-same bits (tested), with the arguments checked once per step and the work buffers kept from one step to the next.
+output (Qwen3 adds a norm over each q and k head). The native loop makes the same kernel calls in the same order on the
+same values, so every row gets the same bits (tested), with the arguments checked once per step and the work
+buffers kept from one step to the next.
 It is used where every layer's weights run the native bf16 linear without padding (`NativeDecoder.of` answers None
 otherwise, and the Python loop runs). SPCT_NATIVE_DECODER=0 turns it off.
 """
@@ -19,6 +20,7 @@ from spct.ops import dispatch
 __all__ = ["NativeDecoder"]
 
 LINEARS = ("qkv", "o", "gate_up", "down")
+NORMS = ("in_norm", "post_norm", "q_norm", "k_norm")  # the last two only where the layer has them (Qwen3)
 
 
 class NativeDecoder:
@@ -32,7 +34,8 @@ class NativeDecoder:
             for name in LINEARS:
                 m = layer[name]
                 addresses += [m.packed.data_ptr(), 0 if m.bias is None else m.bias.data_ptr()]
-            layers.append(addresses + [layer["in_norm"].data_ptr(), layer["post_norm"].data_ptr()])
+            norms = [layer.get(name) for name in NORMS]  # q_norm, k_norm: Qwen3's, None elsewhere
+            layers.append(addresses + [0 if t is None else t.data_ptr() for t in norms])
         self._lib, self._hidden = lib, c.hidden_size
         self._decoder = lib.Decoder(layers, runner.norm.data_ptr(), runner.cos.data_ptr(), runner.sin.data_ptr(),
                                     runner.cos.shape[0], c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
@@ -56,7 +59,7 @@ class NativeDecoder:
         if not hasattr(dispatch.native(), "Decoder"):  # the native linear is there, so is spct._C
             return None
         tensors = [runner.norm, runner.cos, runner.sin, *(layer[n] for layer in runner.layers
-                                                          for n in ("in_norm", "post_norm"))]
+                                                          for n in NORMS if n in layer)]
         if not all(t.dtype == torch.bfloat16 and t.is_contiguous() for t in tensors):
             return None
         return cls(runner)
