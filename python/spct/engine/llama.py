@@ -1,6 +1,7 @@
 """The decoder runner: the Llama skeleton (GQA, RoPE with scaling, tied embeddings) with the changes of each
-architecture it takes (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Phi-3, Gemma 2, Gemma 3), stated once in `spct.engine.arch`
-and applied here by what they are (a q/k norm, a norm after attention, a window), never by architecture name.
+architecture it takes (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, Phi-3, Gemma 2, Gemma 3), stated once in
+`spct.engine.arch` and applied here by what they are (a q/k norm, a norm after attention, a window), never by
+architecture name.
 
 Numerics follow `transformers` op for op (RMSNorm in float32 then the weight in the model dtype, Gemma's (1 + w)
 added in float32, RoPE tables in float32 cast to the model dtype, residual adds in the model dtype), so fp32 greedy
