@@ -1,10 +1,12 @@
 """layer_ops: the fused element-wise steps of a decoder layer against their torch reference (spct.ops.ref.layer_ops):
-RoPE and the residual add exactly, the norm and SiLU to the bfloat16 tolerance; rows independent of the batch."""
+RoPE and the residual add exactly, the norm, SiLU and tanh GELU to the bfloat16 tolerance; rows independent of the
+batch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TOLERANCES
 
 from spct.ops import layer_ops
@@ -80,6 +82,22 @@ def test_silu_mul_matches_torch(rows, n):
 
 
 @needs_native
+@pytest.mark.parametrize(("rows", "n"), [(1, 1536), (16, 1536), (7, 45)])
+def test_gelu_tanh_mul_matches_torch(rows, n):
+    g = _gen(rows + n + 1)
+    gate_up = torch.randn((rows, 2 * n), generator=g).bfloat16() * 4
+    tails = torch.tensor([-100.0, 100.0, 0.0, -3e4])  # exp's clamps, zero: in the vector body and the scalar tail
+    gate_up[0, :4], gate_up[0, n - 4: n] = tails, tails
+    got = layer_ops.gelu_tanh_mul(gate_up)
+    torch.testing.assert_close(got.float(), ref.gelu_tanh_mul(gate_up.float()), **TOLERANCES[torch.bfloat16])
+    # torch's bits where |gelu(gate)| > 0.01; below, torch's 1 + tanh(y) cancels (to 0 from gate < -5 or so) where
+    # the kernel's x / (1 + exp(-2y)) keeps the tiny value
+    gate = gate_up[:, :n].float()
+    big = (gate * torch.sigmoid(1.5957691216057308 * (gate + 0.044715 * gate ** 3))).abs() > 0.01
+    assert (got != ref.gelu_tanh_mul(gate_up))[big].float().mean() < 0.01
+
+
+@needs_native
 def test_a_row_does_not_depend_on_the_batch():
     g = _gen(5)
     x = torch.randn((40, 576), generator=g).bfloat16()
@@ -99,3 +117,6 @@ def test_float32_runs_the_reference():
     assert torch.equal(got_x, x + delta)
     gate_up = torch.randn((4, 8), generator=g)
     assert torch.equal(layer_ops.silu_mul(gate_up), ref.silu_mul(gate_up))
+    assert torch.equal(layer_ops.gelu_tanh_mul(gate_up), ref.gelu_tanh_mul(gate_up))
+    gate, up = gate_up.chunk(2, dim=-1)  # exactly the torch ops the runner ran before (fp32 greedy equality)
+    assert torch.equal(layer_ops.gelu_tanh_mul(gate_up), F.gelu(gate, approximate="tanh") * up)

@@ -1,7 +1,8 @@
 """The native layer loop (spct.engine.native_decoder, spct/decoder.h) on the real default model in bfloat16: the same
 tokens and logprobs (so the same logits, bit for bit) as forward_paged's Python loop over a prefill in chunks and a
 batch of decode steps; a bad slot named in one line; used only where it applies. On a tiny random Qwen3 (q and k
-norms): every step's output, residual stream and KV equal the Python loop's bit for bit."""
+norms), Gemma 2 (sandwich norms, GeGLU, sliding-window and global layers, soft-capped attention) and Gemma 3 (q and k
+norms, RoPE tables by layer type): every step's output, residual stream and KV equal the Python loop's bit for bit."""
 
 from __future__ import annotations
 
@@ -61,15 +62,15 @@ def test_bad_values_are_named(engine):
     i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
     plan = paged.Plan(i32([0]), i32([0, 1]), i32([1]), i32([0, 1]), i32([0]), scale=runner.scale)
     x = runner.embed[torch.tensor([1])]
-    out = runner.native_decoder.forward(plan, x.clone(), torch.tensor([0]), torch.tensor([0]), kv)
+    out = runner.native_decoder.forward({0: plan}, x.clone(), torch.tensor([0]), torch.tensor([0]), kv)
     assert out.shape == x.shape and out.isfinite().all()
     with pytest.raises(ValueError, match=r"^slots\[0\] = 64 is outside \[0, 64\)$"):
-        runner.native_decoder.forward(plan, x, torch.tensor([0]), torch.tensor([64]), kv)
+        runner.native_decoder.forward({0: plan}, x, torch.tensor([0]), torch.tensor([64]), kv)
     with pytest.raises(ValueError, match=r"^positions\[0\] = -1 is outside \[0, "):
-        runner.native_decoder.forward(plan, x, torch.tensor([-1]), torch.tensor([0]), kv)
+        runner.native_decoder.forward({0: plan}, x, torch.tensor([-1]), torch.tensor([0]), kv)
     outside = paged.Plan(i32([4]), i32([0, 1]), i32([1]), i32([0, 1]), i32([0]), scale=runner.scale)
     with pytest.raises(ValueError, match=r"^block_ids\[0\] = 4 is outside \[0, 4\)$"):
-        runner.native_decoder.forward(outside, x, torch.tensor([0]), torch.tensor([0]), kv)
+        runner.native_decoder.forward({0: outside}, x, torch.tensor([0]), torch.tensor([0]), kv)
 
 
 def test_used_only_where_it_applies(engine, monkeypatch):
@@ -97,7 +98,7 @@ def test_threads_stepping_one_runner_at_once(engine):
         plan = paged.Plan(i32(list(range(rows))), i32(list(range(rows + 1))), i32([1] * rows),
                           i32(list(range(rows + 1))), i32(list(range(rows))), scale=runner.scale)
         x = runner.embed[torch.arange(rows) + 100]
-        return runner.native_decoder.forward(plan, x, torch.zeros(rows, dtype=torch.int64),
+        return runner.native_decoder.forward({0: plan}, x, torch.zeros(rows, dtype=torch.int64),
                                              torch.arange(rows) * 16, kv)
 
     alone = {rows: step(rows) for rows in (3, 7)}
@@ -107,7 +108,7 @@ def test_threads_stepping_one_runner_at_once(engine):
             assert all(torch.equal(out, alone[rows]) for out in run_.result())
 
 
-# -- Qwen3: a norm over each q and k head before RoPE ------------------------------------------------------------
+# -- Qwen3 (a norm over each q and k head), Gemma 2 and 3 (sandwich norms, GeGLU, windows, RoPE by layer type) ---
 
 
 @pytest.fixture(scope="module")
@@ -126,20 +127,23 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int16)  # NaN bits compare too (an unwritten KV slot may hold any)
 
 
-def test_qwen3_steps_equal_the_python_loop_bit_for_bit(tiny, smollm2_tokenizer):
-    """Every step of a generation on a tiny Qwen3 (prefill chunks of 64 rows, then decode steps): the native loop's
+@pytest.mark.parametrize(("arch", "layouts"), [("qwen3", 1), ("gemma2", 2), ("gemma3", 2)])
+def test_steps_equal_the_python_loop_bit_for_bit(tiny, smollm2_tokenizer, arch, layouts):
+    """Every step of a generation on a tiny model (prefill chunks of 64 rows, then decode steps): the native loop's
     final norm, residual stream and paged KV equal the Python loop's (`_layers_paged`) run on copies. A 64-row
-    chunk's q norm (64 x 4 heads x 32 values) is split over the threads, as in the Python loop."""
-    engine = tiny("qwen3")
+    chunk's q norm (64 x 4 heads x 32 values) is split over the threads, as in the Python loop. The prompt is longer
+    than the Gemmas' window, so their sliding-window and global layers see different keys."""
+    engine = tiny(arch)
     runner = engine.runner
-    assert "q_norm" in runner.layers[0] and runner.plain and runner.native_decoder is not None
+    assert runner.plain and runner.native_decoder is not None
     native, rows = runner.native_decoder.forward, []
 
-    def both(plan, x, positions, slots, kv):
+    def both(plans, x, positions, slots, kv):
+        assert len(plans) == layouts
         x_py, kv_py = x.clone(), kv.clone()
-        out = native(plan, x, positions, slots, kv)
+        out = native(plans, x, positions, slots, kv)
         assert out is not None
-        want = runner._layers_paged({0: plan}, x_py, positions, slots, kv_py)
+        want = runner._layers_paged(plans, x_py, positions, slots, kv_py)
         assert torch.equal(bits(out), bits(want)) and torch.equal(bits(x), bits(x_py))
         assert torch.equal(bits(kv), bits(kv_py))
         rows.append(x.shape[0])
@@ -156,9 +160,9 @@ def test_qwen3_steps_equal_the_python_loop_bit_for_bit(tiny, smollm2_tokenizer):
     assert 64 in rows and 5 in rows  # a full prefill chunk and a decode step of all 5 samples
 
 
-def test_of_a_qwen3_and_a_gemma2(tiny):
-    """Qwen3 layers run natively; Gemma 2's sandwich norms (and GeGLU) do not."""
-    for arch, native in (("qwen3", True), ("gemma2", False)):
+def test_of_the_tiny_architectures(tiny):
+    """Qwen3's and the Gemmas' layers run natively; Qwen3-MoE's experts do not."""
+    for arch, native in (("qwen3", True), ("gemma2", True), ("gemma3", True), ("qwen3_moe", False)):
         engine = tiny(arch)
         try:
             assert (NativeDecoder.of(engine.runner) is not None) is native

@@ -40,6 +40,14 @@ void bind_layer_ops(py::module_& m) {
       },
       py::arg("gate_up"), py::arg("rows"), py::arg("n"), py::arg("out"),
       "out = silu(gate) * up, gate_up = [gate | up] per row (bfloat16, host addresses).");
+  m.def(
+      "gelu_tanh_mul_bf16",
+      [](uintptr_t gate_up, int64_t rows, int64_t n, uintptr_t out) {
+        py::gil_scoped_release nogil;
+        spct::cpu::gelu_tanh_mul_bf16(dptr<const uint16_t>(gate_up), rows, n, dptr<uint16_t>(out));
+      },
+      py::arg("gate_up"), py::arg("rows"), py::arg("n"), py::arg("out"),
+      "out = gelu_tanh(gate) * up, gate_up = [gate | up] per row (bfloat16, host addresses).");
 }
 
 }  // namespace spct_bind

@@ -64,7 +64,7 @@ void qk_norm(const Decoder& d, const DecoderLayer& l, uint16_t* qkv, int64_t row
 
 }  // namespace
 
-std::string decoder_forward_bf16(const Decoder& d, attn::PagedAttention a, uint16_t* x, int64_t rows,
+std::string decoder_forward_bf16(const Decoder& d, const attn::PagedAttention* layouts, uint16_t* x, int64_t rows,
                                  const int64_t* positions, const int64_t* slots, uint16_t* kv, int64_t num_blocks,
                                  int64_t block_size, uint16_t* out) {
   const LinearBF16 linear = d.linear;
@@ -74,13 +74,15 @@ std::string decoder_forward_bf16(const Decoder& d, attn::PagedAttention a, uint1
   const int64_t H = d.hidden, n = int64_t(d.layers.size()), num_slots = num_blocks * block_size;
   const int64_t cache = num_slots * d.kv_heads * d.head_dim;  // one layer's keys (or values)
   const Buffers b = carve(d, rows);
+  std::vector<attn::PagedAttention> a(layouts, layouts + d.num_layouts);
+  std::vector<bool> checked(size_t(d.num_layouts), false);
   add_rms_norm_bf16(x, nullptr, d.layers[0].in_norm, d.eps, rows, H, b.h);
   for (int64_t i = 0; i < n; ++i) {
     const DecoderLayer& l = d.layers[size_t(i)];
     uint16_t* k_cache = kv + 2 * i * cache;
     matmul(b.h, l.qkv, b.qkv);
     if (l.q_norm != nullptr) qk_norm(d, l, b.qkv, rows, b.q, b.attn);  // b.q and b.attn are free until RoPE
-    const int64_t bad = rope_qkv_bf16(b.qkv, rows, d.heads, d.kv_heads, d.head_dim, d.cos, d.sin, d.num_positions,
+    const int64_t bad = rope_qkv_bf16(b.qkv, rows, d.heads, d.kv_heads, d.head_dim, l.cos, l.sin, d.num_positions,
                                       positions, num_slots, slots, b.q, k_cache, k_cache + cache);
     if (bad >= 0) {
       const bool pos = positions[bad] < 0 || positions[bad] >= d.num_positions;
@@ -88,17 +90,21 @@ std::string decoder_forward_bf16(const Decoder& d, attn::PagedAttention a, uint1
              std::to_string(pos ? positions[bad] : slots[bad]) + " is outside [0, " +
              std::to_string(pos ? d.num_positions : num_slots) + ")";
     }
-    a.q = b.q;
-    a.k_cache = k_cache;
-    a.v_cache = k_cache + cache;
-    a.out = b.attn;
-    const std::string error = paged_attention(a, i == 0);  // one layout for every layer: checked once
+    attn::PagedAttention& layout = a[size_t(l.layout)];
+    layout.q = b.q;
+    layout.k_cache = k_cache;
+    layout.v_cache = k_cache + cache;
+    layout.out = b.attn;
+    const std::string error = paged_attention(layout, !checked[size_t(l.layout)]);  // each layout checked once
     if (!error.empty()) return error;
-    matmul(b.attn, l.o, b.delta);
+    checked[size_t(l.layout)] = true;
+    matmul(b.attn, l.o, b.delta);  // Gemma's norms of the attention's and the MLP's outputs: in place (no delta)
+    if (l.attn_out_norm != nullptr) add_rms_norm_bf16(b.delta, nullptr, l.attn_out_norm, d.eps, rows, H, b.delta);
     add_rms_norm_bf16(x, b.delta, l.post_norm, d.eps, rows, H, b.h);
     matmul(b.h, l.gate_up, b.gate_up);
-    silu_mul_bf16(b.gate_up, rows, d.intermediate, b.act);
+    (d.gelu_tanh ? gelu_tanh_mul_bf16 : silu_mul_bf16)(b.gate_up, rows, d.intermediate, b.act);
     matmul(b.act, l.down, b.delta);
+    if (l.mlp_out_norm != nullptr) add_rms_norm_bf16(b.delta, nullptr, l.mlp_out_norm, d.eps, rows, H, b.delta);
     const bool last = i + 1 == n;
     add_rms_norm_bf16(x, b.delta, last ? d.final_norm : d.layers[size_t(i + 1)].in_norm, d.eps, rows, H,
                       last ? out : b.h);

@@ -155,6 +155,32 @@ void silu_mul_bf16(const uint16_t* gate_up, int64_t m, int64_t n, uint16_t* out)
   }
 }
 
+// gelu_tanh(x) = x / 2 * (1 + tanh(y)), y = sqrt(2 / pi) (x + 0.044715 x^3), computed as x / (1 + exp(-2 y)) (the
+// same value, without the cancellation of 1 + tanh(y) for y < 0), then rounded; times up, rounded: torch's two
+// bfloat16 steps. Equal to torch's to the bfloat16 tolerance (its tanh is not this exp).
+constexpr float kGeluTwoC = 1.5957691216057308f;  // 2 sqrt(2 / pi)
+
+SPCT_CLONES
+void gelu_tanh_mul_bf16(const uint16_t* gate_up, int64_t m, int64_t n, uint16_t* out) {
+  const int64_t body = n / W * W;
+#pragma omp parallel for schedule(static) if (m * n >= kParallel)
+  for (int64_t r = 0; r < m; ++r) {
+    const uint16_t* g = gate_up + r * 2 * n;
+    const uint16_t* u = g + n;
+    uint16_t* o = out + r * n;
+    for (int64_t i = 0; i < body; i += W) {
+      const vf x = load_bf16(g + i);
+      const vf e = vexp_any(-kGeluTwoC * (x + 0.044715f * x * x * x));
+      store_bf16(o + i, round_bf16(x / (1.0f + e)) * load_bf16(u + i));
+    }
+    for (int64_t i = body; i < n; ++i) {
+      const float x = from_bf16(g[i]);
+      const float e = std::exp(std::fmin(-kGeluTwoC * (x + 0.044715f * x * x * x), 88.0f));
+      o[i] = to_bf16(from_bf16(to_bf16(x / (1.0f + e))) * from_bf16(u[i]));
+    }
+  }
+}
+
 #undef SPCT_CLONES
 
 }  // namespace cpu

@@ -21,5 +21,8 @@ int64_t rope_qkv_bf16(const uint16_t* qkv, int64_t m, int64_t hq, int64_t hkv, i
 // out (m, n) = silu(gate) * up, gate_up (m, 2n) = [gate | up] per row.
 void silu_mul_bf16(const uint16_t* gate_up, int64_t m, int64_t n, uint16_t* out);
 
+// out (m, n) = gelu_tanh(gate) * up (Gemma's GeGLU: GELU with the tanh approximation), gate_up as silu_mul_bf16's.
+void gelu_tanh_mul_bf16(const uint16_t* gate_up, int64_t m, int64_t n, uint16_t* out);
+
 }  // namespace cpu
 }  // namespace spct

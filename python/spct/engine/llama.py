@@ -163,11 +163,10 @@ class LlamaRunner:
 
     @property
     def plain(self) -> bool:
-        """Whether every layer is the Llama skeleton's, q and k norms (Qwen3's) allowed, with one window and RoPE
-        table (what the native layer loop runs; the embedding scale and the logits' soft-cap are outside it)."""
-        c = self.config
-        return not (c.arch.sandwich or c.layer_types or c.activation != "silu" or c.moe_layers
-                    or len({layer["window"] for layer in self.layers}) > 1)
+        """Whether every layer is one the native layer loop runs: the Llama skeleton's with Qwen3's q and k norms,
+        Gemma's sandwich norms and GeGLU, RoPE tables and windows per layer allowed; no experts (the embedding scale
+        and the logits' soft-cap are outside the loop, the attention's soft-cap is in its layout)."""
+        return not self.config.moe_layers and self.config.activation in ("silu", "gelu_tanh")
 
     @classmethod
     def from_dir(cls, path: str | Path, dtype: torch.dtype, device: torch.device) -> LlamaRunner:
@@ -241,10 +240,8 @@ class LlamaRunner:
 
     def _act(self, gate_up: torch.Tensor) -> torch.Tensor:
         """(M, 2n) = [gate | up] -> act(gate) * up: SiLU, or tanh GELU (Gemma's GeGLU)."""
-        if self.config.activation == "silu":
-            return layer_ops.silu_mul(gate_up)
-        gate, up = gate_up.chunk(2, dim=-1)
-        return F.gelu(gate, approximate="tanh") * up
+        act = layer_ops.silu_mul if self.config.activation == "silu" else layer_ops.gelu_tanh_mul
+        return act(gate_up)
 
     def _attn_out(self, layer: dict, out: torch.Tensor) -> torch.Tensor:
         """The attention's output as the residual stream adds it (Gemma: normed first)."""
@@ -461,9 +458,7 @@ class LlamaRunner:
                                        ix["seg_rows"], causal=ix["causal"], q_pos=ix["q_pos"],
                                        seg_start=ix["seg_start"], scale=self.scale, **options)
         x = self._embed(tokens)
-        h = None
-        if self.native_decoder is not None and len(plans) == 1:
-            h = self.native_decoder.forward(next(iter(plans.values())), x, positions, slots, kv)
+        h = None if self.native_decoder is None else self.native_decoder.forward(plans, x, positions, slots, kv)
         if h is None:
             h = self._layers_paged(plans, x, positions, slots, kv)
         if not layout.logit_rows:

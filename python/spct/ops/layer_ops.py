@@ -4,10 +4,11 @@ ops (a 16-row decode step of SmolLM2-135M spent 23 of its 80 ms in those ops).
     h = add_rms_norm(x, delta, weight, eps)      # x += delta in place (delta may be None), h = rms_norm(x)
     q = rope_qkv(qkv, cos, sin, positions, k_cache, v_cache, slots, num_heads, num_kv_heads)
     a = silu_mul(gate_up)                         # silu(gate) * up
+    a = gelu_tanh_mul(gate_up)                    # gelu_tanh(gate) * up (Gemma's GeGLU)
 
 The native kernels run for bfloat16 CPU tensors (csrc/cpu/layer_ops.cpp); anything else runs the reference
 (`spct.ops.ref.layer_ops`: the torch ops they replace). RoPE and the residual add give the reference's bits; the
-norm and SiLU equal it to the bfloat16 tolerance (their float32 sums and exp are not torch's).
+norm and the activations equal it to the bfloat16 tolerance (their float32 sums and exp are not torch's).
 
 Checks: these wrappers check dtypes, shapes and contiguity; the RoPE kernel checks every position and slot before it
 writes anything (a few integers, in C++: per-layer checks in Python cost more than the op), and the wrapper turns
@@ -21,7 +22,7 @@ import torch
 from spct.ops import dispatch
 from spct.ops.ref import layer_ops as ref
 
-__all__ = ["add_rms_norm", "native_cpu", "rope_qkv", "silu_mul"]
+__all__ = ["add_rms_norm", "gelu_tanh_mul", "native_cpu", "rope_qkv", "silu_mul"]
 
 
 def native_cpu(x: torch.Tensor) -> bool:
@@ -90,13 +91,23 @@ def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions:
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up (M, 2n) = [gate | up] per row -> silu(gate) * up (M, n)."""
+    return _gated(gate_up, ref.silu_mul, "silu_mul_bf16")
+
+
+def gelu_tanh_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up (M, 2n) = [gate | up] per row -> gelu(gate, approximate="tanh") * up (M, n): exactly the torch ops
+    in float32 (and anywhere else the native kernel does not run), the native kernel's bits in bfloat16 on the CPU."""
+    return _gated(gate_up, ref.gelu_tanh_mul, "gelu_tanh_mul_bf16")
+
+
+def _gated(gate_up: torch.Tensor, reference, kernel: str) -> torch.Tensor:
     if not native_cpu(gate_up):
-        return ref.silu_mul(gate_up)
+        return reference(gate_up)
     m, n2 = gate_up.shape
     if n2 % 2:
         raise ValueError(f"gate_up must have an even number of columns, got {n2}")
     gate_up = gate_up.contiguous()
     _need(gate_up, "gate_up", (m, n2))
     out = torch.empty((m, n2 // 2), dtype=torch.bfloat16)
-    dispatch.native().silu_mul_bf16(gate_up.data_ptr(), m, n2 // 2, out.data_ptr())
+    getattr(dispatch.native(), kernel)(gate_up.data_ptr(), m, n2 // 2, out.data_ptr())
     return out

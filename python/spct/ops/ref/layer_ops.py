@@ -24,3 +24,9 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """(M, 2n) = [gate | up] per row -> silu(gate) * up (M, n)."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def gelu_tanh_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """(M, 2n) = [gate | up] per row -> gelu(gate, approximate="tanh") * up (M, n) (Gemma's GeGLU)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.gelu(gate, approximate="tanh") * up
